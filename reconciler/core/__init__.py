@@ -1,0 +1,1 @@
+"""The pure core: observation types, plans and the planner. Nothing here does I/O."""

@@ -1,0 +1,102 @@
+"""Observation, history and limits: the planner's inputs, as plain immutable values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Protocol
+
+
+class SchedState(StrEnum):
+    """One array task as the scheduler sees it (Slurm's many states folded to these)."""
+
+    PENDING = "PENDING"  # queued, configuring, requeued
+    RUNNING = "RUNNING"  # running, completing, suspended
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"  # non-zero exit
+    TIMEOUT = "TIMEOUT"  # also DEADLINE
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    NODE_FAIL = "NODE_FAIL"  # also BOOT_FAIL, and a local process that vanished
+    PREEMPTED = "PREEMPTED"
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"  # submitted, but the scheduler no longer knows it and left no record
+
+    @property
+    def in_flight(self) -> bool:
+        return self in (SchedState.PENDING, SchedState.RUNNING)
+
+    @property
+    def finished(self) -> bool:
+        return not self.in_flight
+
+
+class OutputState(StrEnum):
+    """One task as the output tree sees it."""
+
+    MISSING = "missing"  # some output absent
+    COMPLETE = "complete"  # outputs present and the marker's fingerprint is the desired one
+    STALE = "stale"  # outputs present and marked, but with another fingerprint
+    UNMARKED = "unmarked"  # outputs present, no marker: adoptable or a partial write
+    INVALID = "invalid"  # outputs present but failed validation
+
+
+@dataclass(frozen=True, slots=True)
+class TaskObs:
+    """What the world says about one task right now."""
+
+    output: OutputState = OutputState.MISSING
+    sched: SchedState | None = None  # state in its latest submission; None if never submitted
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHistory:
+    """What the ledger remembers about one task."""
+
+    submissions: int = 0  # how many times we submitted it
+    failures: int = 0  # attempts that ended in failure
+    last_end: float | None = None  # when the latest failure was seen to end (epoch seconds)
+    last_reason: str = ""
+    given_up: bool = False  # a give-up was already recorded for the current failure count
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_array_size: int = 1001
+    max_queued_tasks: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The execution settings the planner needs, in seconds."""
+
+    batch_size: int = 100
+    max_retries: int = 3
+    initial_delay_s: float = 600.0
+    backoff_multiplier: float = 2.0
+    max_delay_s: float = 86400.0
+    prune: bool = False
+    rerun_on_change: bool = False
+    adopt_existing: bool = True
+
+    def delay(self, failures: int) -> float:
+        """Backoff before retrying after ``failures`` failures: initial * multiplier**(failures-1), capped."""
+        if failures <= 0:
+            return 0.0
+        return min(self.initial_delay_s * self.backoff_multiplier ** min(failures - 1, 60), self.max_delay_s)
+
+
+class DesiredTask(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Tasks in canonical order (ascending index) and the policy to run them by."""
+
+    tasks: Sequence[DesiredTask]
+    policy: Policy

@@ -1,0 +1,72 @@
+"""Errors that cross module boundaries, and the exit codes they map to.
+
+Exit codes are part of the command-line contract:
+0 ok / nothing to do, 1 there is something to do (plan, diff), 2 invalid input,
+3 another reconciler holds the lock, 4 the scheduler or filesystem failed transiently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EXIT_OK = 0
+EXIT_CHANGES = 1
+EXIT_INVALID = 2
+EXIT_LOCKED = 3
+EXIT_TRANSIENT = 4
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem in one input file, located as precisely as we can."""
+
+    file: str
+    line: int  # 1-based; 0 when unknown
+    col: int  # 1-based; 0 when unknown
+    field: str  # dotted path, "" for the whole file
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}"
+        field = f" {self.field}:" if self.field else ""
+        hint = f" ({self.hint})" if self.hint else ""
+        return f"{where}:{field} {self.message}{hint}"
+
+
+class ReconcilerError(Exception):
+    """Base class; carries the exit code the CLI should use."""
+
+    exit_code = EXIT_INVALID
+
+
+class ConfigError(ReconcilerError):
+    """Invalid desired state: every problem found, not just the first."""
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, problems: list[Problem] | Problem | str):
+        if isinstance(problems, str):
+            problems = [Problem("<input>", 0, 0, "", problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(ReconcilerError):
+    """The command line asked for something that cannot be done (exit 2)."""
+
+    exit_code = EXIT_INVALID
+
+
+class LockHeld(ReconcilerError):
+    """Another reconciler is working on this production (exit 3)."""
+
+    exit_code = EXIT_LOCKED
+
+
+class TransientError(ReconcilerError):
+    """The scheduler or filesystem failed in a way that may pass; nothing was lost (exit 4)."""
+
+    exit_code = EXIT_TRANSIENT

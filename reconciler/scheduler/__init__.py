@@ -1,0 +1,1 @@
+"""Scheduler adapters: they submit, observe and cancel; they never decide."""

@@ -1,0 +1,81 @@
+"""The scheduler interface every backend implements (local, Slurm CLI, pyslurm)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from reconciler.core.model import SchedState
+
+
+@dataclass(frozen=True)
+class ArrayJob:
+    """One submission: a (possibly sparse) array of batch-local indices of one batch.
+
+    ``script`` is the exact sbatch script text (also what ``reconcile stage`` writes);
+    ``token`` is unique per submission and travels in the job's comment so that a lost
+    sbatch answer can be recovered by looking the token up instead of submitting again.
+    """
+
+    token: str
+    name: str  # "<production>.<batch:04d>"
+    script_path: Path
+    script: str
+    array_indices: tuple[int, ...]
+    throttle: int | None
+    workdir: Path
+    log_out: str  # path pattern with %A (job id) and %a (array index)
+    log_err: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSched:
+    """One array task as a backend observed it."""
+
+    state: SchedState
+    exit_code: int | None = None
+    reason: str = ""  # scheduler's words: "exit 1", "TIMEOUT", "NODE_FAIL"...
+    start: float | None = None
+    end: float | None = None
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """What the ledger knows of a submission when asking the scheduler about it."""
+
+    token: str
+    job_id: str | None  # None when sbatch's answer was lost
+    submitted_at: float
+
+
+@dataclass
+class SchedulerView:
+    """The answer to one observe(): states by job id and array index, and tokens found."""
+
+    tasks: dict[str, dict[int, TaskSched]] = field(default_factory=dict)  # job_id -> index -> state
+    found: dict[str, str] = field(default_factory=dict)  # token -> job_id, for refs without job_id
+    gone: set[str] = field(default_factory=set)  # job ids the scheduler has no record of at all
+
+
+class Scheduler(Protocol):
+    """Three verbs. Transient failures raise TransientError; they never look like task failures."""
+
+    name: str
+
+    def submit(self, job: ArrayJob) -> str:
+        """Submit and return the job id; raise TransientError if the outcome is unknown."""
+        ...
+
+    def observe(self, refs: Sequence[JobRef]) -> SchedulerView:
+        """States of every array task of these submissions, in O(1) scheduler calls."""
+        ...
+
+    def cancel(self, job_id: str, array_indices: Sequence[int] | None = None) -> None:
+        """Cancel a whole job or some of its array tasks."""
+        ...
+
+
+def task_states(view: SchedulerView, job_id: str) -> Mapping[int, TaskSched]:
+    return view.tasks.get(job_id, {})

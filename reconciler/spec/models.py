@@ -1,0 +1,220 @@
+"""Pydantic models of a production file and of machine defaults.
+
+Every model forbids unknown fields, and every string that can reach an ``#SBATCH`` line,
+a path, a git ref or an environment variable is constrained here, at the edge, so that
+nothing downstream has to wonder whether a value is safe.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{0,63}$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_WS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("contains a control character (newline, tab, escape...)")
+    return value
+
+
+def _no_control_text(value: str) -> str:
+    if _CONTROL_BUT_WS.search(value):
+        raise ValueError("contains a control character")
+    return value
+
+
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+"""Production, machine, job-type and axis names: they become paths, job names and tag names."""
+
+Version = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,31}$")]
+Line = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_no_control)]
+"""A one-line free string: no newline can sneak into a script or a log line."""
+Text = Annotated[str, StringConstraints(max_length=5000), AfterValidator(_no_control_text)]
+SlurmValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.,:&|!\[\]()*+-]{1,200}$")]
+"""Values of #SBATCH options (account, partition, qos, constraint): no spaces, quotes, $ or newlines."""
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+Scalar = int | float | bool | Line
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProductionMeta(Strict):
+    """The ``production`` section: identity of the production."""
+
+    name: Name
+    version: Version = "v1.0"
+    description: Text = ""
+    tags: list[Line] = Field(default_factory=list)
+
+
+class Exclusion(Strict):
+    """A task (or a whole realization) left out on purpose, with the reason recorded."""
+
+    realization: int
+    redshift: float | None = None
+    reason: Annotated[Line, StringConstraints(min_length=1)] = Field(
+        description="Why it is excluded; required so the decision is reproducible."
+    )
+
+
+class Realizations(Strict):
+    start: int = Field(0, ge=0)
+    count: int = Field(1, ge=0, le=10_000_000)
+    step: int = Field(1, ge=1)
+    include: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    exclude: list[Exclusion] = Field(default_factory=list)
+
+    def values(self) -> list[int]:
+        """Realization numbers in canonical (ascending) order, before exclusions."""
+        base = range(self.start, self.start + self.count * self.step, self.step)
+        return sorted(set(base).union(self.include))
+
+
+class Science(Strict):
+    cosmology: Line = "unspecified"
+    redshifts: list[float] = Field(min_length=1, max_length=10_000)
+    realizations: Realizations
+    catalog_params: dict[EnvName, Scalar] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_redshifts(self) -> Science:
+        if len(set(self.redshifts)) != len(self.redshifts):
+            raise ValueError("redshifts contain a duplicate")
+        return self
+
+
+class RetryPolicy(Strict):
+    max_retries: int = Field(3, ge=0, le=100)
+    backoff_multiplier: float = Field(2.0, ge=1.0, le=100.0)
+    initial_delay_minutes: float = Field(10.0, ge=0.0)
+    max_delay_minutes: float = Field(24 * 60.0, ge=0.0)
+
+    def delay_seconds(self, failures: int) -> float:
+        """Backoff before attempt ``failures + 1``: initial * multiplier**(failures-1), capped."""
+        if failures <= 0:
+            return 0.0
+        raw = self.initial_delay_minutes * self.backoff_multiplier ** min(failures - 1, 60)
+        return 60.0 * min(raw, self.max_delay_minutes)
+
+
+class Execution(Strict):
+    job_type: Name | None = None
+    batch_size: int = Field(100, ge=1, le=1_000_000)
+    timeout_hours: float = Field(1.0, gt=0, le=24 * 365)
+    array_throttle: int | None = Field(None, ge=1, le=1_000_000)
+    retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
+    prune: bool = False
+    rerun_on_change: bool = False
+    adopt_existing: bool = True
+
+
+class Resources(Strict):
+    account: SlurmValue | None = None
+    partition: SlurmValue | None = None
+    qos: SlurmValue | None = None
+    constraint: SlurmValue | None = None
+    nodes_per_job: int | None = Field(None, ge=1, le=100_000)
+    tasks_per_node: int | None = Field(None, ge=1, le=100_000)
+    cpus_per_task: int | None = Field(None, ge=1, le=100_000)
+    memory_gb: float | None = Field(None, gt=0, le=1_000_000)
+    gpus_per_node: int | None = Field(None, ge=0, le=1024)
+
+
+class CleanupPolicy(Strict):
+    keep_logs_days: int = Field(90, ge=0)
+    keep_intermediate: bool = False
+    archive_completed: bool = False
+
+
+class Outputs(Strict):
+    base_path: Annotated[Line, StringConstraints(min_length=1)] = "work/productions"
+    structure: Literal["hierarchical", "flat"] = "hierarchical"
+    compression: Literal["gzip", "lzf", "none"] = "none"
+    cleanup_policy: CleanupPolicy = Field(default_factory=CleanupPolicy)
+
+
+class Validator(Strict):
+    """How a task's outputs are judged valid."""
+
+    kind: Literal["exists", "hdf5", "sha256"] = "exists"
+    datasets: list[Line] = Field(default_factory=list, description="hdf5: datasets that must exist")
+
+
+class TaskSpec(Strict):
+    """What one task runs and what it must produce."""
+
+    command: Annotated[Line, StringConstraints(min_length=1)]
+    outputs: list[Annotated[Line, StringConstraints(min_length=1)]] = Field(min_length=1, max_length=100)
+    env: dict[EnvName, Line] = Field(default_factory=dict)
+    validator: Validator = Field(default_factory=Validator)
+    axes: dict[Name, list[Scalar]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _axes(self) -> TaskSpec:
+        for name, values in self.axes.items():
+            if name in ("realization", "redshift"):
+                raise ValueError(f"axis {name!r} is built in; use science.{name}s")
+            if not values:
+                raise ValueError(f"axis {name!r} has no values")
+            if len(set(map(repr, values))) != len(values):
+                raise ValueError(f"axis {name!r} contains a duplicate")
+        return self
+
+
+class Production(Strict):
+    """The effective configuration of one production (after merging machine defaults)."""
+
+    production: ProductionMeta
+    science: Science
+    execution: Execution = Field(default_factory=Execution)
+    resources: Resources = Field(default_factory=Resources)
+    outputs: Outputs = Field(default_factory=Outputs)
+    task: TaskSpec
+
+
+class JobTypeOverride(Strict):
+    """A job type's resources and execution settings; flat, as in the seeds."""
+
+    account: SlurmValue | None = None
+    partition: SlurmValue | None = None
+    qos: SlurmValue | None = None
+    constraint: SlurmValue | None = None
+    nodes_per_job: int | None = Field(None, ge=1)
+    tasks_per_node: int | None = Field(None, ge=1)
+    cpus_per_task: int | None = Field(None, ge=1)
+    memory_gb: float | None = Field(None, gt=0)
+    gpus_per_node: int | None = Field(None, ge=0)
+    timeout_hours: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    array_throttle: int | None = Field(None, ge=1)
+
+
+EXECUTION_KEYS = frozenset({"timeout_hours", "batch_size", "array_throttle"})
+
+
+class Machine(Strict):
+    """Site facts: which scheduler and the limits the site enforces."""
+
+    name: Name
+    scheduler: Literal["local", "slurm", "pyslurm", "auto"] = "local"
+    max_array_size: int = Field(1001, ge=1, description="Slurm MaxArraySize: array indices < this")
+    max_queued_tasks: int = Field(5000, ge=1, description="every array task counts, as in MaxSubmitJobs")
+    local_slots: int | None = Field(None, ge=1, description="local backend: concurrent tasks (default: cores)")
+
+
+class MachineDefaults(Strict):
+    """A ``defaults/<machine>.yaml`` file."""
+
+    machine: Machine
+    resources: Resources = Field(default_factory=Resources)
+    execution: Execution = Field(default_factory=Execution)
+    outputs: Outputs = Field(default_factory=Outputs)
+    job_type_overrides: dict[Name, JobTypeOverride] = Field(default_factory=dict)
