@@ -1,0 +1,48 @@
+# Two commands set up a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: demo test install lint schema bench clean cluster-up cluster-down
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test,plots]'
+	touch $@
+
+install: $(VENV)/.installed
+
+## Run the demo production to completion on the local backend (no Slurm needed).
+demo: $(VENV)/.installed
+	$(BIN)/reconcile watch demo --until-done --interval 2
+	$(BIN)/reconcile status demo
+
+## Install the test dependencies and run the whole suite (starts a Slurm test cluster when root).
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check reconciler tests benchmarks
+	$(BIN)/mypy reconciler
+
+schema: $(VENV)/.installed
+	$(BIN)/reconcile schema
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_pass.py
+
+cluster-up:
+	scripts/slurm-test-cluster up
+
+cluster-down:
+	scripts/slurm-test-cluster down
+
+clean:
+	rm -rf $(VENV) work .pytest_cache .hypothesis
