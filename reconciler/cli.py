@@ -246,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", dest="version", default=None, help="version for the tag (default: production.version)")
     _common(p)
 
-    from reconciler import commands
+    from reconciler import commands, gitops_commands
 
     commands.register(add, _common)
+    gitops_commands.register(add, _common)
     return parser
 
 
