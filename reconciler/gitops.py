@@ -171,8 +171,25 @@ def ensure_tag(repo: git.Repo, loaded: Loaded, version: str, dirty: list[str], n
     if not _TAG_OK.match(name):
         raise UsageError(f"cannot build a safe tag name from {name!r}")
     commit = repo.head.commit.hexsha
-    repo.create_tag(name, ref=commit, message=tag_message(loaded, commit, dirty, version))
+    with repo.git.custom_environment(**identity_env(repo)):
+        repo.create_tag(name, ref=commit, message=tag_message(loaded, commit, dirty, version))
     return name, True
+
+
+def identity_env(repo: git.Repo) -> dict[str, str]:
+    """A fallback committer identity for tags and status commits on machines where git has none
+    (a fresh login node): git refuses to tag otherwise. A configured identity always wins."""
+    try:
+        if repo.git.config("user.email"):
+            return {}
+    except git.GitCommandError:
+        pass
+    import os
+
+    if os.environ.get("GIT_COMMITTER_EMAIL"):
+        return {}
+    ident = {"NAME": "reconciler", "EMAIL": "reconciler@localhost"}
+    return {f"GIT_{who}_{what}": v for who in ("AUTHOR", "COMMITTER") for what, v in ident.items()}
 
 
 def version_info(loaded: Loaded, repo: git.Repo, tag: str, dirty: list[str]) -> dict:

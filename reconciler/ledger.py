@@ -265,6 +265,17 @@ class Ledger:
                 db.execute("UPDATE tasks SET given_up = 1 WHERE key = ?", (key,))
                 db.execute("INSERT INTO events VALUES (?, 'give_up', ?, ?)", (now, key, reason))
 
+    def reset_for_retry(self, max_retries: int, now: float) -> int:
+        """`reconcile retry`: waive the backoff of failed tasks and give given-up ones one more attempt."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "UPDATE tasks SET last_end = 0, given_up = 0, failures = MIN(failures, ?) WHERE failures > 0",
+                (max_retries,),
+            )
+            n = cur.rowcount
+            db.execute("INSERT INTO events VALUES (?, 'retry', NULL, ?)", (now, f"manual retry of {n} task(s)"))
+        return n
+
     def seed_history(self, key: str, failures: int, last_end: float | None, reason: str) -> None:
         """Used when rebuilding a lost ledger: restart counts at what the world shows."""
         with self.transaction() as db:

@@ -48,6 +48,7 @@ class JobRef:
     token: str
     job_id: str | None  # None when sbatch's answer was lost
     submitted_at: float
+    array_indices: tuple[int, ...] = ()  # what was submitted: lets a backend see which tasks left the queue
 
 
 @dataclass

@@ -1,0 +1,289 @@
+"""The planner's invariants (DESIGN.md), with hypothesis.
+
+Two levels: the pure planner on random observations, and the whole engine (real ledger on
+disk, real planner) against an in-memory simulated scheduler and output tree -- the one
+place a fake belongs -- with random failures and random crash points.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from reconciler.core.model import Desired, Limits, OutputState, Policy, SchedState, TaskHistory, TaskObs
+from reconciler.core.plan import ActionKind
+from reconciler.core.planner import plan
+from reconciler.engine import Engine
+from reconciler.ledger import Ledger
+from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
+from reconciler.spec.expand import Task
+from reconciler.spec.load import WorkTree, load
+
+from .conftest import ROOT
+
+
+@dataclass(frozen=True)
+class T:
+    key: str
+    index: int
+
+
+SCHED = [None, *SchedState]
+OUT = list(OutputState)
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[Desired, dict[str, TaskObs], dict[str, TaskHistory], float, Limits]:
+    n = draw(st.integers(0, 60))
+    tasks = [T(f"t{i:03d}", i) for i in range(n)]
+    policy = Policy(
+        batch_size=draw(st.integers(1, 20)),
+        max_retries=draw(st.integers(0, 3)),
+        initial_delay_s=draw(st.sampled_from([0.0, 5.0, 60.0])),
+        backoff_multiplier=draw(st.sampled_from([1.0, 2.0])),
+        max_delay_s=100.0,
+        prune=draw(st.booleans()),
+        rerun_on_change=draw(st.booleans()),
+        adopt_existing=draw(st.booleans()),
+    )
+    obs: dict[str, TaskObs] = {}
+    hist: dict[str, TaskHistory] = {}
+    for t in tasks:
+        sched = draw(st.sampled_from(SCHED))
+        subs = 0 if sched is None and draw(st.booleans()) else draw(st.integers(1, 5))
+        obs[t.key] = TaskObs(draw(st.sampled_from(OUT)), sched)
+        fails = draw(st.integers(0, subs)) if subs else 0
+        hist[t.key] = TaskHistory(subs, fails, draw(st.sampled_from([None, 0.0, 50.0, 99.0])), "x", draw(st.booleans()))
+    for i in range(draw(st.integers(0, 3))):  # tasks removed from the production
+        obs[f"gone{i}"] = TaskObs(OutputState.MISSING, draw(st.sampled_from(SCHED)))
+    limits = Limits(max_array_size=draw(st.integers(1, 30)), max_queued_tasks=draw(st.integers(1, 80)))
+    return Desired(tasks, policy), obs, hist, draw(st.sampled_from([0.0, 60.0, 1000.0])), limits
+
+
+@settings(max_examples=200, deadline=None)
+@given(worlds())
+def test_planner_invariants(world: tuple[Desired, dict[str, TaskObs], dict[str, TaskHistory], float, Limits]) -> None:
+    desired, obs, hist, now, limits = world
+    pol = desired.policy
+    p = plan(desired, obs, hist, now, limits)
+    assert p == plan(desired, obs, hist, now, limits)  # deterministic
+    seen: list[str] = []
+    for a in p.actions:
+        seen.extend(a.keys)
+    assert len(seen) == len(set(seen)), "a task appears in two actions"
+    by_key = {t.key: t for t in desired.tasks}
+    queued = sum(1 for o in obs.values() if o.sched is not None and o.sched.in_flight)
+    sent = 0
+    for a in p.actions:
+        if a.kind in (ActionKind.SUBMIT, ActionKind.RESUBMIT):
+            sent += len(a.keys)
+            assert list(a.keys) == sorted(a.keys, key=lambda k: by_key[k].index)
+            for k, i in zip(a.keys, a.array_indices, strict=True):
+                t, o, h = by_key[k], obs[k], hist[k]
+                assert i < limits.max_array_size  # invariant 4
+                assert t.index // max(1, min(pol.batch_size, limits.max_array_size)) == a.batch
+                assert o.output is not OutputState.COMPLETE  # invariant 2
+                assert not (o.sched is not None and o.sched.in_flight)
+                if o.output is OutputState.UNMARKED and h.submissions == 0:
+                    assert not pol.adopt_existing
+                if o.output is OutputState.STALE:
+                    assert pol.rerun_on_change
+                if a.kind is ActionKind.RESUBMIT:  # invariant 3
+                    fails = max(h.failures, 1)
+                    assert fails <= pol.max_retries
+                    assert now >= (h.last_end if h.last_end is not None else now) + pol.delay(fails)
+                    assert o.sched is not None
+        if a.kind is ActionKind.CANCEL:
+            assert pol.prune and all(k not in by_key for k in a.keys)
+        if a.kind is ActionKind.GIVE_UP:
+            assert all(max(hist[k].failures, 1) > pol.max_retries and not hist[k].given_up for k in a.keys)
+    cancelled = sum(len(a.keys) for a in p.actions if a.kind is ActionKind.CANCEL)
+    if queued <= limits.max_queued_tasks:
+        assert queued - cancelled + sent <= limits.max_queued_tasks  # invariant 4
+
+
+def test_batches_are_batch_local_and_retries_sparse() -> None:
+    tasks = [T(f"t{i}", i) for i in range(10)]
+    desired = Desired(tasks, Policy(batch_size=4, max_retries=2, initial_delay_s=10.0))
+    obs = {t.key: TaskObs(OutputState.COMPLETE, SchedState.COMPLETED) for t in tasks}
+    hist = {t.key: TaskHistory(1) for t in tasks}
+    obs["t5"] = TaskObs(OutputState.MISSING, SchedState.FAILED)
+    obs["t7"] = TaskObs(OutputState.MISSING, SchedState.TIMEOUT)
+    hist["t5"] = hist["t7"] = TaskHistory(1, 1, 100.0, "exit 1")
+    p = plan(desired, obs, hist, 105.0, Limits())
+    assert [a.kind for a in p.actions] == [ActionKind.WAIT] and p.actions[0].until == 110.0
+    p = plan(desired, obs, hist, 110.0, Limits())
+    (a,) = p.actions
+    assert (a.kind, a.batch, a.keys, a.array_indices) == (ActionKind.RESUBMIT, 1, ("t5", "t7"), (1, 3))
+
+
+# ------------------------------------------------------------------ the engine, simulated
+
+
+class Crash(Exception):
+    """A reconciler killed at this point (the simulation raises it where SIGKILL could land)."""
+
+
+@dataclass
+class SimScheduler:
+    """An in-memory scheduler: accepts arrays, runs them when told, forgets nothing."""
+
+    rng: random.Random
+    crash_before: float = 0.0
+    crash_after: float = 0.0
+    name: str = "sim"
+    lookup_grace_s: float = 0.0
+    jobs: dict[str, dict[int, TaskSched]] = field(default_factory=dict)
+    keys: dict[str, dict[int, str]] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    violations: list[str] = field(default_factory=list)
+
+    def submit(self, job: ArrayJob) -> str:
+        if self.rng.random() < self.crash_before:
+            raise Crash("before sbatch")
+        if job.token in self.tokens:
+            self.violations.append(f"token {job.token} sent twice")
+        manifest = __import__("json").loads(Path(job.script_path).with_suffix(".json").read_text())
+        live = {k for jid, ks in self.keys.items() for i, k in ks.items() if self.jobs[jid][i].state.in_flight}
+        job_id = str(next(self.ids))
+        self.jobs[job_id] = {}
+        self.keys[job_id] = {}
+        for i in job.array_indices:
+            key = manifest["tasks"][str(i)]["key"]
+            if key in live:
+                self.violations.append(f"{key} submitted while in flight")
+            self.jobs[job_id][i] = TaskSched(SchedState.PENDING)
+            self.keys[job_id][i] = key
+        self.tokens[job.token] = job_id
+        if self.rng.random() < self.crash_after:
+            raise Crash("after sbatch, before the job id was recorded")
+        return job_id
+
+    def observe(self, refs: Sequence[JobRef]) -> SchedulerView:
+        view = SchedulerView()
+        for r in refs:
+            jid = r.job_id or self.tokens.get(r.token)
+            if r.job_id is None and jid:
+                view.found[r.token] = jid
+            if jid in self.jobs:
+                view.tasks[jid] = dict(self.jobs[jid])
+            elif r.job_id:
+                view.gone.add(r.job_id)
+        return view
+
+    def cancel(self, job_id: str, array_indices: Sequence[int] | None = None) -> None:
+        for i in array_indices or list(self.jobs[job_id]):
+            if self.jobs[job_id][i].state.in_flight:
+                self.jobs[job_id][i] = TaskSched(SchedState.CANCELLED)
+
+    def step(self, outputs: SimOutputs, fingerprints: dict[str, str], p_fail: float, now: float) -> None:
+        """Time passes: every queued task runs and ends, some fail."""
+        for jid, tasks in self.jobs.items():
+            for i, ts in tasks.items():
+                if not ts.state.in_flight:
+                    continue
+                key = self.keys[jid][i]
+                if self.rng.random() < p_fail:
+                    tasks[i] = TaskSched(self.rng.choice([SchedState.FAILED, SchedState.TIMEOUT, SchedState.NODE_FAIL]), 1, "boom", now, now)
+                    if self.rng.random() < 0.5:
+                        outputs.state[key] = OutputState.UNMARKED  # a partial write
+                else:
+                    tasks[i] = TaskSched(SchedState.COMPLETED, 0, "", now, now)
+                    outputs.state[key] = OutputState.COMPLETE
+                    outputs.fp[key] = fingerprints[key]
+
+
+@dataclass
+class SimOutputs:
+    state: dict[str, OutputState] = field(default_factory=dict)
+    fp: dict[str, str] = field(default_factory=dict)
+
+    def observe(self, tasks: Sequence[Task], deep: object) -> dict[str, OutputState]:
+        out = {}
+        for t in tasks:
+            st_ = self.state.get(t.key, OutputState.MISSING)
+            if st_ is OutputState.COMPLETE and self.fp.get(t.key) != t.fingerprint:
+                st_ = OutputState.STALE
+            out[t.key] = st_
+        return out
+
+    def move_partial(self, task: Task, label: str) -> list[Path]:
+        self.state.pop(task.key, None)
+        return []
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _production(tmp: Path, realizations: int, redshifts: int, batch: int, retries: int) -> object:
+    root = tmp / "repo"
+    (root / "productions").mkdir(parents=True, exist_ok=True)
+    (root / "defaults").mkdir(exist_ok=True)
+    (root / "defaults/local.yaml").write_text((ROOT / "defaults/local.yaml").read_text())
+    zs = ", ".join(str(0.5 + 0.25 * i) for i in range(redshifts))
+    (root / "productions/sim.yaml").write_text(
+        f"production: {{name: sim}}\nscience:\n  redshifts: [{zs}]\n  realizations: {{count: {realizations}}}\n"
+        f"execution:\n  batch_size: {batch}\n  retry_policy: {{max_retries: {retries}, initial_delay_minutes: 1, max_delay_minutes: 10}}\n"
+        f"outputs: {{base_path: {tmp / 'out'}}}\n"
+        "task:\n  command: gen {realization} {redshift} {output}\n  outputs: ['r{realization}/z{redshift:.3f}.h5']\n"
+    )
+    return load(WorkTree(root), "sim", repo_root=root)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    realizations=st.integers(1, 6),
+    redshifts=st.integers(1, 4),
+    batch=st.integers(1, 7),
+    retries=st.integers(0, 2),
+    p_fail=st.sampled_from([0.0, 0.2, 0.5]),
+    crash=st.sampled_from([0.0, 0.2, 0.4]),
+)
+def test_engine_converges_under_failures_and_crashes(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, realizations: int, redshifts: int, batch: int, retries: int, p_fail: float, crash: float
+) -> None:
+    tmp = tmp_path_factory.mktemp("sim")
+    loaded = _production(tmp, realizations, redshifts, batch, retries)
+    rng = random.Random(seed)
+    sched = SimScheduler(rng, crash_before=crash / 2, crash_after=crash / 2)
+    outs = SimOutputs()
+    clock = Clock()
+    ledger_path = tmp / "ledger.db"
+    fps = {t.key: t.fingerprint for t in loaded.expansion().tasks}  # type: ignore[attr-defined]
+    for _ in range(200):
+        with Ledger(ledger_path) as ledger:
+            eng = Engine(loaded, sched, ledger, outs, clock=clock)  # type: ignore[arg-type]
+            try:
+                result = eng.run_pass()
+            except Crash:
+                continue  # killed: a fresh reconciler picks up next tick
+            # idempotence: a fresh plan of the unchanged world does nothing
+            again = eng.plan(eng.observe(record=True))
+            assert again.is_empty, again.dumps()
+            if result.summary["done"]:
+                break
+        clock.t += rng.choice([1.0, 30.0, 700.0])
+        sched.step(outs, fps, p_fail, clock.t)
+    assert sched.violations == []
+    assert sched.jobs, "nothing was ever submitted"
+    assert result.summary["done"], result.summary["counts"]
+    counts = result.summary["counts"]
+    assert counts["complete"] + counts["failed"] == len(fps)
+    with Ledger(ledger_path) as ledger:
+        for key, h in ledger.history().items():
+            assert h.failures <= retries + 1  # invariant 3: at most max_retries retries
+            assert h.submissions <= retries + 1
