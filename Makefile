@@ -20,10 +20,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 install: $(VENV)/.installed
 
 ## Run the demo production to completion on the local backend (no Slurm needed).
-# The venv's bin/ goes first on PATH so the demo's `python -m reconciler.demo_generator` finds h5py.
 demo: $(VENV)/.installed
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/reconcile watch demo --until-done --interval 2
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/reconcile status demo
+	$(BIN)/reconcile watch demo --until-done --interval 2
+	$(BIN)/reconcile status demo
 
 ## Install the test dependencies and run the whole suite (starts a Slurm test cluster when root).
 test: $(VENV)/.installed-test

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import __version__
-from reconciler.errors import EXIT_INVALID, EXIT_OK, ConfigError, ReconcilerError, UsageError
+from reconciler.errors import EXIT_INVALID, EXIT_OK, ConfigError, ReconcilerError
 from reconciler.spec.load import (
     DEFAULTS_DIR,
     PRODUCTIONS_DIR,

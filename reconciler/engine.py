@@ -16,7 +16,9 @@ Adapters (scheduler, output tree, ledger) are passed in; the planner is pure.
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -51,6 +53,17 @@ from reconciler.spec.expand import SYMBOLIC_DIR, Renderer, Task
 from reconciler.spec.load import Loaded
 
 FINISHED_SUBMISSION = "finished"
+CRASH_ENV = "RECONCILER_FAILPOINT"
+
+
+def failpoint(name: str) -> None:
+    """Die here, as SIGKILL would, when the test suite asks for it (``RECONCILER_FAILPOINT=name``).
+
+    Failpoints let the crash tests hit the narrow windows (between journal and sbatch, between
+    sbatch and recording the job id) that random kills would rarely land in.
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 class OutputTree(Protocol):
@@ -347,6 +360,7 @@ class Engine:
         atomic_write(script_path, script)
         kind = "resubmit" if a.kind is ActionKind.RESUBMIT else "submit"
         sub = Submission(token, a.batch, kind, "staged" if stage else "recorded", None, self.scheduler.name, str(script_path), str(manifest_path), now, None)
+        failpoint("before_record")
         self.ledger.record_submission(sub, [(i, t.key) for i, t in sorted(tasks.items())])
         if not stage:
             self._send(sub, sorted(tasks))
@@ -366,7 +380,9 @@ class Engine:
         )
         if sub.state == "staged":
             self.ledger.set_state(sub.token, "recorded")
+        failpoint("after_record")
         job_id = self.scheduler.submit(job)
+        failpoint("after_submit")
         self.ledger.set_submitted(sub.token, job_id, self.clock())
         return job_id
 
@@ -405,19 +421,18 @@ class Engine:
 
     def run_pass(self, *, apply: bool = True, stage: bool = False) -> PassResult:
         obs = self.observe(record=True)
+        events = list(obs.events)
         p = self.plan(obs)
         if stage:
             p = stage_only(p)
         applied: dict[str, int] = {}
         if apply:
-            try:
-                applied = self.apply(p, obs, stage=stage)
-            except TransientError:
-                raise
+            applied = self.apply(p, obs, stage=stage)
         if applied:
             self.ledger.event("pass", json.dumps(applied, sort_keys=True), self.clock())
             obs = self.observe(record=True)
-        return PassResult(p, applied, self.summary(obs), obs.events)
+            events += obs.events
+        return PassResult(p, applied, self.summary(obs), events)
 
 
 def rebuild_from_manifests(ledger: Ledger, production_dir: Path, backend: str, now: float) -> int:

@@ -197,7 +197,8 @@ class Ledger:
             for key in keys:
                 db.execute(
                     "UPDATE tasks SET submissions = MAX(submissions - 1, 0), "
-                    "latest_token = (SELECT token FROM attempts WHERE key = ? AND token != ? ORDER BY attempt DESC LIMIT 1) WHERE key = ?",
+                    "latest_token = (SELECT a.token FROM attempts a JOIN submissions s ON s.token = a.token "
+                    "WHERE a.key = ? AND a.token != ? AND s.state != 'abandoned' ORDER BY a.attempt DESC, s.created DESC LIMIT 1) WHERE key = ?",
                     (key, token, key),
                 )
             db.execute("INSERT INTO events VALUES (?, 'abandon', NULL, ?)", (now, f"{token}: {reason}"))

@@ -1,4 +1,4 @@
-"""JSON Schemas of the files users write, generated from the models (checked for staleness in tests)."""
+"""JSON Schemas of the files users write (and of the status the reconciler publishes), generated from the models (checked for staleness in tests)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ import json
 from pathlib import Path
 
 from reconciler.spec.models import MachineDefaults, Production
+from reconciler.status_doc import StatusDoc
 
-SCHEMAS = {"production.schema.json": Production, "defaults.schema.json": MachineDefaults}
+SCHEMAS = {
+    "production.schema.json": Production,
+    "defaults.schema.json": MachineDefaults,
+    # what the reconciler publishes on the results branch (productions/<name>/status.json)
+    "status.schema.json": StatusDoc,
+}
 
 
 def render(model: type) -> str:

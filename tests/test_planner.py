@@ -17,7 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.core.model import Desired, Limits, OutputState, Policy, SchedState, TaskHistory, TaskObs
+from reconciler.core.model import (
+    Desired,
+    Limits,
+    OutputState,
+    Policy,
+    SchedState,
+    TaskHistory,
+    TaskObs,
+)
 from reconciler.core.plan import ActionKind
 from reconciler.core.planner import plan
 from reconciler.engine import Engine

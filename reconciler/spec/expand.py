@@ -23,7 +23,8 @@ from typing import Any
 from reconciler.spec.models import Production
 
 SYMBOLIC_DIR = "${PRODUCTION_DIR}"
-BUILTIN_PLACEHOLDERS = ("realization", "redshift", "index", "key", "name", "version", "production_dir", "output", "catalog_params")
+SYMBOLIC_PYTHON = "${PYTHON}"
+BUILTIN_PLACEHOLDERS = ("realization", "redshift", "index", "key", "name", "version", "production_dir", "output", "catalog_params", "python")
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ class Renderer:
             raise TemplateError("task.command", "command is empty")
         for where, templates, extra_forbidden in (
             ("task.command", self.argv_templates, ()),
-            ("task.outputs", self.output_templates, ("output", "production_dir")),
+            ("task.outputs", self.output_templates, ("output", "production_dir", "python")),
         ):
             for tpl in templates:
                 try:
@@ -154,6 +155,7 @@ class Renderer:
             name=self.prod.production.name,
             version=self.prod.production.version,
             production_dir=production_dir,
+            python=SYMBOLIC_PYTHON,
             catalog_params=self.catalog,
         )
         return values

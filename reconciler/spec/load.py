@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -21,8 +22,6 @@ from reconciler.errors import ConfigError, Problem
 from reconciler.spec.expand import Expansion, TemplateError, expand
 from reconciler.spec.models import EXECUTION_KEYS, NAME_PATTERN, MachineDefaults, Production
 from reconciler.spec.yamlsrc import Document, Mark, dotted, parse
-
-import re
 
 PRODUCTIONS_DIR = "productions"
 DEFAULTS_DIR = "defaults"

@@ -10,7 +10,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{0,63}$"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

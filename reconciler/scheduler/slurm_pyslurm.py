@@ -1,0 +1,370 @@
+"""The optional Slurm backend through pyslurm (the C API) instead of the command-line tools.
+
+pyslurm builds only against the exact Slurm major release it was made for (PyPI: 25.11),
+so it is an optional extra, imported lazily, and used only when its MAJOR.MINOR equals the
+running Slurm's: a mismatched libslurm may load and then misread structures. An explicit
+``scheduler: pyslurm`` on a machine where that does not hold is a start-up error naming
+both versions; ``scheduler: auto`` quietly falls back to the CLI backend.
+
+The mapping from pyslurm's job objects to task states is kept in pure functions taking
+plain objects with pyslurm's attribute names (tested on SimpleNamespace records shaped after
+pyslurm's ``pyslurm/core/job/job.pyx`` and ``pyslurm/db/job.pyx``). They reuse the CLI
+backend's state table and merge rules, so both backends read Slurm the same way.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import Any, TypeVar
+
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+from reconciler.errors import TransientError, UsageError
+from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView
+from reconciler.scheduler.slurm_cli import (
+    SACCT_MARGIN_S,
+    SlurmCLI,
+    SlurmRecord,
+    SubmitRejected,
+    expand_array,
+    is_transient,
+    merge_view,
+    needs_accounting,
+)
+
+T = TypeVar("T")
+
+_VERSION_RE = re.compile(r"(\d+)\.(\d+)")
+
+
+# --------------------------------------------------------------------------- versions
+
+
+def parse_version(text: str | None) -> tuple[int, int] | None:
+    """``"slurm-wlm 22.05.8"``, ``"slurm 25.11.0"``, ``"25.5.0"`` -> (major, minor)."""
+    if not text:
+        return None
+    m = _VERSION_RE.search(text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def running_slurm_version(env: Mapping[str, str] | None = None) -> tuple[int, int] | None:
+    """MAJOR.MINOR of the installed Slurm, from ``sinfo --version`` (None if unavailable)."""
+    try:
+        proc = subprocess.run(
+            ["sinfo", "--version"], capture_output=True, text=True, timeout=30, check=False,
+            env=dict(env) if env is not None else None,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_version(proc.stdout) if proc.returncode == 0 else None
+
+
+def import_pyslurm() -> ModuleType:
+    """Import pyslurm on demand: importing it loads libslurm, which may be absent or other."""
+    return importlib.import_module("pyslurm")
+
+
+def pyslurm_version(module: Any) -> str:
+    """pyslurm's own version string (``__version__``, or ``version()`` in older releases)."""
+    v = getattr(module, "__version__", None)
+    if not v and callable(getattr(module, "version", None)):
+        v = module.version()
+    return str(v or "")
+
+
+def available(
+    *,
+    importer: Callable[[], Any] = import_pyslurm,
+    slurm_version: Callable[[], tuple[int, int] | None] = running_slurm_version,
+) -> tuple[bool, str]:
+    """Whether pyslurm imports and was built for the running Slurm release, and why not."""
+    try:
+        module = importer()
+    except Exception as e:  # ImportError, or an OSError from a missing libslurm.so.NN
+        return False, f"pyslurm does not import ({type(e).__name__}: {e})"
+    pv_text = pyslurm_version(module)
+    pv = parse_version(pv_text)
+    sv = slurm_version()
+    if sv is None:
+        return False, f"pyslurm {pv_text} imports, but the running Slurm version is unknown (sinfo --version failed)"
+    if pv != sv:
+        return False, (
+            f"pyslurm {pv_text} is built for Slurm {_fmt(pv)}, but this machine runs Slurm {_fmt(sv)}"
+        )
+    return True, f"pyslurm {pv_text} matches Slurm {_fmt(sv)}"
+
+
+def _fmt(v: tuple[int, int] | None) -> str:
+    return f"{v[0]}.{v[1]:02d}" if v else "unknown"
+
+
+def choose_backend_name(
+    machine_scheduler: str,
+    *,
+    check: Callable[[], tuple[bool, str]] = available,
+) -> str:
+    """The backend to use for the machine defaults' ``scheduler`` value.
+
+    ``auto`` picks pyslurm when it is usable and the CLI otherwise; explicit names are
+    returned as they are, except an explicit ``pyslurm`` that cannot work, which is a
+    start-up error rather than a surprise at the first submission.
+    """
+    if machine_scheduler == "auto":
+        return "pyslurm" if check()[0] else "slurm"
+    if machine_scheduler == "pyslurm":
+        ok, why = check()
+        if not ok:
+            raise UsageError(f"scheduler: pyslurm is not usable here: {why}; use scheduler: slurm")
+    return machine_scheduler
+
+
+# --------------------------------------------------------------------------- pure mapping
+
+
+def job_indices(job: Any) -> tuple[str, tuple[int, ...], bool]:
+    """(array's job id, indices covered, is an array) of one pyslurm job object.
+
+    pyslurm reads ``array_job_id``/``array_task_id`` with ``u32_parse``, which maps 0 to
+    None: ``array_id`` is None for a job without --array, and ``array_task_id`` is None
+    both for task 0 and for the folded pending record, which is told apart by
+    ``array_tasks_waiting`` (the folded string, "%" throttle already removed).
+    """
+    array_id = getattr(job, "array_id", None)
+    if not array_id:
+        return str(job.id), (0,), False
+    waiting = getattr(job, "array_tasks_waiting", None)
+    if waiting:
+        return str(array_id), expand_array(str(waiting)), True
+    task = getattr(job, "array_task_id", None)
+    return str(array_id), (int(task) if task is not None else 0,), True
+
+
+def _epoch(v: Any) -> float | None:
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if f > 0 else None
+
+
+def job_record(job: Any) -> SlurmRecord:
+    """One pyslurm job (``pyslurm.Job`` or ``pyslurm.db.Job``) -> a SlurmRecord.
+
+    Exit code and signal come split already (``exit_code``, ``exit_code_signal``, decoded
+    by pyslurm from the wait status); times are epoch integers or None.
+    """
+    job_id, indices, is_array = job_indices(job)
+    reason = getattr(job, "state_reason", "") or ""
+    comment = getattr(job, "comment", "") or ""
+    return SlurmRecord(
+        job_id=job_id,
+        indices=indices,
+        is_array=is_array,
+        raw_state=str(getattr(job, "state", "") or ""),
+        exit_code=getattr(job, "exit_code", None),
+        signal=getattr(job, "exit_code_signal", None) or 0,
+        reason="" if reason in ("None", "(null)") else str(reason),
+        start=_epoch(getattr(job, "start_time", None)),
+        end=_epoch(getattr(job, "end_time", None)),
+        name=str(getattr(job, "name", "") or ""),
+        comment=str(comment),
+    )
+
+
+def jobs_of(collection: Any) -> list[Any]:
+    """The job objects of ``pyslurm.Jobs`` (a mapping by cluster/id) or ``pyslurm.db.Jobs``
+    (a list)."""
+    if collection is None:
+        return []
+    if isinstance(collection, Mapping) or hasattr(collection, "values"):
+        return list(collection.values())
+    return list(collection)
+
+
+def records(jobs: Iterable[Any], user: str | None = None) -> list[SlurmRecord]:
+    """Records of these jobs, restricted to ``user`` when the objects say whose they are."""
+    out: list[SlurmRecord] = []
+    for j in jobs:
+        owner = getattr(j, "user_name", None)
+        if user is not None and owner is not None and owner != user:
+            continue
+        out.append(job_record(j))
+    return out
+
+
+def view_from_jobs(
+    refs: Sequence[JobRef], ctld_jobs: Iterable[Any], db_jobs: Iterable[Any] | None, user: str | None = None
+) -> SchedulerView:
+    """The view of these refs from slurmctld's jobs and (optionally) slurmdbd's.
+
+    slurmctld plays squeue's part (fresher, wins) and slurmdbd sacct's: see
+    slurm_cli.merge_view for the rules.
+    """
+    acct = records(db_jobs, user) if db_jobs is not None else None
+    return merge_view(refs, records(ctld_jobs, user), acct)
+
+
+def exported_environment(script: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables ``#SBATCH --export=A,B`` names, with their current values.
+
+    pyslurm maps --export to its ``environment`` attribute (a dict), so the list the
+    script names is resolved here, as sbatch would, instead of passing the text along.
+    """
+    names: list[str] = []
+    for line in script.splitlines():
+        m = re.match(r"#SBATCH\s+--export[= ](\S+)", line.strip())
+        if m:
+            names = [n for n in m.group(1).split(",") if n and n not in ("NONE", "ALL")]
+    return {n: environ[n] for n in names if n in environ}
+
+
+# --------------------------------------------------------------------------- the backend
+
+
+class _Unanswered(Exception):
+    pass
+
+
+class PyslurmScheduler:
+    """Scheduler protocol over pyslurm: one slurmctld RPC and at most one slurmdbd query per
+    observe(). Cancelling some array indices and MaxArraySize go through the CLI backend
+    (one ``scancel``, ``scontrol``): pyslurm cancels by integer job id only."""
+
+    name = "pyslurm"
+    lookup_grace_s = SlurmCLI.lookup_grace_s
+
+    def __init__(
+        self,
+        *,
+        module: Any | None = None,
+        check_version: bool = True,
+        retry_seconds: float = 60.0,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+    ) -> None:
+        if module is None:
+            if check_version:
+                ok, why = available()
+                if not ok:
+                    raise UsageError(f"scheduler: pyslurm is not usable here: {why}; use scheduler: slurm")
+            module = import_pyslurm()
+        self.pyslurm = module
+        self.retry_seconds = retry_seconds
+        self.env = dict(env) if env is not None else None
+        self.cli = SlurmCLI(env=env, retry_seconds=retry_seconds, user=user)
+        self.user = self.cli.user
+        self.calls: list[list[str]] = []  # one entry per API call, like SlurmCLI.calls
+
+    def _read(self, what: list[str], fn: Callable[[], T]) -> T:
+        """Run one read API call; retry while Slurm does not answer, then TransientError."""
+        deadline = time.monotonic() + self.retry_seconds
+        last = ""
+
+        def attempt() -> T:
+            nonlocal last
+            self.calls.append(what)
+            try:
+                return fn()
+            except Exception as e:
+                last = f"{what[0]}: {e}"
+                if is_transient(str(e)):
+                    raise _Unanswered(last) from e
+                raise TransientError(
+                    f"{what[0]} failed: {e}; nothing was marked failed; the next pass will retry"
+                ) from e
+
+        backoff = wait_random_exponential(multiplier=0.5, max=8)
+
+        def wait(state: RetryCallState) -> float:
+            return min(backoff(state), max(0.0, deadline - time.monotonic()))
+
+        try:
+            return Retrying(
+                stop=stop_after_delay(self.retry_seconds),
+                wait=wait,
+                retry=retry_if_exception_type(_Unanswered),
+            )(attempt)
+        except (RetryError, _Unanswered):
+            raise TransientError(
+                f"slurmctld did not answer: {last} (gave up after {self.retry_seconds:g} s); "
+                "nothing was marked failed; the next pass will retry"
+            ) from None
+
+    def submit(self, job: ArrayJob) -> str:
+        """Submit the script file with its own #SBATCH options; never retried (see SlurmCLI)."""
+        ps = self.pyslurm
+        environ = self.env if self.env is not None else os.environ
+        self.calls.append(["JobSubmitDescription.submit", str(job.script_path)])
+        try:
+            desc = ps.JobSubmitDescription(
+                script=str(job.script_path),
+                working_directory=str(job.workdir),
+                environment=exported_environment(job.script, environ),
+            )
+            desc.load_sbatch_options()
+            job_id = desc.submit()
+        except Exception as e:
+            msg = str(e)
+            if is_transient(msg) or isinstance(e, TimeoutError):
+                raise TransientError(
+                    f"sbatch outcome unknown ({msg}); the job may exist: nothing was resubmitted, "
+                    f"the next pass will look for token {job.token}"
+                ) from e
+            raise SubmitRejected(f"pyslurm rejected {job.name} (token {job.token}): {msg}", token=job.token, stderr=msg) from e
+        return str(job_id)
+
+    def observe(self, refs: Sequence[JobRef]) -> SchedulerView:
+        """``pyslurm.Jobs.load()`` once, then ``pyslurm.db.Jobs.load()`` once if needed."""
+        if not refs:
+            return SchedulerView()
+        ps = self.pyslurm
+        ctld = self._read(["pyslurm.Jobs.load"], lambda: jobs_of(ps.Jobs.load()))
+        queued = records(ctld, self.user)
+        first = merge_view(refs, queued, None)
+        tokens = {r.token for r in refs if not r.job_id}
+        missing_tokens = tokens - set(first.found)
+        need: set[str] = set()
+        for ref in refs:
+            job_id = ref.job_id or first.found.get(ref.token)
+            if job_id and needs_accounting(ref, job_id, queued):
+                need.add(job_id)
+        if not need and not missing_tokens:
+            return first
+        since = int(min(r.submitted_at for r in refs) - SACCT_MARGIN_S)
+        kwargs: dict[str, Any] = {"users": [self.user], "start_time": since}
+        if not missing_tokens:
+            kwargs["ids"] = sorted(int(i) for i in need if i.isdigit())
+        db = self._read(
+            ["pyslurm.db.Jobs.load", *(f"{k}={v}" for k, v in sorted(kwargs.items()))],
+            lambda: jobs_of(ps.db.Jobs.load(ps.db.JobFilter(**kwargs))),
+        )
+        return merge_view(refs, queued, records(db, self.user))
+
+    def cancel(self, job_id: str, array_indices: Sequence[int] | None = None) -> None:
+        """Cancel a whole job through pyslurm, some indices with one ``scancel``."""
+        if array_indices:
+            self.cli.cancel(job_id, array_indices)
+            self.calls.extend(self.cli.calls[-1:])
+            return
+        ps = self.pyslurm
+        self._read(["pyslurm.Job.cancel", job_id], lambda: ps.Job(int(job_id)).cancel())
+
+    def max_array_size(self) -> int | None:
+        """MaxArraySize, through ``scontrol show config`` (present wherever pyslurm works)."""
+        return self.cli.max_array_size()

@@ -1,0 +1,424 @@
+"""The status document a pass publishes on the results branch, its history lines, and STATUS.md.
+
+Layout on the results branch (paths relative to the branch root)::
+
+    STATUS.md                              one table over every production on the branch
+    productions/<name>/status.json         this module's StatusDoc, rewritten every pass
+    productions/<name>/history.jsonl       one line per pass: time, counts, actions taken
+    productions/<name>/progress.png ...    pictures from reconciler.report, when available
+
+Why a document of its own instead of dumping ``summarize()``: the status of a 40,000-task
+production is read by people (STATUS.md), by scripts (JSON Schema in schemas/) and by the
+report pictures, and it is committed every pass, so it must be stable, versioned and small.
+Per-task data therefore travels as compact parallel arrays (one character per task state,
+keys factored into their axes) rather than as 40,000 objects. Nothing from the environment
+and no credential ever goes into it: only the summary, the desired-state identity and the
+machine name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from itertools import product
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from reconciler import __version__
+from reconciler.core.status import STATES
+
+SCHEMA_VERSION = 1
+STATUS_FILE = "status.json"
+HISTORY_FILE = "history.jsonl"
+STATUS_MD = "STATUS.md"
+PRODUCTIONS = "productions"
+
+# One character per state: a 40,000-task production costs 40 kB, and the string diffs well.
+LEGEND: dict[str, str] = {
+    "C": "complete",
+    "A": "adopted",
+    "R": "running",
+    "Q": "queued",
+    "T": "retrying",
+    "F": "failed",
+    "S": "stale",
+    "M": "missing",
+    "?": "unknown",
+}
+CODE = {state: code for code, state in LEGEND.items()}
+assert set(STATES) <= set(CODE), "every summarize() state needs a code"
+
+MAX_LISTED = 1000
+"""Failures and stale keys listed by name at most; the per-task codes hold the rest."""
+MAX_HISTORY_LINES = 20_000
+"""history.jsonl keeps this many passes (two weeks at one pass a minute): it is rewritten each pass."""
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Failure(_Doc):
+    """A task that failed at least once and is not complete."""
+
+    key: str
+    state: str
+    failures: int
+    reason: str = ""
+    log: str = ""
+
+
+class Retried(_Doc):
+    """A task that completed after failing: worth a look even though it is done."""
+
+    key: str
+    failures: int
+    last_reason: str = ""
+
+
+class ExcludedTask(_Doc):
+    key: str
+    reason: str
+
+
+class TaskTable(_Doc):
+    """Per-task data in task index order, as parallel arrays.
+
+    ``keys`` is either the explicit list of task keys, or (when the keys form a cross product
+    of their ``/``-separated parts, which canonical expansion guarantees) ``grid``: the
+    distinct parts per position in order, plus ``holes``: positions of that product that are
+    not tasks (the excluded ones). ``task_keys()`` decodes both.
+    """
+
+    legend: dict[str, str] = Field(default_factory=lambda: dict(LEGEND), description="state code -> state")
+    states: str = Field(description="one legend code per task, in task index order")
+    keys: list[str] | None = Field(None, description="task keys, when they are not a grid")
+    grid: list[list[str]] | None = Field(None, description="distinct key parts per position; keys are their product minus holes")
+    holes: list[int] = Field(default_factory=list, description="positions in the grid product that are not tasks")
+    attempts: list[int | None] = Field(default_factory=list, description="submissions per task; null when unknown")
+    runtime_s: list[int | float | None] = Field(default_factory=list, description="run time of the latest attempt in seconds; null when unknown")
+
+
+class StatusDoc(_Doc):
+    """``productions/<name>/status.json`` on the results branch."""
+
+    schema_version: int = SCHEMA_VERSION
+    production: str
+    version: str
+    tag: str | None = None
+    commit: str
+    ref: str
+    machine: str
+    reconciler_version: str
+    updated: str = Field(description="ISO 8601 time of the pass, UTC")
+    counts: dict[str, int] = Field(description="tasks per state")
+    total: int
+    progress: float = Field(description="(complete + adopted) / total")
+    success_rate: float | None = Field(None, description="done / (done + failed); null before anything finished")
+    done: bool
+    failures: list[Failure] = Field(default_factory=list)
+    failures_omitted: int = 0
+    retried: list[Retried] = Field(default_factory=list)
+    excluded: list[ExcludedTask] = Field(default_factory=list)
+    stale: list[str] = Field(default_factory=list, description="keys whose outputs have another fingerprint")
+    stale_omitted: int = 0
+    adopted: int = 0
+    plots: list[str] = Field(default_factory=list, description="picture files next to this one, e.g. progress.png")
+    tasks: TaskTable
+
+
+# ---------------------------------------------------------------- keys
+
+
+def encode_keys(keys: Sequence[str]) -> dict[str, Any]:
+    """``{"grid": ..., "holes": ...}`` when ``keys`` is an ordered product minus holes, else ``{"keys": ...}``.
+
+    The encoding is checked by decoding it, so it is lossless whatever the keys look like.
+    """
+    if not keys:
+        return {"keys": []}
+    split = [k.split("/") for k in keys]
+    width = len(split[0])
+    if any(len(s) != width for s in split):
+        return {"keys": list(keys)}
+    parts: list[dict[str, None]] = [{} for _ in range(width)]
+    for s in split:
+        for i, p in enumerate(s):
+            parts[i].setdefault(p, None)
+    grid = [list(p) for p in parts]
+    size = math.prod(len(g) for g in grid)
+    if size > 4 * len(keys) + 1000:  # sparse: the holes would cost more than the keys
+        return {"keys": list(keys)}
+    want = iter(keys)
+    nxt = next(want, None)
+    holes = []
+    for pos, combo in enumerate(product(*grid)):
+        if nxt is not None and "/".join(combo) == nxt:
+            nxt = next(want, None)
+        else:
+            holes.append(pos)
+    if nxt is not None:  # keys are not in product order
+        return {"keys": list(keys)}
+    return {"grid": grid, "holes": holes}
+
+
+def task_keys(tasks: Mapping[str, Any]) -> list[str]:
+    """The task keys of a ``tasks`` table (either encoding)."""
+    if tasks.get("keys") is not None:
+        return list(tasks["keys"])
+    grid = tasks.get("grid") or []
+    if not grid:
+        return []
+    holes = set(tasks.get("holes") or ())
+    return ["/".join(c) for pos, c in enumerate(product(*grid)) if pos not in holes]
+
+
+def task_states(tasks: Mapping[str, Any]) -> list[str]:
+    """Per-task state names, in task order."""
+    legend = tasks.get("legend") or LEGEND
+    return [legend.get(c, "unknown") for c in tasks.get("states", "")]
+
+
+# ---------------------------------------------------------------- building
+
+
+def _iso(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
+
+
+def _runtime(value: float | None) -> int | float | None:
+    """Seconds, 0.1 s precision below 100 s and whole seconds above (the array is 40,000 long)."""
+    if value is None or not math.isfinite(value) or value < 0:
+        return None
+    return round(value, 1) if value < 100 else int(round(value))
+
+
+def build_status(
+    summary: Mapping[str, Any],
+    *,
+    production: str,
+    version: str,
+    tag: str | None,
+    commit: str,
+    ref: str,
+    machine: str,
+    now: float,
+    keys: Sequence[str] | None = None,
+    attempts: Mapping[str, int] | None = None,
+    runtimes: Mapping[str, float] | None = None,
+    plots: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The status.json document (validated, as a JSON-ready dict) from ``summarize()``'s output.
+
+    ``keys`` are the desired task keys in index order (default: the order of
+    ``summary["states"]``); ``attempts`` and ``runtimes`` come from the ledger and may miss
+    tasks. ``plots`` names the picture files published next to the document.
+    """
+    states: Mapping[str, str] = summary.get("states", {})
+    order = list(keys) if keys is not None else list(states)
+    attempts = attempts or {}
+    runtimes = runtimes or {}
+    counts = {s: int(n) for s, n in summary.get("counts", {}).items()}
+    failures = list(summary.get("failures", []))
+    stale = [k for k in order if states.get(k) == "stale"]
+    table = {
+        "legend": dict(LEGEND),
+        "states": "".join(CODE.get(states.get(k, "unknown"), "?") for k in order),
+        **encode_keys(order),
+        "attempts": [attempts.get(k) for k in order],
+        "runtime_s": [_runtime(runtimes.get(k)) for k in order],
+    }
+    doc = StatusDoc(
+        production=production,
+        version=version,
+        tag=tag,
+        commit=commit,
+        ref=ref,
+        machine=machine,
+        reconciler_version=__version__,
+        updated=_iso(now),
+        counts=counts,
+        total=int(summary.get("total", len(order))),
+        progress=float(summary.get("progress", 0.0)),
+        success_rate=summary.get("success_rate"),
+        done=bool(summary.get("done", False)),
+        failures=[
+            Failure(key=f["key"], state=f.get("state", ""), failures=int(f.get("failures", 0)), reason=f.get("reason") or "", log=f.get("log") or "")
+            for f in failures[:MAX_LISTED]
+        ],
+        failures_omitted=max(0, len(failures) - MAX_LISTED),
+        retried=[Retried(**r) for r in summary.get("retried", [])[:MAX_LISTED]],
+        excluded=[ExcludedTask(**e) for e in summary.get("excluded", [])],
+        stale=stale[:MAX_LISTED],
+        stale_omitted=max(0, len(stale) - MAX_LISTED),
+        adopted=counts.get("adopted", 0),
+        plots=list(plots),
+        tasks=TaskTable(**table),
+    )
+    return doc.model_dump(mode="json", exclude_none=False)
+
+
+def history_line(summary: Mapping[str, Any], actions: Mapping[str, int], now: float) -> dict[str, Any]:
+    """One line of history.jsonl: when, how many tasks in each state, what the pass did."""
+    return {
+        "time": _iso(now),
+        "t": round(now, 3),
+        "total": int(summary.get("total", 0)),
+        "counts": {s: int(n) for s, n in summary.get("counts", {}).items()},
+        "progress": float(summary.get("progress", 0.0)),
+        "actions": {k: int(v) for k, v in actions.items() if v},
+    }
+
+
+def dumps_status(doc: Mapping[str, Any]) -> bytes:
+    """status.json text: readable top level, one line per per-task array (so 40,000 tasks stay ~40 lines)."""
+    body = {k: v for k, v in doc.items() if k != "tasks"}
+    text = json.dumps(body, indent=2, sort_keys=True)
+    tasks = doc.get("tasks") or {}
+    inner = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in tasks.items())
+    tail = f'  "tasks": {{\n{inner}\n  }}\n}}\n'
+    return (text[:-2] + ",\n" + tail).encode() if body else ('{\n' + tail).encode()
+
+
+def parse_history(data: bytes | None) -> list[dict[str, Any]]:
+    """History lines from history.jsonl; a damaged line is skipped rather than losing the rest."""
+    out = []
+    for raw in (data or b"").splitlines():
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(line, dict):
+            out.append(line)
+    return out
+
+
+# ---------------------------------------------------------------- STATUS.md
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+
+
+def render_status_md(statuses: Sequence[Mapping[str, Any]], plots: Mapping[str, str]) -> str:
+    """The top-level STATUS.md: one row per production, then each production's progress picture.
+
+    ``plots`` maps a production name to the branch-relative path of its progress picture
+    (productions without one get no image).
+    """
+    rows = sorted(statuses, key=lambda s: str(s.get("production", "")))
+    lines = [
+        "# Production status",
+        "",
+        "Written by the reconciler on every pass; do not edit (the next pass overwrites it).",
+        "",
+        "| production | version | progress | complete / total | failed | running | queued | last pass | details |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for s in rows:
+        name = str(s.get("production", "?"))
+        counts = s.get("counts") or {}
+        complete = int(counts.get("complete", 0)) + int(counts.get("adopted", 0))
+        total = int(s.get("total", 0))
+        pct = 100.0 * float(s.get("progress", 0.0))
+        mark = " (done)" if s.get("done") else ""
+        links = [f"[status.json]({PRODUCTIONS}/{name}/{STATUS_FILE})"]
+        if name in plots:
+            links.append(f"[progress]({plots[name]})")
+        lines.append(
+            f"| {_md(name)} | {_md(s.get('version', ''))} | {pct:.1f}%{mark} | {complete} / {total} | "
+            f"{int(counts.get('failed', 0))} | {int(counts.get('running', 0))} | {int(counts.get('queued', 0))} | "
+            f"{_md(s.get('updated', ''))} | {' · '.join(links)} |"
+        )
+    if not rows:
+        lines.append("| (no productions yet) | | | | | | | | |")
+    for s in rows:
+        name = str(s.get("production", "?"))
+        if name in plots:
+            lines += ["", f"## {_md(name)}", "", f"![progress of {_md(name)}]({plots[name]})"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- files on the branch
+
+
+class BranchReader(Protocol):
+    """Read access to the results branch tree a commit is being built on."""
+
+    def read(self, path: str) -> bytes | None: ...
+
+    def list(self, directory: str) -> list[str]: ...
+
+
+def status_path(name: str, file: str = STATUS_FILE) -> str:
+    return f"{PRODUCTIONS}/{name}/{file}"
+
+
+def files_for(
+    status: Mapping[str, Any],
+    history_jsonl_prev: bytes | None,
+    line: Mapping[str, Any] | None,
+    other_statuses: Sequence[Mapping[str, Any]],
+    plots: Mapping[str, bytes],
+    *,
+    max_history: int = MAX_HISTORY_LINES,
+) -> dict[str, bytes]:
+    """The files one production publishes: its status.json, history.jsonl (+ ``line``), plots, STATUS.md.
+
+    ``other_statuses`` are the status documents of the other productions already on the
+    branch (STATUS.md covers them all); a document of this production among them is ignored.
+    ``max_history`` keeps history.jsonl bounded, dropping the oldest lines.
+    """
+    name = str(status["production"])
+    doc = dict(status)
+    doc["plots"] = sorted(set(doc.get("plots") or ()) | set(plots))
+    out: dict[str, bytes] = {status_path(name): dumps_status(doc)}
+    if line is not None:
+        prev = (history_jsonl_prev or b"").splitlines()
+        prev = [ln for ln in prev if ln.strip()]
+        prev.append(json.dumps(dict(line), sort_keys=True, separators=(",", ":")).encode())
+        out[status_path(name, HISTORY_FILE)] = b"\n".join(prev[-max_history:]) + b"\n"
+    for fname, data in plots.items():
+        out[status_path(name, fname)] = data
+    everyone = [s for s in other_statuses if s.get("production") != name] + [doc]
+    links = {str(s["production"]): status_path(str(s["production"]), "progress.png") for s in everyone if "progress.png" in (s.get("plots") or ())}
+    out[STATUS_MD] = render_status_md(everyone, links).encode()
+    return out
+
+
+def read_statuses(branch: BranchReader) -> list[dict[str, Any]]:
+    """Every production's status document on the branch (unreadable ones are skipped)."""
+    out = []
+    for name in branch.list(PRODUCTIONS):
+        data = branch.read(status_path(name))
+        if data is None:
+            continue
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("production") == name:
+            out.append(doc)
+    return out
+
+
+def builder(
+    status: Mapping[str, Any],
+    line: Mapping[str, Any] | None,
+    plots: Mapping[str, bytes] | None = None,
+) -> Callable[[BranchReader], dict[str, bytes]]:
+    """A file builder for ``results.publish``: recomputed on whatever tree the commit lands on.
+
+    History is appended to, and STATUS.md rebuilt from, the branch as it is when the commit
+    is made (after a fetch or a lost race), so a concurrent publisher is never overwritten.
+    """
+    name = str(status["production"])
+
+    def build(branch: BranchReader) -> dict[str, bytes]:
+        prev = branch.read(status_path(name, HISTORY_FILE))
+        return files_for(status, prev, line, read_statuses(branch), plots or {})
+
+    return build

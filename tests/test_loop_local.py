@@ -1,0 +1,156 @@
+"""The reconcile loop end to end on the local backend: real processes, real files, real git.
+
+`reconcile` runs as a subprocess (so it can be SIGKILLed); tasks run detached under the
+local backend's dispatcher and outlive it, as jobs outlive a login-node process on Slurm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from .conftest import git
+
+FAIL_ONCE = {"r0004/z1.500", "r0005/z0.500"}  # (1000 r + 1000 z) % 11 == 0 in the demo production
+
+
+def env_for(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    env.update(
+        RECONCILER_LOCAL_SPOOL=str(tmp / "spool"),
+        GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.org", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.org",
+    )
+    env.update(extra)
+    return env
+
+
+def reconcile(repo: Path, env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def sent_to_scheduler(spool: Path) -> Counter[str]:
+    """How many times each task key reached the local scheduler (the scheduler's own record)."""
+    sent: Counter[str] = Counter()
+    for job in sorted((spool / "jobs").glob("[0-9]*/job.json")):
+        doc = json.loads(job.read_text())
+        manifest = json.loads(Path(doc["script_path"]).with_suffix(".json").read_text())
+        for i in doc["array_indices"]:
+            sent[manifest["tasks"][str(i)]["key"]] += 1
+    return sent
+
+
+def wait_quiet(spool: Path, timeout: float = 60) -> None:
+    """Until no task of the spool is pending or running (so a test leaves nothing behind)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        states = [json.loads(p.read_text()).get("state") for p in spool.glob("jobs/*/tasks/*.json")]
+        if not any(s in ("PENDING", "RUNNING") for s in states):
+            return
+        time.sleep(0.2)
+
+
+def test_demo_runs_to_completion_with_a_visible_retry(repo: Path, tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "every task is complete" in r.stdout
+    st = reconcile(repo, env, "status", "demo", "--json")
+    assert st.returncode == 0, st.stderr
+    status = json.loads(st.stdout)
+    assert status["counts"]["complete"] == 32 and status["done"]
+    assert {x["key"] for x in status["retried"]} == FAIL_ONCE
+    assert all("exit" in x["last_reason"] or "FAILED" in x["last_reason"] for x in status["retried"]), status["retried"]
+    text = reconcile(repo, env, "status", "demo").stdout
+    assert "retried and then completed: 2" in text and "work/productions/demo" in text
+    # every output is a valid catalog and carries its marker
+    from reconciler import outputs
+    from reconciler.spec.load import WorkTree, load
+
+    loaded = load(WorkTree(repo), "demo", repo_root=repo)
+    tasks = loaded.expansion().tasks
+    assert all(outputs.validate(loaded.production_dir, t.outputs, loaded.spec.task.validator) is None for t in tasks)
+    assert all(outputs.read_marker(loaded.production_dir, t) for t in tasks)
+    assert sent_to_scheduler(tmp_path / "spool") == Counter({t.key: 2 if t.key in FAIL_ONCE else 1 for t in tasks})
+    # a pass over the finished production does nothing
+    plan = reconcile(repo, env, "plan", "demo")
+    assert plan.returncode == 0 and "nothing to do" in plan.stdout
+    # the working tree is untouched apart from ignored outputs
+    assert git(repo, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("point", ["before_record", "after_record", "after_submit"])
+def test_killed_at_a_failpoint_never_submits_twice(repo: Path, tmp_path: Path, point: str) -> None:
+    env = env_for(tmp_path)
+    killed = reconcile(repo, {**env, "RECONCILER_FAILPOINT": point}, "once", "demo")
+    assert killed.returncode == -signal.SIGKILL
+    r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")
+    assert r.returncode == 0, r.stderr
+    if point == "after_submit":
+        assert "adopted submission" in r.stderr  # found by its token, not sent again
+    counts = sent_to_scheduler(tmp_path / "spool")
+    assert counts == Counter({k: 2 if k in FAIL_ONCE else 1 for k in counts}) and len(counts) == 32
+    wait_quiet(tmp_path / "spool")
+
+
+def test_sigkill_of_watch_at_many_points_never_submits_twice(repo: Path, tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    for delay in (0.4, 0.7, 1.0, 1.3, 1.6, 2.0, 2.5, 3.0, 0.2, 0.9):
+        p = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "watch", "demo", "--interval", "0.1"], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")
+    assert r.returncode == 0, r.stderr
+    counts = sent_to_scheduler(tmp_path / "spool")
+    assert len(counts) == 32
+    assert counts == Counter({k: 2 if k in FAIL_ONCE else 1 for k in counts})
+    wait_quiet(tmp_path / "spool")
+
+
+def test_lock_held_exits_3_and_names_the_holder(repo: Path, tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    assert reconcile(repo, env, "init", "demo").returncode == 0
+    from reconciler.lock import ProductionLock
+
+    lock = ProductionLock(repo / "work/productions/demo/metadata/reconcile.lock").acquire()
+    try:
+        r = reconcile(repo, env, "once", "demo")
+        assert r.returncode == 3
+        assert f"pid {os.getpid()}" in r.stderr
+    finally:
+        lock.release()
+
+
+def test_plan_exit_codes_and_json(repo: Path, tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    r = reconcile(repo, env, "plan", "demo", "--json")
+    assert r.returncode == 1
+    plan = json.loads(r.stdout)
+    assert [(a["kind"], a["batch"], len(a["keys"])) for a in plan["actions"]] == [("submit", 0, 16), ("submit", 1, 16)]
+    assert not (repo / "work").exists()  # plan has no side effects
+    bad = repo / "productions/demo.yaml"
+    bad.write_text(bad.read_text().replace("batch_size: 16", "batch_size: -1"))
+    git(repo, "commit", "-qam", "break demo")
+    r = reconcile(repo, env, "plan", "demo")
+    assert r.returncode == 2 and "execution.batch_size" in r.stderr
+
+
+def test_deleted_ledger_is_rebuilt_without_resubmitting(repo: Path, tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    assert reconcile(repo, env, "once", "demo").returncode == 0
+    (repo / "work/productions/demo/metadata/production.db").unlink()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{repo}/work/productions/demo/metadata/production.db{suffix}").unlink(missing_ok=True)
+    r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")
+    assert r.returncode == 0, r.stderr
+    assert "rebuilt" in r.stderr
+    counts = sent_to_scheduler(tmp_path / "spool")
+    assert counts == Counter({k: 2 if k in FAIL_ONCE else 1 for k in counts}) and len(counts) == 32

@@ -1,0 +1,339 @@
+"""The pyslurm backend without pyslurm (it builds only against Slurm 25.11; this is 22.05).
+
+Job objects are SimpleNamespace records shaped after pyslurm's own classes, read in the
+PySlurm/pyslurm repository:
+- ``pyslurm/core/job/job.pyx`` (``pyslurm.Job``, from ``pyslurm.Jobs.load()``): ``id``,
+  ``name``, ``user_name``, ``state`` (``slurm_job_state_string``), ``state_reason``,
+  ``exit_code`` / ``exit_code_signal`` (``_get_exit_code`` of the wait status),
+  ``comment``, ``start_time`` / ``end_time`` (epoch or None, ``_raw_time``), ``array_id``
+  and ``array_task_id`` (``u32_parse``: 0 becomes None, so task 0 has ``array_task_id``
+  None), ``array_tasks_waiting`` (``array_task_str`` without the ``%`` throttle, None if
+  empty); ``pyslurm.Jobs`` is a MultiClusterMap (``.values()``).
+- ``pyslurm/db/job.pyx`` (``pyslurm.db.Job``, from ``pyslurm.db.Jobs.load(JobFilter(...))``):
+  the same names; ``comment`` is the stored job comment, ``state_reason`` the previous
+  reason; ``pyslurm.db.Jobs`` is a list. ``JobFilter`` takes ``ids``, ``users``,
+  ``start_time``...
+The values are those of the CLI captures tests/data/slurm/squeue_mixed.json and
+sacct_final.txt (jobs 15 and 24), so both backends must agree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from reconciler.core.model import SchedState
+from reconciler.errors import TransientError, UsageError
+from reconciler.scheduler.base import ArrayJob, JobRef, TaskSched
+from reconciler.scheduler.slurm_cli import SubmitRejected, merge_view, parse_sacct, parse_squeue
+from reconciler.scheduler.slurm_pyslurm import (
+    PyslurmScheduler,
+    available,
+    choose_backend_name,
+    exported_environment,
+    job_indices,
+    job_record,
+    jobs_of,
+    parse_version,
+    view_from_jobs,
+)
+
+S = SchedState
+DATA = Path(__file__).parent / "data" / "slurm"
+TOK = "reconciler:tok-mixed"
+
+
+def ctld_job(id: int, array_id: int | None, task: int | None, state: str, **kw: Any) -> SimpleNamespace:
+    base: dict[str, Any] = {
+        "id": id,
+        "array_id": array_id,
+        "array_task_id": task,
+        "array_tasks_waiting": None,
+        "state": state,
+        "state_reason": "None",
+        "exit_code": 0,
+        "exit_code_signal": 0,
+        "comment": TOK,
+        "start_time": None,
+        "end_time": None,
+        "name": "cap.0002",
+        "user_name": "root",
+    }
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+# slurmctld's view at the moment of squeue_mixed.json (pyslurm.Jobs.load())
+CTLD_MIXED = [
+    ctld_job(16, 15, None, "COMPLETED", start_time=1795427021, end_time=1795427022),  # task 0: u32_parse(0) is None
+    ctld_job(17, 15, 1, "COMPLETED", start_time=1795427021, end_time=1795427022),
+    ctld_job(18, 15, 2, "FAILED", state_reason="NonZeroExitCode", exit_code=2, start_time=1795427023, end_time=1795427023),
+    ctld_job(19, 15, 3, "FAILED", state_reason="JobLaunchFailure", exit_code=0, exit_code_signal=9, start_time=1795427023, end_time=1795427023),
+    ctld_job(20, 15, 4, "CANCELLED", exit_code_signal=15, start_time=1795427024, end_time=1795427024),
+    ctld_job(21, 15, 5, "PENDING", state_reason="JobArrayTaskLimit", start_time=1795427146),  # requeued
+    ctld_job(22, 15, 6, "RUNNING", start_time=1795427024, end_time=1826963024),
+    ctld_job(23, 15, 7, "RUNNING", start_time=1795427025, end_time=1826963025),
+    ctld_job(15, 15, None, "PENDING", array_tasks_waiting="8-9", state_reason="JobArrayTaskLimit"),
+    ctld_job(24, None, None, "PENDING", comment="reconciler:tok-timeout", name="cap.0003", start_time=1826963025),
+    ctld_job(99, None, None, "RUNNING", comment="reconciler:tok-mixed", user_name="someone-else"),
+]
+
+# slurmdbd's view at the moment of sacct_final.txt (pyslurm.db.Jobs.load())
+DB_FINAL = [
+    ctld_job(16, 15, None, "COMPLETED", start_time=1795427021, end_time=1795427022),
+    ctld_job(17, 15, 1, "COMPLETED", start_time=1795427021, end_time=1795427022),
+    ctld_job(18, 15, 2, "FAILED", exit_code=2, start_time=1795427023, end_time=1795427023),
+    ctld_job(19, 15, 3, "FAILED", exit_code_signal=9, start_time=1795427023, end_time=1795427023),
+    ctld_job(20, 15, 4, "CANCELLED", start_time=1795427024, end_time=1795427024),
+    ctld_job(22, 15, 6, "COMPLETED", start_time=1795427024, end_time=1795427054),
+    ctld_job(23, 15, 7, "COMPLETED", start_time=1795427025, end_time=1795427055),
+    ctld_job(25, 15, 8, "COMPLETED", start_time=1795427055, end_time=1795427085),
+    ctld_job(15, 15, 9, "COMPLETED", start_time=1795427056, end_time=1795427086),  # raw id = array id
+    ctld_job(21, 15, 5, "COMPLETED", start_time=1795427146, end_time=1795427166),
+    ctld_job(24, None, None, "TIMEOUT", comment="reconciler:tok-timeout", name="cap.0003", start_time=1795427086, end_time=1795427149),
+]
+
+
+def summary(tasks: dict[int, TaskSched]) -> dict[int, tuple[SchedState, int | None, str]]:
+    return {i: (t.state, t.exit_code, t.reason) for i, t in sorted(tasks.items())}
+
+
+# ---------------------------------------------------------------- pure mapping
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        (ctld_job(16, 15, None, "COMPLETED"), ("15", (0,), True)),  # task 0
+        (ctld_job(17, 15, 1, "COMPLETED"), ("15", (1,), True)),
+        (ctld_job(15, 15, 9, "COMPLETED"), ("15", (9,), True)),  # the last task keeps the array id
+        (ctld_job(15, 15, None, "PENDING", array_tasks_waiting="8-9"), ("15", (8, 9), True)),
+        (ctld_job(1, 1, None, "PENDING", array_tasks_waiting="2-19"), ("1", tuple(range(2, 20)), True)),
+        (ctld_job(5, 5, None, "PENDING", array_tasks_waiting="1,3-7"), ("5", (1, 3, 4, 5, 6, 7), True)),
+        (ctld_job(24, None, None, "PENDING"), ("24", (0,), False)),
+    ],
+)
+def test_job_indices(job: SimpleNamespace, expected: tuple[str, tuple[int, ...], bool]) -> None:
+    assert job_indices(job) == expected
+
+
+def test_ctld_jobs_map_like_squeue() -> None:
+    refs = [JobRef("tok-mixed", "15", 0.0, tuple(range(10)))]
+    ours = view_from_jobs(refs, CTLD_MIXED, None, user="root")
+    cli = merge_view(refs, parse_squeue((DATA / "squeue_mixed.json").read_text()), None)
+    assert summary(ours.tasks["15"]) == summary(cli.tasks["15"])
+    assert summary(ours.tasks["15"])[3] == (S.FAILED, 137, "signal 9 (JobLaunchFailure)")
+    assert ours.tasks["15"][6].end is None  # a running task's end_time is only the limit
+
+
+def test_db_jobs_map_like_sacct() -> None:
+    refs = [JobRef("tok-mixed", "15", 0.0, tuple(range(10))), JobRef("tok-timeout", "24", 0.0)]
+    ours = view_from_jobs(refs, [], DB_FINAL, user="root")
+    cli = merge_view(refs, [], parse_sacct((DATA / "sacct_final.txt").read_text()))
+    assert {i: (t.state, t.exit_code) for i, t in ours.tasks["15"].items()} == {
+        i: (t.state, t.exit_code) for i, t in cli.tasks["15"].items()
+    }
+    assert ours.tasks["24"][0].state is S.TIMEOUT
+    assert ours.gone == set()
+
+
+def test_token_lookup_and_other_users() -> None:
+    refs = [JobRef("tok-timeout", None, 0.0)]
+    view = view_from_jobs(refs, CTLD_MIXED, None, user="root")
+    assert view.found == {"tok-timeout": "24"}
+    assert "99" not in view.tasks  # another user's job with a look-alike comment
+
+
+def test_job_record_fields() -> None:
+    rec = job_record(CTLD_MIXED[2])
+    assert (rec.job_id, rec.indices, rec.exit_code, rec.signal, rec.reason) == ("15", (2,), 2, 0, "NonZeroExitCode")
+    assert rec.token == "tok-mixed" and rec.start == 1795427023.0
+
+
+def test_jobs_of_both_collection_shapes() -> None:
+    assert jobs_of({1: "a", 2: "b"}) == ["a", "b"]  # pyslurm.Jobs: a mapping
+    assert jobs_of(["a"]) == ["a"]  # pyslurm.db.Jobs: a list
+    assert jobs_of(None) == []
+
+
+def test_exported_environment() -> None:
+    script = "#!/bin/bash\n#SBATCH --job-name=x.0000\n#SBATCH --export=PATH,HOME,SLURM_CONF,MISSING\ntrue\n"
+    assert exported_environment(script, {"PATH": "/bin", "HOME": "/root", "SECRET": "x"}) == {"PATH": "/bin", "HOME": "/root"}
+
+
+# ---------------------------------------------------------------- versions and choice
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("slurm-wlm 22.05.8", (22, 5)), ("slurm 25.11.0", (25, 11)), ("25.5.0", (25, 5)), ("24.05.0", (24, 5)), ("", None), (None, None)],
+)
+def test_parse_version(text: str | None, expected: tuple[int, int] | None) -> None:
+    assert parse_version(text) == expected
+
+
+def _no_pyslurm() -> Any:
+    raise ImportError("No module named 'pyslurm'")
+
+
+def _pyslurm(version: str) -> Any:
+    return lambda: SimpleNamespace(__version__=version)
+
+
+def test_available_when_it_does_not_import() -> None:
+    ok, why = available(importer=_no_pyslurm, slurm_version=lambda: (22, 5))
+    assert not ok and "does not import" in why
+
+
+def test_available_version_mismatch_names_both() -> None:
+    ok, why = available(importer=_pyslurm("25.11.0"), slurm_version=lambda: (22, 5))
+    assert not ok and "25.11" in why and "22.05" in why
+
+
+def test_available_when_versions_match() -> None:
+    assert available(importer=_pyslurm("22.5.1"), slurm_version=lambda: (22, 5))[0]
+    assert not available(importer=_pyslurm("22.5.1"), slurm_version=lambda: None)[0]
+
+
+def test_available_on_this_machine_is_false() -> None:
+    """pyslurm is not installable here (it needs Slurm 25.11's headers)."""
+    ok, why = available()
+    assert not ok and why
+
+
+def test_choose_backend_name() -> None:
+    yes = lambda: (True, "ok")  # noqa: E731
+    no = lambda: (False, "pyslurm 25.11.0 is built for Slurm 25.11, but this machine runs Slurm 22.05")  # noqa: E731
+    assert choose_backend_name("auto", check=yes) == "pyslurm"
+    assert choose_backend_name("auto", check=no) == "slurm"
+    assert choose_backend_name("slurm", check=no) == "slurm"
+    assert choose_backend_name("local", check=no) == "local"
+    assert choose_backend_name("pyslurm", check=yes) == "pyslurm"
+    with pytest.raises(UsageError, match=r"25\.11.*22\.05.*use scheduler: slurm"):
+        choose_backend_name("pyslurm", check=no)
+
+
+def test_constructor_refuses_a_mismatch() -> None:
+    with pytest.raises(UsageError, match="use scheduler: slurm"):
+        PyslurmScheduler()  # pyslurm does not import on this machine
+
+
+# ---------------------------------------------------------------- the backend on a fake module
+
+
+class FakePyslurm:
+    """Just the pyslurm surface the backend uses, recording what it was asked."""
+
+    def __init__(self, ctld: list[Any], db: list[Any], submit_error: Exception | None = None) -> None:
+        self.submitted: list[dict[str, Any]] = []
+        self.filters: list[dict[str, Any]] = []
+        self.cancelled: list[int] = []
+        fake = self
+
+        class JobSubmitDescription:
+            def __init__(self, **kw: Any) -> None:
+                self.kw = kw
+
+            def load_sbatch_options(self) -> None:
+                self.kw["loaded"] = True
+
+            def submit(self) -> int:
+                if submit_error is not None:
+                    raise submit_error
+                fake.submitted.append(self.kw)
+                return 4242
+
+        class Jobs:
+            @staticmethod
+            def load() -> dict[int, Any]:
+                return {j.id: j for j in ctld}
+
+        class JobFilter:
+            def __init__(self, **kw: Any) -> None:
+                fake.filters.append(kw)
+
+        class DbJobs:
+            @staticmethod
+            def load(_filter: Any) -> list[Any]:
+                return list(db)
+
+        class Job:
+            def __init__(self, job_id: int) -> None:
+                self.job_id = job_id
+
+            def cancel(self) -> None:
+                fake.cancelled.append(self.job_id)
+
+        self.JobSubmitDescription = JobSubmitDescription
+        self.Jobs = Jobs
+        self.Job = Job
+        self.db = SimpleNamespace(Jobs=DbJobs, JobFilter=JobFilter)
+
+
+def _array_job(tmp_path: Path) -> ArrayJob:
+    script = "#!/bin/bash\n#SBATCH --export=PATH\ntrue\n"
+    return ArrayJob("tokP", "p.0000", tmp_path / "s.sbatch", script, (0,), None, tmp_path, "o", "e")
+
+
+def test_backend_submit(tmp_path: Path) -> None:
+    fake = FakePyslurm([], [])
+    b = PyslurmScheduler(module=fake, user="root", env={"PATH": "/bin"})
+    assert b.submit(_array_job(tmp_path)) == "4242"
+    assert fake.submitted == [
+        {"script": str(tmp_path / "s.sbatch"), "working_directory": str(tmp_path), "environment": {"PATH": "/bin"}, "loaded": True}
+    ]
+
+
+def test_backend_submit_errors(tmp_path: Path) -> None:
+    lost = PyslurmScheduler(module=FakePyslurm([], [], RuntimeError("Socket timed out on send/recv operation")), user="root")
+    with pytest.raises(TransientError, match="outcome unknown.*tokP"):
+        lost.submit(_array_job(tmp_path))
+    bad = PyslurmScheduler(module=FakePyslurm([], [], RuntimeError("Invalid partition name specified")), user="root")
+    with pytest.raises(SubmitRejected, match="Invalid partition"):
+        bad.submit(_array_job(tmp_path))
+
+
+def test_backend_observe_queue_only() -> None:
+    fake = FakePyslurm(CTLD_MIXED, DB_FINAL)
+    b = PyslurmScheduler(module=fake, user="root")
+    view = b.observe([JobRef("tok-mixed", "15", 0.0, tuple(range(10)))])
+    assert [c[0] for c in b.calls] == ["pyslurm.Jobs.load"]
+    assert view.tasks["15"][7].state is S.RUNNING
+
+
+def test_backend_observe_with_accounting() -> None:
+    fake = FakePyslurm([], DB_FINAL)
+    b = PyslurmScheduler(module=fake, user="root")
+    view = b.observe([JobRef("tok-mixed", "15", 1000.0, tuple(range(10))), JobRef("x", "77", 2000.0, (0,))])
+    assert [c[0] for c in b.calls] == ["pyslurm.Jobs.load", "pyslurm.db.Jobs.load"]
+    assert fake.filters == [{"users": ["root"], "start_time": 1000 - 3600, "ids": [15, 77]}]
+    assert view.tasks["15"][9].state is S.COMPLETED and view.gone == {"77"}
+    fake.filters.clear()
+    view = b.observe([JobRef("tok-timeout", None, 1000.0)])
+    assert fake.filters == [{"users": ["root"], "start_time": 1000 - 3600}]  # by comment: no ids
+    assert view.found == {"tok-timeout": "24"}
+
+
+def test_backend_observe_transient() -> None:
+    class Down(FakePyslurm):
+        pass
+
+    fake = Down([], [])
+
+    def boom() -> Any:
+        raise RuntimeError("Unable to contact slurm controller (connect failure)")
+
+    fake.Jobs = SimpleNamespace(load=boom)  # type: ignore[assignment]
+    b = PyslurmScheduler(module=fake, user="root", retry_seconds=0.3)
+    with pytest.raises(TransientError, match="nothing was marked failed"):
+        b.observe([JobRef("t", "15", 0.0, (0,))])
+
+
+def test_backend_cancel_whole_job() -> None:
+    fake = FakePyslurm([], [])
+    b = PyslurmScheduler(module=fake, user="root")
+    b.cancel("15")
+    assert fake.cancelled == [15]

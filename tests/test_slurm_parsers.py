@@ -1,0 +1,561 @@
+"""Parsers of the Slurm CLI backend, on tables of output captured from a real cluster.
+
+Pure: no cluster, no subprocess. The captures and the commands that made them are in
+tests/data/slurm (see its README.md); job ids are those of the capture runs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reconciler.core.model import SchedState
+from reconciler.errors import TransientError
+from reconciler.scheduler.base import ArrayJob, JobRef, TaskSched
+from reconciler.scheduler.slurm_cli import (
+    CANCELLED_UNRECORDED,
+    SQUEUE_FIELDS,
+    STATE_MAP,
+    SlurmCLI,
+    SlurmRecord,
+    SubmitRejected,
+    expand_array,
+    is_transient,
+    map_state,
+    merge_view,
+    needs_accounting,
+    parse_exit_code,
+    parse_job_id,
+    parse_max_array_size,
+    parse_sacct,
+    parse_sbatch_parsable,
+    parse_scontrol_config,
+    parse_squeue,
+    parse_squeue_json,
+    parse_squeue_text,
+    parse_time,
+    sacct_time,
+    split_wait_status,
+    task_sched,
+)
+
+DATA = Path(__file__).parent / "data" / "slurm"
+OLD_SACCT_FIELDS = ("JobID", "JobIDRaw", "JobName", "State", "ExitCode", "Comment", "Start", "End")
+OLD_SQUEUE_FIELDS = ("%i", "%j", "%T", "%r", "%k")
+
+S = SchedState
+
+
+def read(name: str) -> str:
+    return (DATA / name).read_text()
+
+
+def states(view_tasks: dict[int, TaskSched]) -> dict[int, tuple[SchedState, int | None, str]]:
+    return {i: (t.state, t.exit_code, t.reason) for i, t in sorted(view_tasks.items())}
+
+
+# ---------------------------------------------------------------- states
+
+
+ALL_STATES = [
+    ("PENDING", S.PENDING),
+    ("CONFIGURING", S.PENDING),
+    ("REQUEUED", S.PENDING),
+    ("REQUEUE_HOLD", S.PENDING),
+    ("REQUEUE_FED", S.PENDING),
+    ("RESV_DEL_HOLD", S.PENDING),
+    ("RUNNING", S.RUNNING),
+    ("COMPLETING", S.RUNNING),
+    ("SUSPENDED", S.RUNNING),
+    ("STOPPED", S.RUNNING),
+    ("SIGNALING", S.RUNNING),
+    ("STAGE_OUT", S.RUNNING),
+    ("RESIZING", S.RUNNING),
+    ("COMPLETED", S.COMPLETED),
+    ("FAILED", S.FAILED),
+    ("TIMEOUT", S.TIMEOUT),
+    ("DEADLINE", S.TIMEOUT),
+    ("OUT_OF_MEMORY", S.OUT_OF_MEMORY),
+    ("NODE_FAIL", S.NODE_FAIL),
+    ("BOOT_FAIL", S.NODE_FAIL),
+    ("PREEMPTED", S.PREEMPTED),
+    ("CANCELLED", S.CANCELLED),
+    ("CANCELLED by 0", S.CANCELLED),
+    ("CANCELLED by 1234", S.CANCELLED),
+    ("REVOKED", S.FAILED),
+    ("SPECIAL_EXIT", S.FAILED),
+    ("SOMETHING_NEW", S.UNKNOWN),
+    ("", S.UNKNOWN),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), ALL_STATES)
+def test_every_slurm_state_maps(raw: str, expected: SchedState) -> None:
+    assert map_state(raw) is expected
+
+
+def test_state_table_covers_every_listed_state() -> None:
+    listed = {raw.split(" ")[0] for raw, _ in ALL_STATES if raw and raw != "SOMETHING_NEW"}
+    assert listed == set(STATE_MAP)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("PD", S.PENDING),
+        ("R", S.RUNNING),
+        ("CG", S.RUNNING),
+        ("CD", S.COMPLETED),
+        ("F", S.FAILED),
+        ("TO", S.TIMEOUT),
+        ("OOM", S.OUT_OF_MEMORY),
+        ("NF", S.NODE_FAIL),
+        ("CA", S.CANCELLED),
+        (["RUNNING", "COMPLETING"], S.RUNNING),  # newer --json: a list of flags
+        ("running", S.RUNNING),
+        ("FAILED+", S.FAILED),
+        (None, S.UNKNOWN),
+    ],
+)
+def test_state_spellings(raw: str | list[str] | None, expected: SchedState) -> None:
+    assert map_state(raw) is expected
+
+
+@pytest.mark.parametrize("raw", [r for r, _ in ALL_STATES])
+def test_task_sched_of_every_state_is_consistent(raw: str) -> None:
+    rec = SlurmRecord("1", (0,), True, raw, 0, 0, "", 10.0, 20.0, "n.0000", "")
+    ts = task_sched(rec)
+    assert ts.state is map_state(raw)
+    if ts.state.in_flight:
+        assert ts.exit_code is None and ts.end is None
+    if ts.state is S.FAILED:
+        assert "exit 0" in ts.reason
+
+
+# ---------------------------------------------------------------- small pieces
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4\n", "4"),
+        (read("sbatch_parsable.txt"), "4"),
+        ("123;reconciler\n", "123"),
+        ("site banner\n77\n", "77"),
+    ],
+)
+def test_parse_sbatch_parsable(text: str, expected: str) -> None:
+    assert parse_sbatch_parsable(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "\n", "Submitted batch job\n", "abc;cluster"])
+def test_parse_sbatch_parsable_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_sbatch_parsable(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "job", "indices"),
+    [
+        ("4", "4", None),
+        ("5_3", "5", (3,)),
+        ("1_[2-19%2]", "1", tuple(range(2, 20))),
+        ("5_[1,3-7]", "5", (1, 3, 4, 5, 6, 7)),
+        ("15_[5,8-9]", "15", (5, 8, 9)),
+        ("15_[7-9%2]", "15", (7, 8, 9)),
+        ("8_[0-2]", "8", (0, 1, 2)),
+        ("9_[0-6:3]", "9", (0, 3, 6)),
+    ],
+)
+def test_parse_job_id(text: str, job: str, indices: tuple[int, ...] | None) -> None:
+    assert parse_job_id(text) == (job, indices)
+
+
+@pytest.mark.parametrize(
+    ("text", "indices"),
+    [("1_[2-19%2]", tuple(range(2, 20))), ("5_[1,3-7]", (1, 3, 4, 5, 6, 7)), ("[0-2]", (0, 1, 2)), ("2-5%2", (2, 3, 4, 5))],
+)
+def test_expand_array(text: str, indices: tuple[int, ...]) -> None:
+    assert expand_array(text) == indices
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0:0", (0, 0)), ("1:0", (1, 0)), ("0:9", (0, 9)), ("0:15", (0, 15)), ("", (None, None)), ("x:y", (None, None))],
+)
+def test_parse_exit_code(text: str, expected: tuple[int | None, int | None]) -> None:
+    assert parse_exit_code(text) == expected
+
+
+@pytest.mark.parametrize(("status", "expected"), [(0, (0, 0)), (512, (2, 0)), (9, (0, 9)), (15, (0, 15)), (None, (None, None))])
+def test_split_wait_status(status: int | None, expected: tuple[int | None, int | None]) -> None:
+    assert split_wait_status(status) == expected
+
+
+@pytest.mark.parametrize("text", ["N/A", "NONE", "Unknown", "", None, 0, "0", "(null)", {"set": False, "number": 5}])
+def test_parse_time_none(text: object) -> None:
+    assert parse_time(text) is None  # type: ignore[arg-type]
+
+
+def test_parse_time_values() -> None:
+    assert parse_time(1795427021) == 1795427021.0
+    assert parse_time({"set": True, "infinite": False, "number": 7}) == 7.0
+    t = parse_time("2026-11-23T09:43:41")
+    assert t is not None and sacct_time(t) == "2026-11-23T09:43:41"
+
+
+@pytest.mark.parametrize("name", ["squeue_ctld_down.stderr", "sbatch_ctld_down.stderr", "scontrol_ctld_down.stderr", "sacct_dbd_down.stderr"])
+def test_unreachable_daemons_are_transient(name: str) -> None:
+    assert is_transient(read(name))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation",
+        "sbatch: error: Batch job submission failed: Resource temporarily unavailable",
+        "squeue: error: slurm_receive_msg: Transport endpoint is not connected",
+        "sacct: error: slurmdbd: Getting response to message type: DBD_GET_JOBS_COND",
+    ],
+)
+def test_transient_messages(text: str) -> None:
+    assert is_transient(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        read("sbatch_invalid_partition.stderr"),
+        read("sbatch_array_too_big.stderr"),
+        read("squeue_invalid_job.stderr"),
+        "sbatch: error: Batch job submission failed: Invalid account or account/partition combination specified",
+    ],
+)
+def test_permanent_messages(text: str) -> None:
+    assert not is_transient(text)
+
+
+def test_scontrol_config() -> None:
+    text = read("scontrol_show_config.txt")
+    cfg = parse_scontrol_config(text)
+    assert cfg["MinJobAge"].startswith("2")
+    assert cfg["AccountingStoreFlags"] == "job_comment"
+    assert parse_max_array_size(text) == 1001
+    assert parse_max_array_size("ClusterName = x\n") is None
+
+
+# ---------------------------------------------------------------- squeue
+
+
+def test_squeue_old_capture_folded_and_expanded_agree() -> None:
+    ref = [JobRef("tok-pend", "1", 0.0)]
+    folded = merge_view(ref, parse_squeue(read("squeue_pending_array.txt"), OLD_SQUEUE_FIELDS), None)
+    expanded = merge_view(ref, parse_squeue(read("squeue_pending_array_expanded.txt"), OLD_SQUEUE_FIELDS), None)
+    as_json = merge_view(ref, parse_squeue(read("squeue_pending_array.json")), None)
+    want = {0: S.RUNNING, 1: S.RUNNING} | {i: S.PENDING for i in range(2, 20)}
+    for view in (folded, expanded, as_json):
+        assert {i: t.state for i, t in view.tasks["1"].items()} == want
+        assert view.tasks["1"][5].reason == "JobArrayTaskLimit"
+        assert view.gone == set()
+    assert as_json.tasks["1"][0].start == 1795368055.0
+
+
+MIXED = {
+    0: (S.COMPLETED, 0, ""),
+    1: (S.COMPLETED, 0, ""),
+    2: (S.FAILED, 2, "exit 2 (NonZeroExitCode)"),
+    3: (S.FAILED, 137, "signal 9 (JobLaunchFailure)"),
+    4: (S.CANCELLED, None, "CANCELLED"),
+    5: (S.PENDING, None, "JobArrayTaskLimit"),  # requeued: same index, back to pending
+    6: (S.RUNNING, None, ""),
+    7: (S.RUNNING, None, ""),
+    8: (S.PENDING, None, "JobArrayTaskLimit"),
+    9: (S.PENDING, None, "JobArrayTaskLimit"),
+}
+
+
+@pytest.mark.parametrize("name", ["squeue_mixed.txt", "squeue_mixed_expanded.txt", "squeue_mixed.json"])
+def test_squeue_mixed(name: str) -> None:
+    view = merge_view([JobRef("tok-mixed", "15", 0.0)], parse_squeue(read(name)), None)
+    assert states(view.tasks["15"]) == MIXED
+    assert view.tasks["15"][6].start is not None and view.tasks["15"][6].end is None
+    assert view.tasks["15"][5].start is None  # a pending task's StartTime is only an estimate
+    assert view.tasks["15"][2].end is not None
+    assert "24" not in view.tasks  # not asked for
+
+
+def test_squeue_text_records() -> None:
+    recs = parse_squeue_text(read("squeue_mixed.txt"), SQUEUE_FIELDS)
+    folded = [r for r in recs if len(r.indices) > 1]
+    assert [(r.job_id, r.indices, r.raw_state) for r in folded] == [("15", (5, 8, 9), "PENDING")]
+    single = [r for r in recs if r.job_id == "24"]
+    assert single[0].is_array is False and single[0].indices == (0,)
+    assert all(r.token in ("tok-mixed", "tok-timeout") for r in recs)
+
+
+def test_squeue_json_ignores_filters_so_records_are_filtered() -> None:
+    recs = parse_squeue_json(read("squeue_mixed.json"))
+    assert {r.job_id for r in recs} == {"15", "24"}
+    view = merge_view([JobRef("tok-timeout", "24", 0.0)], recs, None)
+    assert set(view.tasks) == {"24"}
+
+
+def test_token_lookup_in_squeue() -> None:
+    refs = [JobRef("tok-timeout", None, 0.0), JobRef("tok-nowhere", None, 0.0)]
+    view = merge_view(refs, parse_squeue(read("squeue_mixed.txt")), None)
+    assert view.found == {"tok-timeout": "24"}
+    assert view.tasks["24"][0].state is S.PENDING
+    assert "15" not in view.tasks and view.gone == set()
+
+
+def test_comment_with_separator_is_kept_whole() -> None:
+    line = "7_1|RUNNING|0|None|2026-11-23T09:43:44|NONE|x.0001|reconciler:a|b\n"
+    (rec,) = parse_squeue_text(line)
+    assert rec.comment == "reconciler:a|b" and rec.job_id == "7" and rec.indices == (1,)
+
+
+def test_squeue_skips_garbage_lines() -> None:
+    assert parse_squeue_text("garbage\n\nonly|two\n") == []
+
+
+# ---------------------------------------------------------------- sacct
+
+
+FINAL = {
+    0: (S.COMPLETED, 0, ""),
+    1: (S.COMPLETED, 0, ""),
+    2: (S.FAILED, 2, "exit 2"),
+    3: (S.FAILED, 137, "signal 9"),
+    4: (S.CANCELLED, None, "CANCELLED by 0"),
+    5: (S.COMPLETED, 0, ""),  # requeued once, then ran to completion as the same task
+    6: (S.COMPLETED, 0, ""),
+    7: (S.COMPLETED, 0, ""),
+    8: (S.COMPLETED, 0, ""),
+    9: (S.COMPLETED, 0, ""),  # the last task: JobIDRaw is the array's own id (15)
+}
+
+
+@pytest.mark.parametrize("name", ["sacct_final.txt", "sacct_final_duplicates.txt"])
+def test_sacct_final(name: str) -> None:
+    refs = [JobRef("tok-mixed", "15", 0.0), JobRef("tok-timeout", "24", 0.0)]
+    view = merge_view(refs, [], parse_sacct(read(name)))
+    assert states(view.tasks["15"]) == FINAL
+    assert states(view.tasks["24"]) == {0: (S.TIMEOUT, None, "TIMEOUT")}
+    assert view.gone == set()
+
+
+def test_sacct_old_capture_with_steps() -> None:
+    refs = [JobRef("a", "4", 0.0), JobRef("b", "5", 0.0), JobRef("c", "6", 0.0), JobRef("d", "999", 0.0)]
+    for name in ("sacct_mixed.txt", "sacct_mixed_steps.txt"):
+        view = merge_view(refs, [], parse_sacct(read(name), OLD_SACCT_FIELDS))
+        assert states(view.tasks["5"]) == {
+            0: (S.COMPLETED, 0, ""),
+            1: (S.COMPLETED, 0, ""),
+            2: (S.FAILED, 1, "exit 1"),
+            3: (S.FAILED, 1, "exit 1"),
+            4: (S.CANCELLED, None, "CANCELLED by 0"),
+            5: (S.TIMEOUT, None, "TIMEOUT"),
+            6: (S.FAILED, 3, "exit 3"),
+        }
+        assert states(view.tasks["4"]) == {0: (S.COMPLETED, 0, "")}
+        assert states(view.tasks["6"]) == {0: (S.CANCELLED, None, "CANCELLED by 0")}
+        assert view.gone == {"999"}
+
+
+def test_sacct_records_carry_comment_and_times() -> None:
+    recs = parse_sacct(read("sacct_mixed.txt"), OLD_SACCT_FIELDS)
+    by = {(r.job_id, r.indices): r for r in recs}
+    assert by[("5", (6,))].comment == "tok-mixed"
+    assert by[("5", (6,))].token is None  # not "reconciler:<token>": never taken for ours
+    assert by[("5", (5,))].end is not None and by[("5", (5,))].start is not None
+
+
+def test_sacct_token_lookup_by_comment() -> None:
+    view = merge_view([JobRef("tok-timeout", None, 0.0)], [], parse_sacct(read("sacct_final.txt")))
+    assert view.found == {"tok-timeout": "24"}
+    assert view.tasks["24"][0].state is S.TIMEOUT
+
+
+def test_squeue_wins_over_stale_sacct() -> None:
+    """sacct_running.txt was taken a second after squeue_mixed.txt and is behind it."""
+    stale = parse_sacct(read("sacct_running.txt"))
+    assert {r.indices: r.raw_state for r in stale}[(7, 8, 9)] == "PENDING"
+    view = merge_view([JobRef("tok-mixed", "15", 0.0)], parse_squeue(read("squeue_mixed.txt")), stale)
+    assert states(view.tasks["15"]) == MIXED
+
+
+def test_sacct_fills_tasks_purged_from_squeue() -> None:
+    """An array whose first tasks left squeue (MinJobAge) while the others still run."""
+    squeue = [r for r in parse_squeue(read("squeue_mixed.txt")) if r.indices not in ((0,), (1,), (2,))]
+    view = merge_view([JobRef("tok-mixed", "15", 0.0)], squeue, parse_sacct(read("sacct_running.txt")))
+    assert states(view.tasks["15"]) == MIXED | {2: (S.FAILED, 2, "exit 2")}  # sacct has no Reason
+
+
+def test_job_known_to_nobody_is_gone() -> None:
+    view = merge_view([JobRef("t", "12345", 0.0)], parse_squeue(read("squeue_mixed.txt")), [])
+    assert view.gone == {"12345"} and view.tasks == {}
+
+
+# ---------------------------------------------------------------- tasks cancelled while pending
+
+
+def test_tasks_cancelled_while_pending_leave_no_record() -> None:
+    """scancel 33_[1,3] on a pending 33_[0-3]: only 33_[0,2] is ever listed again."""
+    ref = JobRef("tok-holes", "33", 0.0, (0, 1, 2, 3))
+    queued = parse_squeue(read("squeue_cancelled_pending_tasks.txt"))
+    view = merge_view([ref], queued, None)
+    assert {i: t.state for i, t in view.tasks["33"].items()} == {0: S.PENDING, 2: S.PENDING}
+    # once the rest was cancelled and the job left squeue, sacct fills in 0 and 2 and the
+    # unrecorded 1 and 3 are reported cancelled
+    view = merge_view([ref], [], parse_sacct(read("sacct_cancelled_pending_tasks.txt")))
+    assert states(view.tasks["33"]) == {
+        0: (S.CANCELLED, None, "CANCELLED by 0"),
+        1: (S.CANCELLED, None, CANCELLED_UNRECORDED),
+        2: (S.CANCELLED, None, "CANCELLED by 0"),
+        3: (S.CANCELLED, None, CANCELLED_UNRECORDED),
+    }
+    # without the submitted indices nothing is inferred
+    view = merge_view([JobRef("tok-holes", "33", 0.0)], [], parse_sacct(read("sacct_cancelled_pending_tasks.txt")))
+    assert set(view.tasks["33"]) == {0, 2}
+
+
+def test_stale_plain_accounting_record_of_an_array() -> None:
+    """slurmdbd briefly shows the array as plain job 33 named "allocation"."""
+    ref = JobRef("tok-holes", "33", 0.0, (0, 1, 2, 3))
+    view = merge_view([ref], [], parse_sacct(read("sacct_cancelled_pending_tasks_early.txt")))
+    assert view.gone == set()  # it exists...
+    assert view.tasks.get("33", {}) == {}  # ...but says nothing about its tasks yet
+    found = merge_view([JobRef("tok-holes", None, 0.0, (0, 1))], [], parse_sacct(read("sacct_cancelled_pending_tasks_early.txt")))
+    assert found.found == {"tok-holes": "33"} and found.tasks.get("33", {}) == {}
+
+
+def test_needs_accounting() -> None:
+    queued = parse_squeue(read("squeue_mixed.txt"))
+    assert not needs_accounting(JobRef("t", "15", 0.0, tuple(range(10))), "15", queued)
+    assert needs_accounting(JobRef("t", "15", 0.0, tuple(range(11))), "15", queued)
+    assert needs_accounting(JobRef("t", "15", 0.0), "15", queued)  # indices unknown: maybe purged
+    assert not needs_accounting(JobRef("t", "24", 0.0), "24", queued)  # plain job in the queue
+    assert needs_accounting(JobRef("t", "99", 0.0, (0,)), "99", queued)
+
+
+# ---------------------------------------------------------------- observe() on canned output
+
+
+class CannedCLI(SlurmCLI):
+    """SlurmCLI whose commands answer from captured files: counts calls, no cluster."""
+
+    def __init__(self, answers: dict[str, tuple[int, str, str]], **kw: object) -> None:
+        super().__init__(user="root", **kw)  # type: ignore[arg-type]
+        self.answers = answers
+
+    def _exec(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        self.calls.append(list(argv))
+        rc, out, err = self.answers[argv[0]]
+        return subprocess.CompletedProcess(argv, rc, out, err)
+
+
+def test_observe_squeue_alone_when_it_knows_every_index() -> None:
+    cli = CannedCLI({"squeue": (0, read("squeue_mixed.txt"), "")})
+    view = cli.observe([JobRef("tok-mixed", "15", 0.0, tuple(range(10))), JobRef("tok-timeout", "24", 0.0)])
+    assert [c[0] for c in cli.calls] == ["squeue"]
+    assert "--jobs=15,24" in cli.calls[0] and "--user=root" in cli.calls[0] and "--states=all" in cli.calls[0]
+    assert states(view.tasks["15"]) == MIXED
+
+
+def test_observe_one_sacct_for_purged_and_gone_jobs() -> None:
+    cli = CannedCLI({"squeue": (1, "", read("squeue_invalid_job.stderr")), "sacct": (0, read("sacct_final.txt"), "")})
+    refs = [JobRef("tok-mixed", "15", 1795427000.0, tuple(range(10))), JobRef("tok-timeout", "24", 1795427080.0), JobRef("x", "77", 0.0, (0,))]
+    view = cli.observe(refs)
+    assert [c[0] for c in cli.calls] == ["squeue", "sacct"]
+    sacct_argv = cli.calls[1]
+    assert "--jobs=15,24,77" in sacct_argv
+    assert f"--starttime={sacct_time(0.0 - 3600.0)}" in sacct_argv
+    assert states(view.tasks["15"]) == FINAL and view.gone == {"77"}
+
+
+def test_observe_token_lookup_uses_one_user_wide_sacct() -> None:
+    cli = CannedCLI({"squeue": (0, "", ""), "sacct": (0, read("sacct_final.txt"), "")})
+    view = cli.observe([JobRef("tok-timeout", None, 1795427080.0), JobRef("tok-mixed", "15", 1795427000.0, tuple(range(10)))])
+    assert [c[0] for c in cli.calls] == ["squeue", "sacct"]
+    assert not any(a.startswith("--jobs") for c in cli.calls for a in c)  # a lost id: no job filter
+    assert view.found == {"tok-timeout": "24"} and states(view.tasks["15"]) == FINAL
+
+
+def test_observe_transient_failure_is_retried_then_raised() -> None:
+    cli = CannedCLI({"squeue": (1, "", read("squeue_ctld_down.stderr"))}, retry_seconds=0.3)
+    with pytest.raises(TransientError, match="slurmctld did not answer.*nothing was marked failed"):
+        cli.observe([JobRef("t", "15", 0.0, (0,))])
+    assert len(cli.calls) >= 2 and all(c[0] == "squeue" for c in cli.calls)
+
+
+def test_observe_unexpected_error_stops_without_states() -> None:
+    cli = CannedCLI({"squeue": (1, "", "squeue: error: Invalid user: nobody")})
+    with pytest.raises(TransientError, match="Invalid user"):
+        cli.observe([JobRef("t", "15", 0.0, (0,))])
+    assert len(cli.calls) == 1
+
+
+def test_observe_nothing_makes_no_call() -> None:
+    cli = CannedCLI({})
+    assert cli.observe([]).tasks == {} and cli.calls == []
+
+
+def _job(tmp_path: Path) -> ArrayJob:
+    return ArrayJob("tokS", "p.0000", tmp_path / "s.sbatch", "", (0,), None, tmp_path, "o", "e")
+
+
+def test_submit_parses_the_id(tmp_path: Path) -> None:
+    cli = CannedCLI({"sbatch": (0, "42;reconciler\n", "")})
+    assert cli.submit(_job(tmp_path)) == "42"
+    assert cli.calls == [["sbatch", "--parsable", f"--chdir={tmp_path}", str(tmp_path / "s.sbatch")]]
+
+
+@pytest.mark.parametrize("name", ["sbatch_ctld_down.stderr"])
+def test_submit_transient_is_unknown_and_not_retried(tmp_path: Path, name: str) -> None:
+    cli = CannedCLI({"sbatch": (1, "", read(name))})
+    with pytest.raises(TransientError, match="outcome unknown.*token tokS"):
+        cli.submit(_job(tmp_path))
+    assert len(cli.calls) == 1
+
+
+def test_submit_garbled_answer_is_unknown(tmp_path: Path) -> None:
+    cli = CannedCLI({"sbatch": (0, "", "")})
+    with pytest.raises(TransientError, match="outcome unknown"):
+        cli.submit(_job(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["sbatch_invalid_partition.stderr", "sbatch_array_too_big.stderr"])
+def test_submit_rejected(tmp_path: Path, name: str) -> None:
+    cli = CannedCLI({"sbatch": (1, "", read(name))})
+    with pytest.raises(SubmitRejected) as err:
+        cli.submit(_job(tmp_path))
+    assert err.value.exit_code == 2 and "Batch job submission failed" in str(err.value)
+
+
+def test_cancel_builds_one_call() -> None:
+    cli = CannedCLI({"scancel": (0, "", "")})
+    cli.cancel("15", [1, 3, 5, 6, 7])
+    cli.cancel("16")
+    assert cli.calls == [["scancel", "15_[1,3,5-7]"], ["scancel", "16"]]
+
+
+def test_cancel_of_a_forgotten_job_is_fine() -> None:
+    cli = CannedCLI({"scancel": (1, "", "scancel: error: Kill job error on job id 9: Invalid job id specified")})
+    cli.cancel("9")
+
+
+def test_max_array_size_from_scontrol() -> None:
+    assert CannedCLI({"scontrol": (0, read("scontrol_show_config.txt"), "")}).max_array_size() == 1001
+    down = CannedCLI({"scontrol": (1, "", read("scontrol_ctld_down.stderr"))}, retry_seconds=0.2)
+    assert down.max_array_size() is None
+
+
+def test_plain_record_of_a_known_array_says_only_that_it_exists() -> None:
+    """Our submissions are always arrays: a record without an index is a stale one."""
+    recs = parse_sacct(read("sacct_final.txt"))
+    as_array = merge_view([JobRef("tok-timeout", "24", 0.0, (0,))], [], recs)
+    assert as_array.tasks.get("24", {}) == {} and as_array.gone == set()
+    plain = merge_view([JobRef("tok-timeout", "24", 0.0)], [], recs)
+    assert plain.tasks["24"][0].state is S.TIMEOUT
