@@ -164,6 +164,33 @@ class Engine:
         self.policy = policy_of(loaded)
         self.limits = limits_of(loaded)
         self.lookup_grace = float(getattr(scheduler, "lookup_grace_s", 0.0))
+        self.warnings: list[str] = []
+        self._check_site_limits()
+
+    def _check_site_limits(self) -> None:
+        """The machine defaults' max_array_size, checked against the cluster's MaxArraySize.
+
+        Asked once a day at most (cached in the ledger), so a pass stays at two Slurm reads.
+        The smaller of the two wins: Slurm rejects an index >= MaxArraySize.
+        """
+        probe = getattr(self.scheduler, "max_array_size", None)
+        if probe is None:
+            return
+        now = self.clock()
+        cached = self.ledger.get_meta("site_max_array_size")
+        value: int | None = None
+        if cached:
+            stamp, _, raw = cached.partition(":")
+            if now - float(stamp) < 86400:
+                value = int(raw) if raw else None
+        if value is None and (not cached or now - float(cached.partition(":")[0]) >= 86400):
+            value = probe()
+            self.ledger.set_meta("site_max_array_size", f"{now}:{value or ''}")
+        if value and value < self.limits.max_array_size:
+            self.warnings.append(
+                f"machine defaults say max_array_size {self.limits.max_array_size} but the cluster's MaxArraySize is {value}; using {value}"
+            )
+            self.limits = Limits(max_array_size=value, max_queued_tasks=self.limits.max_queued_tasks)
 
     # ------------------------------------------------------------------ observe
 
@@ -421,7 +448,7 @@ class Engine:
 
     def run_pass(self, *, apply: bool = True, stage: bool = False) -> PassResult:
         obs = self.observe(record=True)
-        events = list(obs.events)
+        events = self.warnings + list(obs.events)
         p = self.plan(obs)
         if stage:
             p = stage_only(p)
