@@ -166,13 +166,94 @@ def _one_pass(args: argparse.Namespace, name: str, *, stage: bool = False, befor
             print(f"{name}: {e}", file=sys.stderr)
         for n in result.plan.notes:
             print(f"{name}: note: {n}", file=sys.stderr)
-        publish = getattr(args, "publish", None)
-        if publish is not None:
-            publish(args, s, result)
+        if not getattr(args, "no_status", True):
+            try:
+                commit = publish_status(args, s, result)
+            except TransientError as exc:
+                _warn(f"{name}: status not published: {exc}")
+            else:
+                if commit:
+                    print(f"{name}: status committed to {args.status_branch} ({commit[:10]})", file=sys.stderr)
         return {"production": name, "applied": result.applied, "summary": result.summary, "tag": s.tag, "directory": str(s.loaded.production_dir)}
 
 
+_COMPARE_IGNORED = ("updated", "plots")
+
+
+def publish_status(args: argparse.Namespace, s: Session, result: Any) -> str | None:
+    """Commit this pass's status to the results branch, when it differs from what is there.
+
+    A pass that changed nothing (same counts, same per-task states, same tag) commits
+    nothing: the document is compared with the branch's without its timestamp.
+    """
+    from reconciler import report, results, status_doc
+
+    name = s.loaded.name
+    repo_root = Path(s.repo.working_tree_dir or ".")
+    latest = s.ledger.latest_attempts()
+    attempts = {k: a.attempt for k, a in latest.items()}
+    runtimes = {k: a.end - a.start for k, a in latest.items() if a.start is not None and a.end is not None}
+    now = time.time()
+    doc = status_doc.build_status(
+        result.summary,
+        production=name,
+        version=s.loaded.spec.production.version,
+        tag=s.tag,
+        commit=s.repo.commit(args.ref).hexsha,
+        ref=args.ref,
+        machine=s.loaded.machine.machine.name,
+        now=now,
+        keys=[t.key for t in s.engine.expansion.tasks],
+        attempts=attempts,
+        runtimes=runtimes,
+    )
+    branch = args.status_branch
+    prev = results.read_branch_file(repo_root, status_doc.status_path(name), branch)
+    if prev is not None:
+        try:
+            old = json.loads(prev)
+        except ValueError:
+            old = {}
+        strip = lambda d: {k: v for k, v in d.items() if k not in _COMPARE_IGNORED}  # noqa: E731
+        if strip(old) == strip(doc):
+            return None
+    history = status_doc.parse_history(results.read_branch_file(repo_root, status_doc.status_path(name, status_doc.HISTORY_FILE), branch))
+    line = status_doc.history_line(result.summary, result.applied, now)
+    try:
+        plots = report.plots_bytes(doc, [*history, line])
+    except ReconcilerError as exc:  # matplotlib missing: status without pictures
+        _warn(f"{name}: no pictures on the status branch: {exc}")
+        plots = {}
+    counts = _counts_line(result.summary)
+    return results.publish(
+        repo_root,
+        status_doc.builder(doc, line, plots),
+        f"status: {name}: {_applied_line(result.applied)} | {counts}",
+        branch=branch,
+        remote=args.push,
+    )
+
+
+def fetch_desired(args: argparse.Namespace) -> None:
+    """`--fetch REMOTE`: bring the checked-out branch up to the remote's (fast-forward only).
+
+    This is how a change merged on the forge reaches a login node's watch loop. A diverged or
+    dirty checkout is reported and left alone: the loop keeps reconciling what it has.
+    """
+    from reconciler.gitops import open_repo
+
+    repo = open_repo(args.repo)
+    try:
+        repo.git.fetch(args.fetch, "--quiet")
+        branch = repo.active_branch.name
+        repo.git.merge("--ff-only", "--quiet", f"refs/remotes/{args.fetch}/{branch}")
+    except Exception as exc:  # noqa: BLE001 - git's many failure modes all mean "not this tick"
+        _warn(f"--fetch {args.fetch}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}")
+
+
 def cmd_once(args: argparse.Namespace) -> int:
+    if getattr(args, "fetch", None):
+        fetch_desired(args)
     results = []
     for name in _names(args):
         r = _one_pass(args, name)
@@ -323,6 +404,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     with _Stop() as stop:
         while not stop.requested:
             all_done = True
+            if args.fetch:
+                fetch_desired(args)
             for name in _names(args):
                 if stop.requested:
                     break
@@ -398,10 +481,17 @@ def register(add: Callable[..., Any], common: Callable[..., None]) -> None:
     def sched(p: argparse.ArgumentParser) -> None:
         p.add_argument("--scheduler", choices=["local", "slurm", "pyslurm", "auto"], default=None, help="override the machine's scheduler backend")
 
+    def gitops(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--status-branch", default="reconciler/status", help="results branch for status.json, history and STATUS.md (default reconciler/status)")
+        p.add_argument("--no-status", action="store_true", help="do not commit status to the results branch")
+        p.add_argument("--push", metavar="REMOTE", default=None, help="push the results branch to REMOTE after committing (never forced)")
+        p.add_argument("--fetch", metavar="REMOTE", default=None, help="fetch REMOTE and fast-forward the checkout before reading desired state")
+
     p = verb("once", cmd_once, "one reconcile pass over productions (default: all in productions/)")
     p.add_argument("names", nargs="*", help="production names (default: every production)")
     common(p)
     sched(p)
+    gitops(p)
     p = verb("watch", cmd_watch, "reconcile every --interval seconds until stopped (SIGINT/SIGTERM stop between steps)")
     p.add_argument("names", nargs="*", help="production names (default: every production)")
     p.add_argument("--interval", type=float, default=300.0, help="seconds between passes (default 300, with jitter)")
@@ -409,6 +499,7 @@ def register(add: Callable[..., Any], common: Callable[..., None]) -> None:
     p.add_argument("--until-done", action="store_true", help="exit once every task is complete or has given up")
     common(p)
     sched(p)
+    gitops(p)
     for name, handler, help_ in (
         ("plan", cmd_plan, "show what a pass would do, without doing it (exit 0 nothing to do, 1 work to do)"),
         ("status", cmd_status, "counts by state, success rate, failures with reasons and logs, stale and excluded tasks"),
@@ -422,6 +513,8 @@ def register(add: Callable[..., Any], common: Callable[..., None]) -> None:
         p.add_argument("name")
         common(p)
         sched(p)
+        if name in ("submit", "retry"):
+            gitops(p)
         if name == "status":
             p.add_argument("--verbose", action="store_true", help="every failure and every task's state")
         if name == "monitor":
