@@ -14,7 +14,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(BIN)/python -m pip install -q -e '.[test,plots]'
+	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
