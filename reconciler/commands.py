@@ -45,9 +45,14 @@ class Session:
 
 
 @contextmanager
-def open_production(args: argparse.Namespace, name: str, *, write: bool) -> Iterator[Session]:
-    """Load ``name`` at the ref and open its ledger; with ``write``, take the lock, create the
-    directory tree and the provenance tag, and rebuild a lost ledger."""
+def open_production(args: argparse.Namespace, name: str, *, write: bool, init: bool | None = None) -> Iterator[Session]:
+    """Load ``name`` at the ref and open its ledger.
+
+    ``write``: take the production's lock and record what is observed (refuses uncommitted
+    desired state). ``init`` (default: ``write``): also create the directory tree and the
+    provenance tag, and rebuild a lost ledger from the manifests in logs/. Read-only opens
+    use an in-memory ledger when the production has none yet, so they create nothing.
+    """
     from reconciler.cli import load_desired
     from reconciler.engine import Engine, rebuild_from_manifests
     from reconciler.gitops import ensure_tag, latest_tag, version_info
@@ -56,15 +61,15 @@ def open_production(args: argparse.Namespace, name: str, *, write: bool) -> Iter
     from reconciler.production_dir import init_production_dir
     from reconciler.scheduler import make_scheduler
 
-    loaded, repo, dirt = load_desired(args, name, read_only=not write)
+    init = write if init is None else init
+    loaded, repo, dirt = load_desired(args, name, read_only=not init)
     pdir: Path = loaded.production_dir
     scheduler = make_scheduler(loaded.machine, getattr(args, "scheduler", None))
     lock = None
     if write:
         lock = ProductionLock(pdir / "metadata" / "reconcile.lock").acquire()
     try:
-        tag = None
-        if write:
+        if init:
             tag, created = ensure_tag(repo, loaded, loaded.spec.production.version, dirt)
             if created or not (pdir / "metadata" / "version_info.json").exists():
                 init_production_dir(loaded, version_info(loaded, repo, tag, dirt))
@@ -74,14 +79,14 @@ def open_production(args: argparse.Namespace, name: str, *, write: bool) -> Iter
             tag = latest_tag(repo, loaded.name)
         path = default_path(pdir)
         existed = path.exists()
-        if not write and not existed:
+        if not init and not existed:
             ledger = Ledger(Path(":memory:"))
         else:
             ledger = Ledger(path)
             if ledger.network_fs:
                 _warn(f"the ledger {path} is on a network file system ({ledger.network_fs}); using rollback journal mode, not WAL")
         try:
-            if write and not existed and (pdir / "logs").is_dir() and any((pdir / "logs").glob("batch_*.json")):
+            if init and not existed and (pdir / "logs").is_dir() and any((pdir / "logs").glob("batch_*.json")):
                 n = rebuild_from_manifests(ledger, pdir, scheduler.name, time.time())
                 _warn(f"ledger {path} was missing: rebuilt {n} submission(s) from the manifests in logs/; "
                       "retry counts restart at what the markers and logs show")
@@ -322,7 +327,7 @@ def _short_array(idx: tuple[int, ...]) -> str:
 def _read_status(args: argparse.Namespace, name: str) -> tuple[dict[str, Any], Path, str | None]:
     """Observe and summarise; record what was seen only when no other reconciler is at work."""
     try:
-        with open_production(args, name, write=True) as s:
+        with open_production(args, name, write=True, init=False) as s:
             obs = s.engine.observe(record=True)
             return s.engine.summary(obs), s.loaded.production_dir, s.tag
     except LockHeld:

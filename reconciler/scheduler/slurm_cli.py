@@ -80,6 +80,26 @@ this host and the controller (sacct selects jobs that were eligible or running a
 
 COMMAND_TIMEOUT_S = 30.0
 
+RETRY_SECONDS_S = 60.0
+"""How long reads (and scancel) are retried while Slurm does not answer, before the pass
+stops with exit 4. ``RECONCILER_SLURM_RETRY_SECONDS`` overrides it (tests use a few seconds)."""
+
+RETRY_SECONDS_ENV = "RECONCILER_SLURM_RETRY_SECONDS"
+
+
+def default_retry_seconds() -> float:
+    """``RECONCILER_SLURM_RETRY_SECONDS`` when set to a number >= 0, else RETRY_SECONDS_S."""
+    raw = os.environ.get(RETRY_SECONDS_ENV, "").strip()
+    if not raw:
+        return RETRY_SECONDS_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise UsageError(f"{RETRY_SECONDS_ENV}={raw!r} is not a number of seconds") from None
+    if value < 0 or value != value:
+        raise UsageError(f"{RETRY_SECONDS_ENV}={raw!r} must be >= 0 seconds")
+    return value
+
 TRANSIENT_PATTERNS: tuple[str, ...] = (
     "socket timed out",
     "resource temporarily unavailable",
@@ -688,13 +708,13 @@ class SlurmCLI:
         self,
         *,
         env: Mapping[str, str] | None = None,
-        retry_seconds: float = 60.0,
+        retry_seconds: float | None = None,
         command_timeout: float = COMMAND_TIMEOUT_S,
         user: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.env = dict(env) if env is not None else None
-        self.retry_seconds = retry_seconds
+        self.retry_seconds = default_retry_seconds() if retry_seconds is None else retry_seconds
         self.command_timeout = command_timeout
         self.user = user or _current_user()
         self.clock = clock
