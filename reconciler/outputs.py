@@ -276,6 +276,16 @@ def _listings(production_dir: Path, dirs: Iterable[str]) -> dict[str, _Listing]:
     return out
 
 
+def _list_dir(root: str, d: str) -> _Listing:
+    full = f"{root}/{d}" if d else root
+    try:
+        return _Listing(set(os.listdir(full)))
+    except (FileNotFoundError, NotADirectoryError):
+        return _EMPTY
+    except OSError as exc:
+        raise TransientError(f"cannot list {full}: {exc}") from exc
+
+
 def observe_outputs(
     production_dir: Path,
     tasks: Sequence[TaskLike],
@@ -286,38 +296,78 @@ def observe_outputs(
     """Each task's OutputState, from one listing per distinct output directory.
 
     No file is opened or stat'ed unless ``deep`` asks for an unmarked task to be validated.
+    Listings are streamed: a directory is listed when the first task that needs it is
+    observed and dropped after the last one, so memory holds the listings of a few
+    directories, not of the whole tree (10^6 tasks: 2 x 10^6 names).
     """
-    dirs: dict[str, None] = {}
+    # How many tasks still need each directory; a listing is dropped when its count hits 0.
+    need: dict[str, int] = {}
     for t in tasks:
-        for rel in t.outputs:
-            dirs[rel.rpartition("/")[0]] = None
-    listings = _listings(production_dir, dirs)
-    result: dict[str, OutputState] = {}
-    for t in tasks:
-        present = True
-        for rel in t.outputs:
-            head, _s, base = rel.rpartition("/")
-            if base not in listings[head].names:
-                present = False
-                break
-        if not present:
-            result[t.key] = OutputState.MISSING
-            continue
-        head, _s, base = t.outputs[0].rpartition("/")
-        listing = listings[head]
-        stem = f".{base}.{t.fingerprint}."
-        if stem + DONE in listing.names or stem + ADOPTED in listing.names:
-            result[t.key] = OutputState.COMPLETE
-            continue
-        if listing.markers(base):
-            result[t.key] = OutputState.STALE
-            continue
-        want_deep = deep(t) if callable(deep) else deep
-        if want_deep:
-            why = validate(production_dir, t.outputs, validator)
-            result[t.key] = OutputState.UNMARKED if why is None else OutputState.INVALID
+        outs = t.outputs
+        if len(outs) == 1:
+            d = outs[0].rpartition("/")[0]
+            need[d] = need.get(d, 0) + 1
         else:
-            result[t.key] = OutputState.UNMARKED
+            for d in {rel.rpartition("/")[0] for rel in outs}:
+                need[d] = need.get(d, 0) + 1
+    root = str(production_dir)
+    open_: dict[str, _Listing] = {}
+    result: dict[str, OutputState] = {}
+    complete, missing, stale, unmarked = OutputState.COMPLETE, OutputState.MISSING, OutputState.STALE, OutputState.UNMARKED
+    done_suffix, adopted_suffix = "." + DONE, "." + ADOPTED
+    adopted = OutputState.ADOPTED
+
+    def listing_of(d: str) -> _Listing:
+        got = open_.get(d)
+        if got is None:
+            got = open_[d] = _list_dir(root, d)
+        return got
+
+    for t in tasks:
+        outs = t.outputs
+        first_head, _s, base = outs[0].rpartition("/")
+        listing = open_.get(first_head)
+        if listing is None:
+            listing = open_[first_head] = _list_dir(root, first_head)
+        present = base in listing.names
+        if len(outs) > 1:
+            heads = {first_head}
+            for rel in outs[1:]:
+                head, _s, b = rel.rpartition("/")
+                heads.add(head)
+                if present and b not in listing_of(head).names:
+                    present = False
+        else:
+            heads = None
+        if not present:
+            state = missing
+        else:
+            stem = f".{base}.{t.fingerprint}"
+            names = listing.names
+            if stem + done_suffix in names:
+                state = complete
+            elif stem + adopted_suffix in names:
+                state = adopted
+            elif listing.markers(base):
+                state = stale
+            elif deep(t) if callable(deep) else deep:
+                state = unmarked if validate(production_dir, outs, validator) is None else OutputState.INVALID
+            else:
+                state = unmarked
+        result[t.key] = state
+        if heads is None:
+            left = need[first_head] - 1
+            if left:
+                need[first_head] = left
+            else:
+                del open_[first_head]
+        else:
+            for d in heads:
+                left = need[d] - 1
+                if left:
+                    need[d] = left
+                else:
+                    open_.pop(d, None)
     return result
 
 

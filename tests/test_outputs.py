@@ -175,7 +175,7 @@ def test_adopted_marker(tmp_path: Path) -> None:
     pa = mark(tmp_path, a, adopted=True)
     mark(tmp_path, b)
     assert pa.name.endswith(f".{FP_A}.adopted")
-    assert observe_outputs(tmp_path, [a, b], EXISTS) == {a.key: OutputState.COMPLETE, b.key: OutputState.COMPLETE}
+    assert observe_outputs(tmp_path, [a, b], EXISTS) == {a.key: OutputState.ADOPTED, b.key: OutputState.COMPLETE}
     assert adopted_keys(tmp_path, [a, b]) == {a.key}
     assert read_marker(tmp_path, a)["adopted"] is True  # type: ignore[index]
     mark(tmp_path, a)  # a real run supersedes the adoption

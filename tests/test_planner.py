@@ -97,7 +97,7 @@ def test_planner_invariants(world: tuple[Desired, dict[str, TaskObs], dict[str, 
                 t, o, h = by_key[k], obs[k], hist[k]
                 assert i < limits.max_array_size  # invariant 4
                 assert t.index // max(1, min(pol.batch_size, limits.max_array_size)) == a.batch
-                assert o.output is not OutputState.COMPLETE  # invariant 2
+                assert o.output not in (OutputState.COMPLETE, OutputState.ADOPTED)  # invariant 2
                 assert not (o.sched is not None and o.sched.in_flight)
                 if o.output is OutputState.UNMARKED and h.submissions == 0:
                     assert not pol.adopt_existing

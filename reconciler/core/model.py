@@ -36,6 +36,7 @@ class OutputState(StrEnum):
 
     MISSING = "missing"  # some output absent
     COMPLETE = "complete"  # outputs present and the marker's fingerprint is the desired one
+    ADOPTED = "adopted"  # as COMPLETE, but the marker was written by `reconcile adopt`, not by a run of ours
     STALE = "stale"  # outputs present and marked, but with another fingerprint
     UNMARKED = "unmarked"  # outputs present, no marker: adoptable or a partial write
     INVALID = "invalid"  # outputs present but failed validation

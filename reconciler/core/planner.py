@@ -96,7 +96,7 @@ def plan(
         if obs.sched is not None and obs.sched.in_flight:
             queued += 1  # counts against the queue cap even if its outputs are already there
             continue
-        if obs.output is OutputState.COMPLETE:
+        if obs.output in (OutputState.COMPLETE, OutputState.ADOPTED):
             continue
         if obs.output is OutputState.UNMARKED and hist.submissions == 0 and pol.adopt_existing:
             continue  # adopted: valid outputs this reconciler never produced

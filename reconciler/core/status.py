@@ -15,7 +15,7 @@ def task_state(obs: TaskObs, hist: TaskHistory, max_retries: int, adopt: bool) -
     """One word per task, in the order a person asks: done? running? broken?"""
     if obs.output is OutputState.COMPLETE:
         return "complete"
-    if obs.output is OutputState.UNMARKED and hist.submissions == 0 and adopt:
+    if obs.output is OutputState.ADOPTED or (obs.output is OutputState.UNMARKED and hist.submissions == 0 and adopt):
         return "adopted"
     if obs.sched is SchedState.RUNNING:
         return "running"

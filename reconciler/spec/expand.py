@@ -10,14 +10,15 @@ indices.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import re
 import shlex
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import product
-from pathlib import PurePosixPath
 from typing import Any
 
 from reconciler.spec.models import Production
@@ -114,6 +115,10 @@ class Renderer:
         self.argv_templates = tuple(shlex.split(prod.task.command))
         self.output_templates = tuple(prod.task.outputs)
         self._check()
+        # A template without placeholders renders to the same text for every task: render it
+        # once ("{{" -> "{"). None marks a template that needs the task's values.
+        self._static = {"name": prod.production.name, "version": prod.production.version, "python": SYMBOLIC_PYTHON, "catalog_params": self.catalog}
+        self._argv_const = tuple(None if any(True for _ in _fields(t)) else t.format_map({}) for t in self.argv_templates)
         static = json.dumps(
             {
                 "outputs": self.output_templates,
@@ -149,31 +154,100 @@ class Renderer:
 
     def _values(self, params: tuple[Any, ...], index: int, key: str, production_dir: str) -> dict[str, Any]:
         values = dict(zip(self.axes, params, strict=True))
-        values.update(
-            index=index,
-            key=key,
-            name=self.prod.production.name,
-            version=self.prod.production.version,
-            production_dir=production_dir,
-            python=SYMBOLIC_PYTHON,
-            catalog_params=self.catalog,
-        )
+        values.update(self._static)
+        values["index"] = index
+        values["key"] = key
+        values["production_dir"] = production_dir
         return values
 
     def outputs(self, params: tuple[Any, ...], index: int, key: str) -> tuple[str, ...]:
-        values = self._values(params, index, key, SYMBOLIC_DIR)
+        return self._outputs(self._values(params, index, key, SYMBOLIC_DIR), key)
+
+    def _outputs(self, values: dict[str, Any], key: str) -> tuple[str, ...]:
         try:
-            return tuple(t.format_map(values) for t in self.output_templates)
+            return tuple([t.format_map(values) for t in self.output_templates])
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise TemplateError("task.outputs", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {redshift:.3f}, {realization:04d}") from None
 
     def argv(self, params: tuple[Any, ...], index: int, key: str, production_dir: str, outputs: tuple[str, ...]) -> tuple[str, ...]:
-        values = self._values(params, index, key, production_dir)
+        return self._argv(self._values(params, index, key, production_dir), key, production_dir, outputs)
+
+    def _argv(self, values: dict[str, Any], key: str, production_dir: str, outputs: tuple[str, ...]) -> tuple[str, ...]:
         values["output"] = f"{production_dir}/{outputs[0]}"
         try:
-            return tuple(t.format_map(values) for t in self.argv_templates)
+            return tuple([t.format_map(values) if c is None else c for t, c in zip(self.argv_templates, self._argv_const, strict=True)])
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise TemplateError("task.command", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {redshift:.3f}, {realization:04d}") from None
+
+    def compiled(self) -> Callable[[Any, Any], tuple[tuple[str, ...], tuple[str, ...]]] | None:
+        """A fast renderer of (outputs, symbolic argv) from (realization, redshift), or None.
+
+        Each template is split once into literal text and fields. A field of one axis is
+        rendered once per value of that axis (format(value, spec), as str.format does it),
+        a field of constants once, ``{output}`` once per task; a task's strings are then
+        concatenations. Only for the common shape (no extra axes; no ``{index}``/``{key}``;
+        plain field names; no nested specs; a bare ``{output}``); anything else, and any rendering error (which
+        the slow path reports with the task it concerns), returns None.
+        """
+        if len(self.axes) != 2:
+            return None
+        sci = self.prod.science
+        axis_values: dict[str, list[Any]] = {"realization": list(sci.realizations.values()), "redshift": sorted(sci.redshifts)}
+        static = {**self._static, "production_dir": SYMBOLIC_DIR}
+        consts: list[str] = []
+        tables: list[dict[Any, str]] = []
+
+        def const(text: str) -> str:
+            consts.append(text)
+            return f"C[{len(consts) - 1}]"
+
+        def compile_template(tpl: str, allow_output: bool) -> str | None:
+            parts: list[str] = []
+            for literal, field, spec, conv in string.Formatter().parse(tpl):
+                if literal:
+                    parts.append(const(literal))
+                if field is None:
+                    continue
+                spec = spec or ""
+                if "{" in spec or "}" in spec:
+                    return None
+                if field in axis_values:
+                    table: dict[Any, str] = {}
+                    for v in axis_values[field]:
+                        x = repr(v) if conv == "r" else str(v) if conv == "s" else ascii(v) if conv == "a" else v
+                        table[v] = format(x, spec)
+                    tables.append(table)
+                    parts.append(f"T[{len(tables) - 1}][{'r' if field == 'realization' else 'z'}]")
+                elif field == "output" and allow_output and not spec and not conv:
+                    parts.append("o")
+                elif _root(field)[0] in static:
+                    whole = "{" + field + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+                    parts.append(const(whole.format_map(static)))
+                else:
+                    return None  # index, key, or anything unusual
+            return " + ".join(parts) if parts else "''"
+
+        try:
+            outs_c = [compile_template(t, False) for t in self.output_templates]
+            argv_c = [compile_template(t, True) for t in self.argv_templates]
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+            return None
+        outs = [x for x in outs_c if x is not None]
+        argv = [x for x in argv_c if x is not None]
+        if len(outs) != len(outs_c) or len(argv) != len(argv_c):
+            return None
+
+        # The generated code names only C (constants), T (tables) and its arguments; no
+        # text from the production is ever part of it.
+        code = (
+            "def render(r, z):\n"
+            f"    outs = ({', '.join(outs)},)\n"
+            f"    o = {SYMBOLIC_DIR!r} + '/' + outs[0]\n"
+            f"    return outs, ({', '.join(argv)},)\n"
+        )
+        ns: dict[str, Any] = {"C": tuple(consts), "T": tuple(tables)}
+        exec(compile(code, "<reconciler.spec.expand: compiled templates>", "exec"), ns)  # noqa: S102
+        return ns["render"]
 
     def fingerprint(self, argv_symbolic: tuple[str, ...]) -> str:
         h = self._hash_base.copy()
@@ -187,22 +261,42 @@ def task_key(axes: tuple[str, ...], params: tuple[Any, ...]) -> str:
     return "/".join(parts)
 
 
+_BAD_CHARS = re.compile(r"[\\\x00-\x1f]")
+_DOT_SLASH = ("", ".", "/")
+
+
 def check_output_path(rel: str) -> str | None:
-    """Why a rendered output path would escape the production directory, or None."""
-    if "\\" in rel or any(ord(c) < 32 for c in rel):
+    """Why a rendered output path would escape the production directory, or None.
+
+    String operations with PurePosixPath's meaning (runs once per task and output): empty
+    and "." components do not count, a leading "/" makes the path absolute.
+    """
+    if _BAD_CHARS.search(rel):
         return "contains a backslash or control character"
-    p = PurePosixPath(rel)
-    if p.is_absolute():
+    if rel[:1] == "/":
         return "is absolute"
-    if ".." in p.parts:
+    parts = [p for p in rel.split("/") if p and p != "."]
+    if ".." in parts:
         return "contains '..'"
-    if str(p) in ("", "."):
+    if not parts:
         return "is empty"
     return None
 
 
 def expand(prod: Production) -> Expansion:
     """All tasks of ``prod``; raises TemplateError on the first template or path problem."""
+    # The cyclic GC would walk the growing task list again and again (10^6 tasks: seconds);
+    # nothing made here forms a cycle, so it is paused for the expansion and then restored.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _expand(prod)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _expand(prod: Production) -> Expansion:
     renderer = Renderer(prod)
     sci = prod.science
     realizations = sci.realizations.values()
@@ -226,9 +320,16 @@ def expand(prod: Production) -> Expansion:
     seen: set[str] = set()
     axes = renderer.axes
     index = -1
+    # Keys by string pieces rendered once per value (same text as task_key; 10^6 tasks a pass).
+    rtext: dict[Any, str] = {r: f"r{r:04d}" for r in realizations}
+    ztext: dict[Any, str] = {z: f"z{z:.3f}" for z in redshifts}
+    fast_key = len(axes) == 2
+    fast = renderer.compiled()
+    hash_base = renderer._hash_base
+    bad_chars = _BAD_CHARS.search
     for params in product(realizations, redshifts, *extra):
         index += 1
-        key = task_key(axes, params)
+        key = f"{rtext[params[0]]}/{ztext[params[1]]}" if fast_key else task_key(axes, params)
         if key in seen:
             raise TemplateError("science.redshifts", f"two tasks share the key {key}", "redshifts must differ in their first 3 decimals")
         seen.add(key)
@@ -236,11 +337,20 @@ def expand(prod: Production) -> Expansion:
         if reason is not None:
             excluded.append(Excluded(index, key, reason))
             continue
-        outputs = renderer.outputs(params, index, key)
+        if fast is not None:
+            outputs, argv = fast(params[0], params[1])
+        else:
+            values = renderer._values(params, index, key, SYMBOLIC_DIR)  # one dict for outputs and argv
+            outputs = renderer._outputs(values, key)
         for rel in outputs:
-            why = check_output_path(rel)
-            if why:
-                raise TemplateError("task.outputs", f"output path {rel!r} of task {key} {why}", "outputs are relative to the production directory and stay inside it")
-        argv = renderer.argv(params, index, key, SYMBOLIC_DIR, outputs)
-        tasks.append(Task(index, key, params, outputs, renderer.fingerprint(argv)))
+            # common case inline: no component starts with "." (so no "." or ".."), not absolute
+            if rel[:1] in _DOT_SLASH or "/." in rel or bad_chars(rel):
+                why = check_output_path(rel)
+                if why:
+                    raise TemplateError("task.outputs", f"output path {rel!r} of task {key} {why}", "outputs are relative to the production directory and stay inside it")
+        if fast is None:
+            argv = renderer._argv(values, key, SYMBOLIC_DIR, outputs)
+        h = hash_base.copy()  # renderer.fingerprint(argv), inline
+        h.update("\0".join(argv).encode())
+        tasks.append(Task(index, key, params, outputs, h.hexdigest()))
     return Expansion(prod.production.name, axes, tuple(tasks), tuple(excluded), index + 1, prod.execution.batch_size)
