@@ -289,9 +289,10 @@ class Engine:
             if sub is not None and sub.state == "abandoned":
                 state = None
             observation[key] = TaskObs(out.get(key, OutputState.MISSING), state)
+        unsubmitted = {st: TaskObs(st, None) for st in OutputState}  # shared: 1M tasks, a handful of values
         for key, st in out.items():
             if key not in observation:
-                observation[key] = TaskObs(st, None)
+                observation[key] = unsubmitted[st]
         desired = Desired(self.expansion.tasks, self.policy)
         return Observed(
             desired,
@@ -434,11 +435,12 @@ class Engine:
 
     def summary(self, obs: Observed) -> dict[str, Any]:
         logs: dict[str, str] = {}
+        base = f"{self.production_dir}/logs/batch_"
         for key, att in obs.latest.items():
             job = obs.jobs.get(att.token)
             batch = obs.batches.get(att.token)
             if job and batch is not None:
-                logs[key] = str(self.production_dir / "logs" / f"batch_{batch:04d}_{job}_{att.array_index}.out")
+                logs[key] = f"{base}{batch:04d}_{job}_{att.array_index}.out"
         excluded = [(e.key, e.reason) for e in self.expansion.excluded]
         s = summarize(obs.desired, obs.observation, obs.history, excluded, logs)
         s["staged"] = obs.staged
@@ -457,9 +459,23 @@ class Engine:
             applied = self.apply(p, obs, stage=stage)
         if applied:
             self.ledger.event("pass", json.dumps(applied, sort_keys=True), self.clock())
-            obs = self.observe(record=True)
-            events += obs.events
+            obs = self._after_apply(obs, p)
         return PassResult(p, applied, self.summary(obs), events)
+
+    def _after_apply(self, obs: Observed, p: Plan) -> Observed:
+        """The observation as the applied plan left it, without asking the scheduler again
+        (a pass stays at two scheduler reads): what was sent is queued, the rest as seen."""
+        sent = {k for a in p.actions if a.kind in (ActionKind.SUBMIT, ActionKind.RESUBMIT, ActionKind.STAGE) for k in a.keys}
+        observation = dict(obs.observation)
+        for key in sent:
+            observation[key] = TaskObs(observation.get(key, TaskObs()).output, SchedState.PENDING)
+        latest = self.ledger.latest_attempts()
+        subs = self.ledger.all_submissions()
+        return Observed(
+            obs.desired, observation, self.ledger.history(), obs.outputs, latest,
+            {s.token: s.job_id for s in subs}, {s.token: s.batch for s in subs},
+            obs.staged + sum(len(a.keys) for a in p.actions if a.kind is ActionKind.STAGE), obs.events,
+        )
 
 
 def rebuild_from_manifests(ledger: Ledger, production_dir: Path, backend: str, now: float) -> int:

@@ -177,4 +177,4 @@ def render_manifest(
             for i, t in sorted(tasks.items())
         },
     }
-    return json.dumps(doc, indent=1, sort_keys=True)
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"))  # compact: the C encoder, 40k tasks in ms
