@@ -39,7 +39,7 @@ from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.planner import plan as make_plan
 from reconciler.core.planner import stage_only
 from reconciler.core.status import summarize
-from reconciler.errors import TransientError
+from reconciler.errors import NotSubmitted, SubmitRejected
 from reconciler.ledger import Attempt, Ledger, Submission
 from reconciler.scheduler.base import ArrayJob, JobRef, Scheduler, SchedulerView, TaskSched
 from reconciler.scheduler.script import (
@@ -409,7 +409,11 @@ class Engine:
         if sub.state == "staged":
             self.ledger.set_state(sub.token, "recorded")
         failpoint("after_record")
-        job_id = self.scheduler.submit(job)
+        try:
+            job_id = self.scheduler.submit(job)
+        except (NotSubmitted, SubmitRejected) as exc:
+            self.ledger.abandon(sub.token, str(exc), self.clock())
+            raise
         failpoint("after_submit")
         self.ledger.set_submitted(sub.token, job_id, self.clock())
         return job_id

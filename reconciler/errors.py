@@ -70,3 +70,24 @@ class TransientError(ReconcilerError):
     """The scheduler or filesystem failed in a way that may pass; nothing was lost (exit 4)."""
 
     exit_code = EXIT_TRANSIENT
+
+
+class NotSubmitted(TransientError):
+    """The scheduler certainly never received a submission (its controller refused the
+    connection): the submission is abandoned at once and its tasks planned again next pass,
+    instead of waiting out the token lookup's grace period (exit 4)."""
+
+
+class SubmitRejected(ReconcilerError):
+    """Slurm refused the submission for good (bad account, partition, limits): exit 2.
+
+    Unlike a timeout, the job certainly does not exist, so nothing needs to be looked up;
+    retrying the same script would fail the same way until the configuration changes.
+    """
+
+    exit_code = EXIT_INVALID
+
+    def __init__(self, message: str, *, token: str = "", stderr: str = "") -> None:
+        self.token = token
+        self.stderr = stderr
+        super().__init__(message)

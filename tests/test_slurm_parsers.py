@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.model import SchedState
-from reconciler.errors import TransientError
+from reconciler.errors import NotSubmitted, TransientError
 from reconciler.scheduler.base import ArrayJob, JobRef, TaskSched
 from reconciler.scheduler.slurm_cli import (
     CANCELLED_UNRECORDED,
@@ -512,10 +512,18 @@ def test_submit_parses_the_id(tmp_path: Path) -> None:
     assert cli.calls == [["sbatch", "--parsable", f"--chdir={tmp_path}", str(tmp_path / "s.sbatch")]]
 
 
-@pytest.mark.parametrize("name", ["sbatch_ctld_down.stderr"])
-def test_submit_transient_is_unknown_and_not_retried(tmp_path: Path, name: str) -> None:
-    cli = CannedCLI({"sbatch": (1, "", read(name))})
-    with pytest.raises(TransientError, match="outcome unknown.*token tokS"):
+def test_submit_timeout_is_unknown_and_not_retried(tmp_path: Path) -> None:
+    err = "sbatch: error: Batch job submission failed: Socket timed out on send/recv operation\n"
+    cli = CannedCLI({"sbatch": (1, "", err)})
+    with pytest.raises(TransientError, match="outcome unknown.*token tokS") as info:
+        cli.submit(_job(tmp_path))
+    assert not isinstance(info.value, NotSubmitted)
+    assert len(cli.calls) == 1
+
+
+def test_submit_to_an_unreachable_controller_is_certainly_not_submitted(tmp_path: Path) -> None:
+    cli = CannedCLI({"sbatch": (1, "", read("sbatch_ctld_down.stderr"))})
+    with pytest.raises(NotSubmitted, match="nothing was submitted"):
         cli.submit(_job(tmp_path))
     assert len(cli.calls) == 1
 

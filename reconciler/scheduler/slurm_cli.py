@@ -39,7 +39,7 @@ from tenacity import (
 )
 
 from reconciler.core.model import SchedState
-from reconciler.errors import EXIT_INVALID, ReconcilerError, TransientError, UsageError
+from reconciler.errors import NotSubmitted, SubmitRejected, TransientError, UsageError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
 from reconciler.scheduler.script import array_spec, parse_array_spec
 
@@ -189,19 +189,6 @@ _ABBREVIATIONS: dict[str, str] = {
 _NO_TIME = {"", "n/a", "none", "unknown", "(null)", "0"}
 
 
-class SubmitRejected(ReconcilerError):
-    """Slurm refused the submission for good (bad account, partition, limits): exit 2.
-
-    Unlike a timeout, the job certainly does not exist, so nothing needs to be looked up;
-    retrying the same script would fail the same way until the configuration changes.
-    """
-
-    exit_code = EXIT_INVALID
-
-    def __init__(self, message: str, *, token: str = "", stderr: str = "") -> None:
-        self.token = token
-        self.stderr = stderr
-        super().__init__(message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,6 +682,10 @@ def _current_user() -> str:
         return os.environ.get("USER", str(os.getuid()))
 
 
+NEVER_SENT = ("(connect failure)", "Connection refused")
+"""sbatch errors that prove the request never reached slurmctld (no job can exist)."""
+
+
 class SlurmCLI:
     """Scheduler protocol over Slurm's command-line tools (see the module docstring)."""
 
@@ -821,6 +812,8 @@ class SlurmCLI:
                 return parse_sbatch_parsable(proc.stdout)
             except ValueError as e:
                 raise TransientError(unknown.format(why=str(e))) from None
+        if proc.returncode > 0 and any(s in err for s in NEVER_SENT):
+            raise NotSubmitted(f"sbatch could not reach slurmctld ({err.splitlines()[-1]}); nothing was submitted")
         if is_transient(err) or proc.returncode < 0:
             raise TransientError(unknown.format(why=err or f"killed by signal {-proc.returncode}"))
         raise SubmitRejected(
