@@ -185,7 +185,8 @@ class Engine:
                 value = int(raw) if raw else None
         if value is None and (not cached or now - float(cached.partition(":")[0]) >= 86400):
             value = probe()
-            self.ledger.set_meta("site_max_array_size", f"{now}:{value or ''}")
+            if value is not None:  # unknown (slurmctld down): ask again next pass, do not cache
+                self.ledger.set_meta("site_max_array_size", f"{now}:{value}")
         if value and value < self.limits.max_array_size:
             self.warnings.append(
                 f"machine defaults say max_array_size {self.limits.max_array_size} but the cluster's MaxArraySize is {value}; using {value}"
