@@ -26,7 +26,6 @@ from reconciler.core.model import (
     DesiredTask,
     Limits,
     OutputState,
-    SchedState,
     TaskHistory,
     TaskObs,
 )
@@ -174,7 +173,3 @@ def stage_only(p: Plan) -> Plan:
         ),
     )
 
-
-def sched_failed(state: SchedState | None) -> bool:
-    """A finished scheduler state that is not success."""
-    return state is not None and state.finished and state is not SchedState.COMPLETED

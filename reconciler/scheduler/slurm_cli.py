@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import (
     RetryCallState,
@@ -42,6 +42,8 @@ from reconciler.core.model import SchedState
 from reconciler.errors import NotSubmitted, SubmitRejected, TransientError, UsageError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
 from reconciler.scheduler.script import array_spec, parse_array_spec
+
+T = TypeVar("T")
 
 COMMENT_PREFIX = "reconciler:"
 """Our jobs carry ``--comment=reconciler:<token>`` (see script.render_script)."""
@@ -675,6 +677,25 @@ class _Unanswered(Exception):
     """One attempt of a read did not get an answer; tenacity retries it."""
 
 
+def until_answered(attempt: Callable[[], T], retry_seconds: float, last: Callable[[], str]) -> T:
+    """Run ``attempt`` until it stops raising _Unanswered, within ``retry_seconds`` in all
+    (backoff sleeps are cut to the time left), then TransientError naming ``last()``.
+    Shared by both Slurm backends, so a dead slurmctld costs each the same bounded delay."""
+    deadline = time.monotonic() + retry_seconds
+    backoff = wait_random_exponential(multiplier=0.5, max=8)
+
+    def wait(state: RetryCallState) -> float:
+        return min(backoff(state), max(0.0, deadline - time.monotonic()))
+
+    try:
+        return Retrying(stop=stop_after_delay(retry_seconds), wait=wait, retry=retry_if_exception_type(_Unanswered))(attempt)
+    except (RetryError, _Unanswered):
+        raise TransientError(
+            f"slurmctld did not answer: {last()} (gave up after {retry_seconds:g} s); "
+            "nothing was marked failed; the next pass will retry"
+        ) from None
+
+
 def _current_user() -> str:
     try:
         return pwd.getpwuid(os.getuid()).pw_name
@@ -769,24 +790,7 @@ class SlurmCLI:
                 "nothing was marked failed; the next pass will retry"
             )
 
-        backoff = wait_random_exponential(multiplier=0.5, max=8)
-
-        def wait(state: RetryCallState) -> float:
-            return min(backoff(state), max(0.0, deadline - time.monotonic()))
-
-        retrying = Retrying(
-            stop=stop_after_delay(self.retry_seconds),
-            wait=wait,
-            retry=retry_if_exception_type(_Unanswered),
-            reraise=False,
-        )
-        try:
-            return retrying(attempt)
-        except (RetryError, _Unanswered):
-            raise TransientError(
-                f"slurmctld did not answer: {last} (gave up after {self.retry_seconds:g} s); "
-                "nothing was marked failed; the next pass will retry"
-            ) from None
+        return until_answered(attempt, self.retry_seconds, lambda: last)
 
     # ---------------------------------------------------------------- the protocol
 

@@ -18,19 +18,9 @@ import importlib
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
-
-from tenacity import (
-    RetryCallState,
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_random_exponential,
-)
 
 from reconciler.errors import TransientError, UsageError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView
@@ -39,10 +29,12 @@ from reconciler.scheduler.slurm_cli import (
     SlurmCLI,
     SlurmRecord,
     SubmitRejected,
+    _Unanswered,
     expand_array,
     is_transient,
     merge_view,
     needs_accounting,
+    until_answered,
 )
 
 T = TypeVar("T")
@@ -237,10 +229,6 @@ def exported_environment(script: str, environ: Mapping[str, str]) -> dict[str, s
 # --------------------------------------------------------------------------- the backend
 
 
-class _Unanswered(Exception):
-    pass
-
-
 class PyslurmScheduler:
     """Scheduler protocol over pyslurm: one slurmctld RPC and at most one slurmdbd query per
     observe(). Cancelling some array indices and MaxArraySize go through the CLI backend
@@ -273,7 +261,6 @@ class PyslurmScheduler:
 
     def _read(self, what: list[str], fn: Callable[[], T]) -> T:
         """Run one read API call; retry while Slurm does not answer, then TransientError."""
-        deadline = time.monotonic() + self.retry_seconds
         last = ""
 
         def attempt() -> T:
@@ -289,22 +276,7 @@ class PyslurmScheduler:
                     f"{what[0]} failed: {e}; nothing was marked failed; the next pass will retry"
                 ) from e
 
-        backoff = wait_random_exponential(multiplier=0.5, max=8)
-
-        def wait(state: RetryCallState) -> float:
-            return min(backoff(state), max(0.0, deadline - time.monotonic()))
-
-        try:
-            return Retrying(
-                stop=stop_after_delay(self.retry_seconds),
-                wait=wait,
-                retry=retry_if_exception_type(_Unanswered),
-            )(attempt)
-        except (RetryError, _Unanswered):
-            raise TransientError(
-                f"slurmctld did not answer: {last} (gave up after {self.retry_seconds:g} s); "
-                "nothing was marked failed; the next pass will retry"
-            ) from None
+        return until_answered(attempt, self.retry_seconds, lambda: last)
 
     def submit(self, job: ArrayJob) -> str:
         """Submit the script file with its own #SBATCH options; never retried (see SlurmCLI)."""

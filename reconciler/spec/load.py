@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from reconciler.errors import ConfigError, Problem
 from reconciler.spec.expand import Expansion, TemplateError, expand
@@ -326,6 +326,3 @@ def provenance(loaded: Loaded) -> list[tuple[str, Any, str]]:
         rows.append((key, value, src or "default"))
     return rows
 
-
-def model_to_schema(model: type[BaseModel]) -> dict[str, Any]:
-    return model.model_json_schema()
