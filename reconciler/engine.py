@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler.atomic import atomic_write
 from reconciler.core.model import (
     Desired,
     Limits,
@@ -383,8 +384,6 @@ class Engine:
             self.spec, batch=a.batch, token=token, array_indices=sorted(tasks), manifest=manifest_path,
             production_dir=self.production_dir, python=self.python,
         )
-        from reconciler.production_dir import atomic_write
-
         atomic_write(manifest_path, manifest)
         atomic_write(script_path, script)
         kind = "resubmit" if a.kind is ActionKind.RESUBMIT else "submit"

@@ -20,13 +20,11 @@ import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from reconciler.atomic import atomic_write
 from reconciler.core.model import OutputState
 from reconciler.errors import TransientError
-
-if TYPE_CHECKING:
-    from reconciler.spec.models import Validator
 
 DONE = "done"
 ADOPTED = "adopted"
@@ -114,9 +112,6 @@ def write_marker(
     that still reads COMPLETE. Any other marker of the same output is removed, including one
     of the same fingerprint but the other kind, so a task never reads both adopted and done.
     """
-    # Imported here: production_dir pulls in the spec loader, which observe() never needs.
-    from reconciler.production_dir import atomic_write
-
     path = marker_path(production_dir, task, adopted)
     doc: dict[str, Any] = {
         "key": task.key,
@@ -194,7 +189,17 @@ def _sha256_problem(path: Path, rel: str) -> str | None:
     return None
 
 
-def validate(production_dir: Path, outputs: Sequence[str], validator: Validator) -> str | None:
+class ValidatorLike(Protocol):
+    """What ``validate`` reads of a validator: the spec's model, or the manifest's copy."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def datasets(self) -> Sequence[str]: ...
+
+
+def validate(production_dir: Path, outputs: Sequence[str], validator: ValidatorLike) -> str | None:
     """None when every output passes ``validator``, else a short reason naming the output.
 
     Every output must exist and be a non-empty regular file; ``hdf5`` and ``sha256`` then
@@ -289,7 +294,7 @@ def _list_dir(root: str, d: str) -> _Listing:
 def observe_outputs(
     production_dir: Path,
     tasks: Sequence[TaskLike],
-    validator: Validator,
+    validator: ValidatorLike,
     *,
     deep: Callable[[TaskLike], bool] | bool = False,
 ) -> dict[str, OutputState]:

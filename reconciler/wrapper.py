@@ -21,11 +21,12 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from reconciler.spec.expand import SYMBOLIC_DIR, SYMBOLIC_PYTHON
+from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
 
 EXIT_USAGE = 2
 EXIT_INVALID_OUTPUT = 65
@@ -177,11 +178,9 @@ def run(manifest_path: Path, array_index: str) -> int:
         return code
 
     from reconciler import outputs
-    from reconciler.spec.models import Validator
 
     try:
-        validator = Validator.model_validate(manifest.get("validator") or {})
-        why = outputs.validate(pdir, task.outputs, validator)
+        why = outputs.validate(pdir, task.outputs, _validator(manifest.get("validator")))
     except Exception as exc:  # a validator that cannot run is not a valid output either
         why = f"validation failed to run: {exc}"
     if why is not None:
@@ -194,6 +193,22 @@ def run(manifest_path: Path, array_index: str) -> int:
         return EXIT_IO
     _say(f"task {task.key} done in {took}; marker {marker.name}")
     return 0
+
+
+@dataclass(frozen=True)
+class _ManifestValidator:
+    kind: str
+    datasets: tuple[str, ...]
+
+
+def _validator(doc: Any) -> _ManifestValidator:
+    """The manifest's validator, checked by hand: the spec's pydantic model would add ~0.25 s
+    to every task's start-up for a two-field record that the engine already validated."""
+    doc = doc or {}
+    kind, datasets = doc.get("kind", "exists"), doc.get("datasets", [])
+    if kind not in ("exists", "hdf5", "sha256") or not all(isinstance(d, str) for d in datasets):
+        raise ValueError(f"unknown validator in the manifest: {doc!r}")
+    return _ManifestValidator(kind, tuple(datasets))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -292,6 +292,6 @@ def test_engine_converges_under_failures_and_crashes(
     counts = result.summary["counts"]
     assert counts["complete"] + counts["failed"] == len(fps)
     with Ledger(ledger_path) as ledger:
-        for key, h in ledger.history().items():
+        for _key, h in ledger.history().items():
             assert h.failures <= retries + 1  # invariant 3: at most max_retries retries
             assert h.submissions <= retries + 1

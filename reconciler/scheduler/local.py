@@ -67,8 +67,8 @@ def default_spool() -> Path:
 def _write_json(path: Path, doc: dict[str, Any], *, durable: bool = True) -> None:
     """Atomic replace: readers see the old or the new state, never half of one.
 
-    (Not production_dir.atomic_write: that module imports the spec loader, and the
-    dispatcher and its supervisors should start in milliseconds.)
+    (Not atomic.atomic_write: this one may skip the fsync, for state the dispatcher
+    rewrites often and can rebuild.)
     """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:

@@ -22,9 +22,8 @@ from itertools import product
 from typing import Any
 
 from reconciler.spec.models import Production
+from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
 
-SYMBOLIC_DIR = "${PRODUCTION_DIR}"
-SYMBOLIC_PYTHON = "${PYTHON}"
 BUILTIN_PLACEHOLDERS = ("realization", "redshift", "index", "key", "name", "version", "production_dir", "output", "catalog_params", "python")
 
 
