@@ -57,6 +57,20 @@ def wait_quiet(spool: Path, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
+def shrink_demo(repo: Path) -> int:
+    """Commit a demo of 2 realizations (8 tasks) that still holds both fail-once tasks.
+
+    The crash tests need a retry and a few batches, not the whole 32-task demo: this keeps
+    each of them a few seconds instead of ~20 on 2 cores. Returns the number of tasks.
+    """
+    path = repo / "productions" / "demo.yaml"
+    text = path.read_text()
+    assert "    start: 0\n    count: 8\n" in text and "batch_size: 16" in text
+    path.write_text(text.replace("    start: 0\n    count: 8\n", "    start: 4\n    count: 2\n").replace("batch_size: 16", "batch_size: 3"))
+    git(repo, "commit", "-qam", "a smaller demo")
+    return 8
+
+
 def test_demo_runs_to_completion_with_a_visible_retry(repo: Path, tmp_path: Path) -> None:
     env = env_for(tmp_path)
     r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")
@@ -89,6 +103,7 @@ def test_demo_runs_to_completion_with_a_visible_retry(repo: Path, tmp_path: Path
 @pytest.mark.parametrize("point", ["before_record", "after_record", "after_submit"])
 def test_killed_at_a_failpoint_never_submits_twice(repo: Path, tmp_path: Path, point: str) -> None:
     env = env_for(tmp_path)
+    n = shrink_demo(repo)
     killed = reconcile(repo, {**env, "RECONCILER_FAILPOINT": point}, "once", "demo")
     assert killed.returncode == -signal.SIGKILL
     r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")
@@ -96,7 +111,7 @@ def test_killed_at_a_failpoint_never_submits_twice(repo: Path, tmp_path: Path, p
     if point == "after_submit":
         assert "adopted submission" in r.stderr  # found by its token, not sent again
     counts = sent_to_scheduler(tmp_path / "spool")
-    assert counts == Counter({k: 2 if k in FAIL_ONCE else 1 for k in counts}) and len(counts) == 32
+    assert counts == Counter({k: 2 if k in FAIL_ONCE else 1 for k in counts}) and len(counts) == n
     wait_quiet(tmp_path / "spool")
 
 
@@ -145,6 +160,7 @@ def test_plan_exit_codes_and_json(repo: Path, tmp_path: Path) -> None:
 
 def test_deleted_ledger_is_rebuilt_without_resubmitting(repo: Path, tmp_path: Path) -> None:
     env = env_for(tmp_path)
+    n = shrink_demo(repo)
     assert reconcile(repo, env, "once", "demo").returncode == 0
     (repo / "work/productions/demo/metadata/production.db").unlink()
     for suffix in ("-wal", "-shm"):
@@ -153,4 +169,4 @@ def test_deleted_ledger_is_rebuilt_without_resubmitting(repo: Path, tmp_path: Pa
     assert r.returncode == 0, r.stderr
     assert "rebuilt" in r.stderr
     counts = sent_to_scheduler(tmp_path / "spool")
-    assert counts == Counter({k: 2 if k in FAIL_ONCE else 1 for k in counts}) and len(counts) == 32
+    assert counts == Counter({k: 2 if k in FAIL_ONCE else 1 for k in counts}) and len(counts) == n
