@@ -299,6 +299,13 @@ def load_file(
     loaded = None
     if spec is not None and not problems:
         loaded = Loaded(spec, defaults, path, ddoc.file, sources, text, repo_root or Path.cwd(), tree.label)
+        if any(c.isspace() for c in str(loaded.production_dir)):
+            # Slurm splits `#SBATCH --output=...` at whitespace: such a path cannot be sent.
+            m = marks.get(("outputs", "base_path"), Mark(path, 0, 0))
+            problems.append(Problem(
+                m.file, m.line, m.col, "outputs.base_path", f"the production directory {str(loaded.production_dir)!r} contains whitespace",
+                "sbatch cannot take it in #SBATCH --output; choose a base_path (or clone the repository) without spaces",
+            ))
         if check_tasks:
             try:
                 loaded.expansion()
