@@ -29,15 +29,16 @@ GOLDEN = Path(__file__).parent / "data" / "scripts"
 UPDATE = os.environ.get("RECONCILER_UPDATE_GOLDEN") == "1"
 
 
-def stage(repo: Path, tmp_path: Path, name: str, *args: str) -> list[Path]:
-    """`reconcile stage NAME ARGS` on the local backend; the scripts it wrote, by batch."""
-    env = {**os.environ, "RECONCILER_LOCAL_SPOOL": str(tmp_path / "spool")}
+def stage(repo: Path, base: Path, name: str, *args: str) -> list[Path]:
+    """`reconcile stage NAME ARGS` on the local backend with outputs under ``base``; the
+    scripts it wrote, by batch."""
+    env = {**os.environ, "RECONCILER_LOCAL_SPOOL": str(base.parent / "spool")}
     r = subprocess.run(
-        [sys.executable, "-m", "reconciler.cli", "stage", name, "--scheduler", "local", *args],
+        [sys.executable, "-m", "reconciler.cli", "stage", name, "--scheduler", "local", "--set", f"outputs.base_path={base}", *args],
         cwd=repo, env=env, capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    return sorted(Path(p) for p in Path(tmp_path / "out").glob(f"{name}/logs/batch_*.sh"))
+    return sorted((base / name / "logs").glob("batch_*.sh"))
 
 
 def normalized(text: str, production_dir: Path) -> str:
@@ -56,7 +57,7 @@ def check_golden(name: str, text: str) -> None:
 def test_alpha_on_nersc_matches_the_golden_script_and_manifest(repo: Path, tmp_path: Path) -> None:
     # alpha: gpu_intensive on nersc (partition gpu, constraint gpu, 4 GPUs), memory 128 GB
     # from the production, timeout 4 h (+2 min so the wrapper's own timeout fires first)
-    scripts = stage(repo, tmp_path, "alpha", "--machine", "nersc", "--set", f"outputs.base_path={tmp_path / 'out'}")
+    scripts = stage(repo, tmp_path / "out", "alpha", "--machine", "nersc")
     pdir = tmp_path / "out" / "alpha"
     assert len(scripts) == 1  # 24 tasks, batch_size 24
     check_golden("alpha_nersc_batch_0000.sh", normalized(scripts[0].read_text(), pdir))
@@ -68,7 +69,7 @@ def test_alpha_on_nersc_matches_the_golden_script_and_manifest(repo: Path, tmp_p
 
 def test_demo_on_local_matches_the_golden_scripts(repo: Path, tmp_path: Path) -> None:
     # demo: two batches of 16 with the production's throttle (%4), no account or partition
-    scripts = stage(repo, tmp_path, "demo", "--set", f"outputs.base_path={tmp_path / 'out'}")
+    scripts = stage(repo, tmp_path / "out", "demo")
     pdir = tmp_path / "out" / "demo"
     assert [re.search(r"batch_(\d{4})_", p.name)[1] for p in scripts] == ["0000", "0001"]  # type: ignore[index]
     for p in scripts:
@@ -93,20 +94,14 @@ def test_config_values_never_reach_a_shell(repo: Path, tmp_path: Path) -> None:
     demo = repo / "productions" / "demo.yaml"
     demo.write_text(demo.read_text().replace('OMP_NUM_THREADS: "1"', f'OMP_NUM_THREADS: "1"\n    EVIL: {json.dumps(evil)}'))
     git(repo, "commit", "-qam", "an evil env value")
-    env = {**os.environ, "RECONCILER_LOCAL_SPOOL": str(tmp_path / "spool")}
-    r = subprocess.run(
-        [sys.executable, "-m", "reconciler.cli", "stage", "demo", "--scheduler", "local", "--set", f"outputs.base_path={base}"],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=120,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    script = sorted((base / "demo" / "logs").glob("batch_0000_*.sh"))[0]
+    script = stage(repo, base, "demo")[0]  # batch 0000
     text = script.read_text()
     assert evil not in text.split("#SBATCH --export")[1]  # the env value is in the manifest only
     assert json.loads(script.with_suffix(".json").read_text())["env"]["EVIL"] == evil
     # run the script's body with bash, as slurmstepd would, for array index 0 (task r0000/z0.500)
     work = tmp_path / "cwd"
     work.mkdir()
-    res = subprocess.run(["bash", str(script)], cwd=work, env={**env, "SLURM_ARRAY_TASK_ID": "0"}, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(["bash", str(script)], cwd=work, env={**os.environ, "SLURM_ARRAY_TASK_ID": "0"}, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert not list(work.glob("PWNED*")) and not list(tmp_path.glob("PWNED*")) and not list(repo.glob("PWNED*"))
     assert (base / "demo" / "catalogs" / "r0000" / "mock_z0.500.hdf5").is_file()
