@@ -348,7 +348,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_adopt(args: argparse.Namespace) -> int:
     """Write markers for valid outputs this reconciler never produced, so later passes are cheap."""
     from reconciler import outputs
-    from reconciler.core.model import OutputState
+    from reconciler.core.states import OutputState
 
     with open_production(args, args.name, write=True) as s:
         eng = s.engine

@@ -30,15 +30,14 @@ from reconciler.atomic import atomic_write
 from reconciler.core.model import (
     Desired,
     Limits,
-    OutputState,
     Policy,
-    SchedState,
     TaskHistory,
     TaskObs,
 )
 from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.planner import plan as make_plan
 from reconciler.core.planner import stage_only
+from reconciler.core.states import OutputState, SchedState
 from reconciler.core.status import summarize
 from reconciler.errors import NotSubmitted, SubmitRejected
 from reconciler.ledger import Attempt, Ledger, Submission

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.atomic import atomic_write
-from reconciler.core.model import OutputState
+from reconciler.core.states import OutputState
 from reconciler.errors import TransientError
 
 DONE = "done"

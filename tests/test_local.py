@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.core.model import OutputState, SchedState
+from reconciler.core.states import OutputState, SchedState
 from reconciler.outputs import observe_outputs, read_marker
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
 from reconciler.scheduler.local import (

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from reconciler import outputs
-from reconciler.core.model import OutputState
+from reconciler.core.states import OutputState
 from reconciler.outputs import (
     adopted_keys,
     marker_path,

@@ -20,14 +20,13 @@ from hypothesis import strategies as st
 from reconciler.core.model import (
     Desired,
     Limits,
-    OutputState,
     Policy,
-    SchedState,
     TaskHistory,
     TaskObs,
 )
 from reconciler.core.plan import ActionKind
 from reconciler.core.planner import plan
+from reconciler.core.states import OutputState, SchedState
 from reconciler.engine import Engine
 from reconciler.ledger import Ledger
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched

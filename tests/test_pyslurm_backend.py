@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.core.model import SchedState
+from reconciler.core.states import SchedState
 from reconciler.errors import TransientError, UsageError
 from reconciler.scheduler.base import ArrayJob, JobRef, TaskSched
 from reconciler.scheduler.slurm_cli import SubmitRejected, merge_view, parse_sacct, parse_squeue

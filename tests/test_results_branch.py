@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from reconciler import results
-from reconciler.core.model import Desired, OutputState, Policy, SchedState, TaskHistory, TaskObs
+from reconciler.core.model import Desired, Policy, TaskHistory, TaskObs
+from reconciler.core.states import OutputState, SchedState
 from reconciler.core.status import summarize
 from reconciler.errors import UsageError
 from reconciler.results import publish, read_branch_file

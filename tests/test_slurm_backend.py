@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.core.model import SchedState
+from reconciler.core.states import SchedState
 from reconciler.errors import TransientError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
 from reconciler.scheduler.script import array_spec, render_script

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.core.model import SchedState
+from reconciler.core.states import SchedState
 from reconciler.errors import NotSubmitted, TransientError
 from reconciler.scheduler.base import ArrayJob, JobRef, TaskSched
 from reconciler.scheduler.slurm_cli import (

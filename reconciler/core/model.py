@@ -4,42 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Protocol
 
-
-class SchedState(StrEnum):
-    """One array task as the scheduler sees it (Slurm's many states folded to these)."""
-
-    PENDING = "PENDING"  # queued, configuring, requeued
-    RUNNING = "RUNNING"  # running, completing, suspended
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"  # non-zero exit
-    TIMEOUT = "TIMEOUT"  # also DEADLINE
-    OUT_OF_MEMORY = "OUT_OF_MEMORY"
-    NODE_FAIL = "NODE_FAIL"  # also BOOT_FAIL, and a local process that vanished
-    PREEMPTED = "PREEMPTED"
-    CANCELLED = "CANCELLED"
-    UNKNOWN = "UNKNOWN"  # submitted, but the scheduler no longer knows it and left no record
-
-    @property
-    def in_flight(self) -> bool:
-        return self in (SchedState.PENDING, SchedState.RUNNING)
-
-    @property
-    def finished(self) -> bool:
-        return not self.in_flight
-
-
-class OutputState(StrEnum):
-    """One task as the output tree sees it."""
-
-    MISSING = "missing"  # some output absent
-    COMPLETE = "complete"  # outputs present and the marker's fingerprint is the desired one
-    ADOPTED = "adopted"  # as COMPLETE, but the marker was written by `reconcile adopt`, not by a run of ours
-    STALE = "stale"  # outputs present and marked, but with another fingerprint
-    UNMARKED = "unmarked"  # outputs present, no marker: adoptable or a partial write
-    INVALID = "invalid"  # outputs present but failed validation
+from reconciler.core.states import OutputState, SchedState
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,11 +25,11 @@ from reconciler.core.model import (
     Desired,
     DesiredTask,
     Limits,
-    OutputState,
     TaskHistory,
     TaskObs,
 )
 from reconciler.core.plan import Action, ActionKind, Plan
+from reconciler.core.states import OutputState
 
 _EMPTY_OBS = TaskObs()
 _EMPTY_HIST = TaskHistory()

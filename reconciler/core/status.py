@@ -6,7 +6,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reconciler.core.model import Desired, OutputState, SchedState, TaskHistory, TaskObs
+from reconciler.core.model import Desired, TaskHistory, TaskObs
+from reconciler.core.states import OutputState, SchedState
 
 STATES = ("complete", "adopted", "running", "queued", "retrying", "failed", "stale", "missing")
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from reconciler.core.model import SchedState
+from reconciler.core.states import SchedState
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,16 @@ class SchedulerView:
 
 
 class Scheduler(Protocol):
-    """Three verbs. Transient failures raise TransientError; they never look like task failures."""
+    """What the engine asks of a backend, all of it. Backends observe and act; they never decide.
+
+    Transient failures raise TransientError; they never look like task failures. A
+    constructor does no I/O: the first call that needs the scheduler is the first to reach it.
+    """
 
     name: str
+    lookup_grace_s: float
+    """How long a token whose sbatch answer was lost is looked for before the planner gives the
+    submission up (0 where a submission cannot be lost between the call and its answer)."""
 
     def submit(self, job: ArrayJob) -> str:
         """Submit and return the job id; raise TransientError if the outcome is unknown."""
@@ -77,6 +84,6 @@ class Scheduler(Protocol):
         """Cancel a whole job or some of its array tasks."""
         ...
 
-
-def task_states(view: SchedulerView, job_id: str) -> Mapping[int, TaskSched]:
-    return view.tasks.get(job_id, {})
+    def max_array_size(self) -> int | None:
+        """The site's MaxArraySize, or None when the backend has no such limit or cannot tell now."""
+        ...

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reconciler.core.model import SchedState
+from reconciler.core.states import SchedState
 from reconciler.errors import TransientError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
 

@@ -38,7 +38,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from reconciler.core.model import SchedState
+from reconciler.core.states import SchedState
 from reconciler.errors import NotSubmitted, SubmitRejected, TransientError, UsageError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
 from reconciler.scheduler.script import array_spec, parse_array_spec
