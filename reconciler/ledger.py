@@ -5,12 +5,15 @@ the output tree (see engine.rebuild). A submission's token is written here, comm
 *before* the scheduler is called; a token without a job id is resolved next pass by
 looking it up in the scheduler, never by submitting again.
 
-Task states follow the seed tool: PENDING (known, not submitted), QUEUED, RUNNING,
-COMPLETED, FAILED, CANCELLED.
+Two kinds of writes, kept apart: the *journal* of what a pass saw (the scheduler's answer per
+attempt, job ids found by token, submissions whose attempts all ended), and the *decisions*
+of its plan (a failure counted, a submission abandoned, a give-up). The ledger applies no
+policy of its own: retries, backoff and give-ups are the planner's.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -20,16 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core.model import TaskHistory
-from reconciler.core.states import SchedState
+from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
 
+OPEN = tuple(s for s in SubmissionState if s.open)
+
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS submissions (
     token TEXT PRIMARY KEY,
-    stage TEXT NOT NULL DEFAULT 'default',
     batch INTEGER NOT NULL,
-    kind TEXT NOT NULL,             -- submit | resubmit
-    state TEXT NOT NULL,            -- staged | recorded | submitted | finished | abandoned
+    kind TEXT NOT NULL,             -- SubmissionKind
+    state TEXT NOT NULL,            -- SubmissionState
     job_id TEXT,
     backend TEXT NOT NULL,
     script TEXT NOT NULL,
@@ -41,20 +46,18 @@ CREATE TABLE IF NOT EXISTS attempts (
     token TEXT NOT NULL,
     array_index INTEGER NOT NULL,
     key TEXT NOT NULL,
-    stage TEXT NOT NULL DEFAULT 'default',
     attempt INTEGER NOT NULL,
-    state TEXT NOT NULL,            -- QUEUED | RUNNING | COMPLETED | FAILED | CANCELLED
-    sched_state TEXT,
+    sched_state TEXT,               -- SchedState, as last seen
     exit_code INTEGER,
     reason TEXT NOT NULL DEFAULT '',
     start REAL,
     end REAL,
+    failure_recorded INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (token, array_index)
 );
 CREATE INDEX IF NOT EXISTS attempts_key ON attempts (key);
 CREATE TABLE IF NOT EXISTS tasks (
     key TEXT PRIMARY KEY,
-    stage TEXT NOT NULL DEFAULT 'default',
     submissions INTEGER NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0,
     last_end REAL,
@@ -70,27 +73,23 @@ CREATE TABLE IF NOT EXISTS events (
 );
 """
 
-OPEN_STATES = ("staged", "recorded", "submitted")
-
-_SEED_STATE = {
-    SchedState.PENDING: "QUEUED",
-    SchedState.RUNNING: "RUNNING",
-    SchedState.COMPLETED: "COMPLETED",
-    SchedState.CANCELLED: "CANCELLED",
-}
-
-
-def seed_state(state: SchedState) -> str:
-    """The seed tool's job state for a scheduler state."""
-    return _SEED_STATE.get(state, "FAILED")
+MIGRATE_0_TO_1 = (
+    # version 0 kept the seed tool's task states in attempts.state and an unused stage column
+    "ALTER TABLE attempts ADD COLUMN failure_recorded INTEGER NOT NULL DEFAULT 0",
+    "UPDATE attempts SET failure_recorded = 1 WHERE state = 'FAILED'",
+    "ALTER TABLE attempts DROP COLUMN state",
+    "ALTER TABLE attempts DROP COLUMN stage",
+    "ALTER TABLE submissions DROP COLUMN stage",
+    "ALTER TABLE tasks DROP COLUMN stage",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Submission:
     token: str
     batch: int
-    kind: str
-    state: str
+    kind: SubmissionKind
+    state: SubmissionState
     job_id: str | None
     backend: str
     script: str
@@ -105,8 +104,21 @@ class Attempt:
     array_index: int
     key: str
     attempt: int
-    state: str
     sched_state: str | None
+    exit_code: int | None
+    reason: str
+    start: float | None
+    end: float | None
+    failure_recorded: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """The scheduler's answer for one attempt this pass, to journal."""
+
+    token: str
+    array_index: int
+    state: SchedState
     exit_code: int | None
     reason: str
     start: float | None
@@ -133,7 +145,22 @@ class Ledger:
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=" + ("DELETE" if self.network_fs else "WAL"))
         self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a ledger written by an earlier version to this schema, in one transaction."""
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        with self.transaction() as db:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(attempts)")}
+            if "stage" in columns:
+                for statement in MIGRATE_0_TO_1:
+                    db.execute(statement)
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self.db.close()
@@ -155,6 +182,74 @@ class Ledger:
         else:
             self.db.execute("COMMIT")
 
+    # ------------------------------------------------------------ reading
+
+    def submissions(self, states: Iterable[SubmissionState] = OPEN) -> list[Submission]:
+        states = tuple(states)
+        q = f"SELECT * FROM submissions WHERE state IN ({','.join('?' * len(states))}) ORDER BY created, token"
+        return [_sub(row) for row in self.db.execute(q, [s.value for s in states])]
+
+    def all_submissions(self) -> list[Submission]:
+        return [_sub(row) for row in self.db.execute("SELECT * FROM submissions ORDER BY created, token")]
+
+    def attempts_of(self, tokens: Sequence[str]) -> list[Attempt]:
+        out: list[Attempt] = []
+        for i in range(0, len(tokens), 500):
+            chunk = tokens[i : i + 500]
+            q = f"SELECT {_ATTEMPT_COLUMNS} FROM attempts WHERE token IN ({','.join('?' * len(chunk))})"
+            out.extend(_attempt(row) for row in self.db.execute(q, chunk))
+        return out
+
+    def latest_attempts(self) -> dict[str, Attempt]:
+        """The attempt of each task's latest submission."""
+        columns = ", ".join(f"a.{c}" for c in _ATTEMPT_COLUMNS.split(", "))
+        q = f"SELECT {columns} FROM tasks t JOIN attempts a ON a.token = t.latest_token AND a.key = t.key"
+        return {row[2]: _attempt(row) for row in self.db.execute(q)}
+
+    def previous_states(self, token: str) -> dict[str, SchedState | None]:
+        """For each task of submission ``token``: the last seen state of its attempt before this
+        one (None when there is none), which becomes its latest if ``token`` is abandoned."""
+        q = (
+            "SELECT a.key, (SELECT b.sched_state FROM attempts b JOIN submissions s ON s.token = b.token "
+            "WHERE b.key = a.key AND b.token != a.token AND s.state != 'abandoned' "
+            "ORDER BY b.attempt DESC, s.created DESC LIMIT 1) FROM attempts a WHERE a.token = ?"
+        )
+        return {key: SchedState(state) if state else None for key, state in self.db.execute(q, (token,))}
+
+    def history(self) -> dict[str, TaskHistory]:
+        return {
+            key: TaskHistory(submissions=subs, failures=fails, last_end=last_end, last_reason=reason, given_up=bool(given_up))
+            for key, subs, fails, last_end, reason, given_up in self.db.execute(
+                "SELECT key, submissions, failures, last_end, last_reason, given_up FROM tasks"
+            )
+        }
+
+    def events(self, limit: int = 50) -> list[tuple[float, str, str | None, str]]:
+        return list(self.db.execute("SELECT ts, kind, key, message FROM events ORDER BY rowid DESC LIMIT ?", (limit,)))
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    # ------------------------------------------------------------ the journal: what a pass saw
+
+    def journal(self, seen: Sequence[Seen], finished: Iterable[str]) -> None:
+        """This pass's scheduler answers and the submissions whose attempts all ended, in one
+        transaction: facts, not decisions (the plan's decisions are the methods below)."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE attempts SET sched_state = ?, exit_code = ?, reason = ?, start = COALESCE(?, start), end = COALESCE(?, end) "
+                "WHERE token = ? AND array_index = ?",
+                [(s.state.value, s.exit_code, s.reason, s.start, s.end, s.token, s.array_index) for s in seen],
+            )
+            db.executemany("UPDATE submissions SET state = ? WHERE token = ?", [(SubmissionState.FINISHED.value, t) for t in sorted(finished)])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (key, value))
+
+    def event(self, kind: str, message: str, now: float, key: str | None = None) -> None:
+        self.db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (now, kind, key, message))
+
     # ------------------------------------------------------------ submissions
 
     def record_submission(
@@ -165,14 +260,14 @@ class Ledger:
         """Journal a submission and its attempts, durably, before the scheduler is called."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO submissions VALUES (?, 'default', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sub.token, sub.batch, sub.kind, sub.state, sub.job_id, sub.backend, sub.script, sub.manifest, sub.created, sub.submitted),
+                "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sub.token, sub.batch, sub.kind.value, sub.state.value, sub.job_id, sub.backend, sub.script, sub.manifest, sub.created, sub.submitted),
             )
             for array_index, key in tasks:
                 row = db.execute("SELECT submissions FROM tasks WHERE key = ?", (key,)).fetchone()
                 attempt = (row[0] if row else 0) + 1
                 db.execute(
-                    "INSERT INTO attempts (token, array_index, key, attempt, state) VALUES (?, ?, ?, ?, 'QUEUED')",
+                    "INSERT INTO attempts (token, array_index, key, attempt) VALUES (?, ?, ?, ?)",
                     (sub.token, array_index, key, attempt),
                 )
                 db.execute(
@@ -183,18 +278,20 @@ class Ledger:
 
     def set_submitted(self, token: str, job_id: str, when: float) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE submissions SET job_id = ?, state = 'submitted', submitted = ? WHERE token = ?", (job_id, when, token))
+            db.execute("UPDATE submissions SET job_id = ?, state = ?, submitted = ? WHERE token = ?", (job_id, SubmissionState.SUBMITTED.value, when, token))
 
-    def set_state(self, token: str, state: str) -> None:
+    def set_state(self, token: str, state: SubmissionState) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE submissions SET state = ? WHERE token = ?", (state, token))
+            db.execute("UPDATE submissions SET state = ? WHERE token = ?", (state.value, token))
+
+    # ------------------------------------------------------------ the plan's decisions
 
     def abandon(self, token: str, reason: str, now: float) -> None:
-        """A recorded token the scheduler never received: its tasks become plannable again."""
+        """A journaled submission that will never run: its tasks become plannable again."""
         with self.transaction() as db:
-            db.execute("UPDATE submissions SET state = 'abandoned' WHERE token = ?", (token,))
+            db.execute("UPDATE submissions SET state = ? WHERE token = ?", (SubmissionState.ABANDONED.value, token))
             keys = [r[0] for r in db.execute("SELECT key FROM attempts WHERE token = ?", (token,))]
-            db.execute("UPDATE attempts SET state = 'CANCELLED', reason = ? WHERE token = ?", (reason, token))
+            db.execute("UPDATE attempts SET reason = ? WHERE token = ?", (reason, token))
             for key in keys:
                 db.execute(
                     "UPDATE tasks SET submissions = MAX(submissions - 1, 0), "
@@ -204,62 +301,21 @@ class Ledger:
                 )
             db.execute("INSERT INTO events VALUES (?, 'abandon', NULL, ?)", (now, f"{token}: {reason}"))
 
-    def submissions(self, states: Iterable[str] = OPEN_STATES) -> list[Submission]:
-        states = tuple(states)
-        q = f"SELECT * FROM submissions WHERE state IN ({','.join('?' * len(states))}) ORDER BY created, token"
-        return [_sub(row) for row in self.db.execute(q, states)]
+    def record_failures(self, failures: Sequence[tuple[str, int, str, str, float]], now: float) -> None:
+        """Count failed attempts against their tasks' retries, once each.
 
-    def all_submissions(self) -> list[Submission]:
-        return [_sub(row) for row in self.db.execute("SELECT * FROM submissions ORDER BY created, token")]
-
-    # ------------------------------------------------------------ attempts
-
-    def attempts_of(self, tokens: Sequence[str]) -> list[Attempt]:
-        out: list[Attempt] = []
-        for i in range(0, len(tokens), 500):
-            chunk = tokens[i : i + 500]
-            q = f"SELECT token, array_index, key, attempt, state, sched_state, exit_code, reason, start, end FROM attempts WHERE token IN ({','.join('?' * len(chunk))})"
-            out.extend(Attempt(*row) for row in self.db.execute(q, chunk))
-        return out
-
-    def latest_attempts(self) -> dict[str, Attempt]:
-        """The attempt of each task's latest submission."""
-        q = (
-            "SELECT a.token, a.array_index, a.key, a.attempt, a.state, a.sched_state, a.exit_code, a.reason, a.start, a.end "
-            "FROM tasks t JOIN attempts a ON a.token = t.latest_token AND a.key = t.key"
-        )
-        return {row[2]: Attempt(*row) for row in self.db.execute(q)}
-
-    def update_attempts(self, updates: Sequence[tuple[Attempt, SchedState, int | None, str, float | None, float | None, bool, float]]) -> None:
-        """Apply observed states. Each item: (attempt, new state, exit, reason, start, end, counts_as_failure, now).
-
-        A transition into a failed terminal state increments the task's failure count once.
+        Each item: (token, array index, task key, what the history says of it, when it ended).
+        An attempt already counted is skipped, so a pass killed half-way is safe to repeat.
         """
-        if not updates:
-            return
         with self.transaction() as db:
-            for att, state, exit_code, reason, start, end, failed, now in updates:
-                seed = "FAILED" if failed else seed_state(state)
-                db.execute(
-                    "UPDATE attempts SET state = ?, sched_state = ?, exit_code = ?, reason = ?, start = COALESCE(?, start), end = COALESCE(?, end) WHERE token = ? AND array_index = ?",
-                    (seed, state.value, exit_code, reason, start, end, att.token, att.array_index),
+            for token, array_index, key, reason, end in failures:
+                cur = db.execute(
+                    "UPDATE attempts SET failure_recorded = 1 WHERE token = ? AND array_index = ? AND failure_recorded = 0",
+                    (token, array_index),
                 )
-                if failed and att.state not in ("FAILED", "CANCELLED"):
-                    db.execute(
-                        "UPDATE tasks SET failures = failures + 1, last_end = ?, last_reason = ? WHERE key = ?",
-                        (end or now, reason, att.key),
-                    )
-                    db.execute("INSERT INTO events VALUES (?, 'failed', ?, ?)", (now, att.key, f"attempt {att.attempt}: {reason}"))
-
-    # ------------------------------------------------------------ history
-
-    def history(self) -> dict[str, TaskHistory]:
-        return {
-            key: TaskHistory(submissions=subs, failures=fails, last_end=last_end, last_reason=reason, given_up=bool(given_up))
-            for key, subs, fails, last_end, reason, given_up in self.db.execute(
-                "SELECT key, submissions, failures, last_end, last_reason, given_up FROM tasks"
-            )
-        }
+                if cur.rowcount:
+                    db.execute("UPDATE tasks SET failures = failures + 1, last_end = ?, last_reason = ? WHERE key = ?", (end, reason, key))
+                    db.execute("INSERT INTO events VALUES (?, 'failed', ?, ?)", (now, key, reason))
 
     def give_up(self, keys: Sequence[str], reason: str, now: float) -> None:
         with self.transaction() as db:
@@ -267,45 +323,49 @@ class Ledger:
                 db.execute("UPDATE tasks SET given_up = 1 WHERE key = ?", (key,))
                 db.execute("INSERT INTO events VALUES (?, 'give_up', ?, ?)", (now, key, reason))
 
-    def reset_for_retry(self, max_retries: int, now: float) -> int:
-        """`reconcile retry`: waive the backoff of failed tasks and give given-up ones one more attempt."""
-        with self.transaction() as db:
-            cur = db.execute(
-                "UPDATE tasks SET last_end = 0, given_up = 0, failures = MIN(failures, ?) WHERE failures > 0",
-                (max_retries,),
-            )
-            n = cur.rowcount
-            db.execute("INSERT INTO events VALUES (?, 'retry', NULL, ?)", (now, f"manual retry of {n} task(s)"))
-        return n
 
-    def seed_history(self, key: str, failures: int, last_end: float | None, reason: str) -> None:
-        """Used when rebuilding a lost ledger: restart counts at what the world shows."""
-        with self.transaction() as db:
-            db.execute(
-                "INSERT INTO tasks (key, failures, last_end, last_reason) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET failures = MAX(failures, excluded.failures)",
-                (key, failures, last_end, reason),
-            )
+_ATTEMPT_COLUMNS = "token, array_index, key, attempt, sched_state, exit_code, reason, start, end, failure_recorded"
 
-    def event(self, kind: str, message: str, now: float, key: str | None = None) -> None:
-        self.db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (now, kind, key, message))
 
-    def events(self, limit: int = 50) -> list[tuple[float, str, str | None, str]]:
-        return list(self.db.execute("SELECT ts, kind, key, message FROM events ORDER BY rowid DESC LIMIT ?", (limit,)))
-
-    def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (key, value))
+def _attempt(row: tuple) -> Attempt:
+    token, array_index, key, attempt, sched_state, exit_code, reason, start, end, recorded = row
+    return Attempt(token, array_index, key, attempt, sched_state, exit_code, reason, start, end, bool(recorded))
 
 
 def _sub(row: tuple) -> Submission:
-    token, _stage, batch, kind, state, job_id, backend, script, manifest, created, submitted = row
-    return Submission(token, batch, kind, state, job_id, backend, script, manifest, created, submitted)
+    token, batch, kind, state, job_id, backend, script, manifest, created, submitted = row
+    return Submission(token, batch, SubmissionKind(kind), SubmissionState(state), job_id, backend, script, manifest, created, submitted)
 
 
 def default_path(production_dir: Path) -> Path:
     override = os.environ.get("RECONCILER_LEDGER")
     return Path(override) if override else production_dir / "metadata" / "production.db"
+
+
+def rebuild(ledger: Ledger, production_dir: Path, backend: str, now: float) -> int:
+    """Refill a lost ledger from the manifests in logs/: each becomes a submission with no job
+    id, which the planner recovers by its token in the scheduler next pass (or abandons after
+    the lookup grace, so its tasks are planned again). Returns the submissions recovered."""
+    logs = production_dir / "logs"
+    manifests = sorted(logs.glob("batch_*.json"), key=lambda p: (p.stat().st_mtime, p.name)) if logs.is_dir() else []
+    n = 0
+    for path in manifests:
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            token = str(doc["token"])
+            tasks = [(int(i), str(t["key"])) for i, t in doc["tasks"].items()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        sub = Submission(
+            token, int(doc.get("batch", 0)), SubmissionKind.REBUILT, SubmissionState.RECORDED, None, backend,
+            str(path.with_suffix(".sh")), str(path), path.stat().st_mtime, None,
+        )
+        try:
+            ledger.record_submission(sub, sorted(tasks))
+        except sqlite3.IntegrityError:  # a duplicate token: already recovered
+            continue
+        n += 1
+    ledger.set_meta("rebuilt_at", str(now))
+    if n:
+        ledger.event("rebuild", f"ledger was missing; recovered {n} submission(s) from {logs}", now)
+    return n

@@ -1,12 +1,18 @@
-"""Observation, history and limits: the planner's inputs, as plain immutable values."""
+"""The planner's inputs, as plain immutable values: desired tasks, the observed world, limits.
+
+The engine fills these from its adapters (ledger, scheduler, output tree) without deciding
+anything; the planner turns them into a plan. Everything here is cheap to build for 10^6
+tasks: per-task values are small, shared where equal, and only *open* submissions (staged,
+in flight, or with a lost answer) are described attempt by attempt.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from reconciler.core.states import OutputState, SchedState
+from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
 
 
 @dataclass(frozen=True, slots=True)
@@ -14,7 +20,7 @@ class TaskObs:
     """What the world says about one task right now."""
 
     output: OutputState = OutputState.MISSING
-    sched: SchedState | None = None  # state in its latest submission; None if never submitted
+    sched: SchedState | None = None  # state in its latest submission; None if never submitted or no answer yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,9 +35,52 @@ class TaskHistory:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptObs:
+    """One array task of an open submission: the scheduler's latest word on it, and the journal's."""
+
+    key: str
+    array_index: int
+    sched: SchedState | None = None  # this pass's answer, else the last journaled one; None: never answered
+    reason: str = ""  # the scheduler's words for how it ended ("exit 1", "TIMEOUT", "vanished: ...")
+    end: float | None = None
+    failure_recorded: bool = False  # its failure is already counted in the task's history
+    latest: bool = True  # it is the task's latest attempt, so its state is the task's
+    previous: SchedState | None = None  # latest and open: the journaled state of the task's attempt before it
+
+
+@dataclass(frozen=True, slots=True)
+class SubmissionObs:
+    """One open submission as the ledger journaled it and the scheduler answered this pass."""
+
+    token: str
+    batch: int
+    kind: SubmissionKind
+    state: SubmissionState
+    created: float
+    job_id: str | None = None  # the recorded job id; None while sbatch's answer is missing
+    found: str | None = None  # job id found by token this pass (the answer was lost)
+    current: bool = True  # staged: every task still has the fingerprint it was staged with
+    attempts: tuple[AttemptObs, ...] = ()
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything one pass observed, for the planner and for status."""
+
+    tasks: Mapping[str, TaskObs]  # every task with outputs or a submission, desired or not
+    history: Mapping[str, TaskHistory]
+    submissions: Sequence[SubmissionObs] = ()  # open ones only
+    site_max_array_size: int | None = None  # what the scheduler reports, when it was asked
+    staged: int = field(default=0)  # tasks in staged submissions
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
+    """What the site and its scheduler impose."""
+
     max_array_size: int = 1001
     max_queued_tasks: int = 5000
+    lookup_grace_s: float = 0.0  # how long a lost sbatch answer is looked for before it is given up
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +117,7 @@ class Desired:
 
     tasks: Sequence[DesiredTask]
     policy: Policy
+
+
+EMPTY_OBS = TaskObs()
+EMPTY_HISTORY = TaskHistory()

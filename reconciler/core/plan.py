@@ -1,47 +1,109 @@
-"""A plan is a value: an ordered tuple of actions from a closed set, each with a reason."""
+"""A plan is a value: an ordered tuple of actions from a closed set, each with a reason.
+
+Every write a pass makes to the world (the scheduler, the output tree) and every decision it
+journals (a failure counted, a submission given up) is an action here, so `reconcile plan`
+shows all of it before `reconcile once` does it. What a pass writes besides its plan is only
+the journal of what it saw (scheduler answers per attempt; see ARCHITECTURE.md).
+
+Actions are ordered by kind (the order below is the order they are applied in) and then by
+batch and submission token, never by text.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from reconciler.core.reasons import Reason, message
+
 
 class ActionKind(StrEnum):
-    STAGE = "stage"  # write script + manifest for inspection, submit nothing
-    SUBMIT = "submit"  # first attempt of tasks of one batch
-    RESUBMIT = "resubmit"  # retry of failed tasks of one batch, as a sparse array
-    CANCEL = "cancel"  # in-flight tasks that left the desired state (prune: true)
-    WAIT = "wait"  # nothing to do for these tasks until `until` (backoff, queue cap)
+    """In application order: journal decisions first, then what touches the world."""
+
+    RECOVER = "recover"  # a lost sbatch answer found by token: take the job as this submission's
+    RECORD_FAILURE = "record_failure"  # attempts that ended without a valid output count against retries
+    ABANDON = "abandon"  # a journaled submission that will never run: its tasks are planned again
     GIVE_UP = "give_up"  # retries exhausted: the tasks stay FAILED
+    CANCEL = "cancel"  # in-flight tasks that left the desired state (prune: true)
+    QUARANTINE = "quarantine"  # move partial outputs to qa/partial/ before their rerun
+    SEND = "send"  # submit what `reconcile stage` wrote
+    RESUBMIT = "resubmit"  # retry of failed tasks of one batch, as a sparse array
+    SUBMIT = "submit"  # first attempt of tasks of one batch
+    STAGE = "stage"  # write script + manifest for inspection, submit nothing
+    WAIT = "wait"  # nothing to do for these tasks until `until` (backoff, queue cap, lookup)
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {kind: i for i, kind in enumerate(ActionKind)}
+_REASON_RANK = {reason: i for i, reason in enumerate(Reason)}
+SENDS = frozenset({ActionKind.SUBMIT, ActionKind.RESUBMIT, ActionKind.STAGE})
+"""Kinds that write a new submission (script, manifest, ledger rows)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Action:
     kind: ActionKind
-    reason: str
+    reason: Reason
     keys: tuple[str, ...]
     batch: int | None = None
-    array_indices: tuple[int, ...] = ()  # batch-local, parallel to keys (submit/resubmit/stage)
+    array_indices: tuple[int, ...] = ()  # batch-local, parallel to keys (submit/resubmit/stage/send)
+    token: str | None = None  # the journaled submission acted on (recover, record_failure, abandon, send)
     until: float | None = None  # wait: earliest time something may change
+    note: str = ""  # specifics for the message: a limit's value, a job id
+
+    @property
+    def message(self) -> str:
+        return message(self.reason, self.note)
+
+    @property
+    def order(self) -> tuple[int, int, str, int]:
+        """Kind, then batch, then token, then reason: a total order that never reads prose."""
+        return (self.kind.rank, -1 if self.batch is None else self.batch, self.token or "", _REASON_RANK[self.reason])
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["kind"] = self.kind.value
-        d["keys"] = list(self.keys)
-        d["array_indices"] = list(self.array_indices)
-        return d
+        return {
+            "kind": self.kind.value,
+            "reason": self.reason.value,
+            "message": self.message,
+            "keys": list(self.keys),
+            "batch": self.batch,
+            "array_indices": list(self.array_indices),
+            "token": self.token,
+            "until": self.until,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something reported but not acted on (stale tasks, removed tasks still running, a site limit)."""
+
+    reason: Reason
+    keys: tuple[str, ...] = ()
+    note: str = ""
+
+    @property
+    def message(self) -> str:
+        count = f"{len(self.keys)} task(s): " if self.keys else ""
+        return count + message(self.reason, self.note)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason.value, "message": self.message, "keys": list(self.keys)}
 
 
 @dataclass(frozen=True)
 class Plan:
     actions: tuple[Action, ...] = ()
-    notes: tuple[str, ...] = field(default=())  # things reported but not acted on (stale, removed)
+    notes: tuple[Note, ...] = field(default=())
 
     @property
     def actionable(self) -> tuple[Action, ...]:
-        """Actions that change the world (everything but WAIT)."""
+        """Actions that change the world or the journal (everything but WAIT)."""
         return tuple(a for a in self.actions if a.kind is not ActionKind.WAIT)
 
     @property
@@ -51,8 +113,11 @@ class Plan:
     def count(self, kind: ActionKind) -> int:
         return sum(len(a.keys) for a in self.actions if a.kind is kind)
 
+    def of(self, *kinds: ActionKind) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.kind in kinds)
+
     def to_json(self) -> dict[str, Any]:
-        return {"actions": [a.to_json() for a in self.actions], "notes": list(self.notes)}
+        return {"actions": [a.to_json() for a in self.actions], "notes": [n.to_json() for n in self.notes]}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True)

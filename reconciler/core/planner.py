@@ -3,39 +3,167 @@
 Pure: no I/O, no clock (``now`` is an argument), no randomness. Same inputs, same plan, in
 the same order. The engine applies plans; the planner never acts.
 
-Per task, in this order of precedence:
-  complete                      -> nothing
+First the open submissions are settled (``settle``), each by one rule:
+  staged, desired state unchanged   -> SEND (kept staged by `reconcile stage`); its tasks count as queued
+  staged, desired state moved       -> ABANDON; its tasks are planned again
+  no job id, token found            -> RECOVER the job id (a lost sbatch answer)
+  no job id, within the lookup grace-> WAIT (never resend blindly: the job may exist)
+  no job id, past the grace         -> ABANDON; its tasks are planned again at once
+  an attempt ended, not yet counted -> RECORD_FAILURE when core.outcome.classify says it failed
+Then per task, in this order of precedence:
   queued or running             -> nothing (never submitted twice)
+  complete                      -> nothing
   valid, unmarked, never ours   -> adopted: nothing (unless adopt_existing is off)
   stale and not rerun_on_change -> reported in the notes
   never submitted               -> SUBMIT
   submitted, outcome unknown    -> WAIT (a lost sbatch answer is resolved by token, not resent)
   failed, retries left          -> RESUBMIT after initial * multiplier**(failures-1), else WAIT
   failed, retries exhausted     -> GIVE_UP once, then nothing
-Submissions are grouped by batch (index // batch_size) with batch-local array indices, and
-the number of queued tasks never exceeds ``limits.max_queued_tasks``.
+A task (re)submitted over outputs that are present but not certified gets them moved aside
+first (QUARANTINE). Submissions are grouped by batch (index // batch_size) with batch-local
+array indices, and queued tasks never exceed ``limits.max_queued_tasks``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from reconciler.core.model import (
+    EMPTY_HISTORY,
+    EMPTY_OBS,
+    AttemptObs,
     Desired,
     DesiredTask,
     Limits,
+    SubmissionObs,
     TaskHistory,
     TaskObs,
+    World,
 )
-from reconciler.core.plan import Action, ActionKind, Plan
-from reconciler.core.states import OutputState
+from reconciler.core.outcome import classify, failure_text
+from reconciler.core.plan import Action, ActionKind, Note, Plan
+from reconciler.core.reasons import Reason
+from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionKind, SubmissionState
 
-_EMPTY_OBS = TaskObs()
-_EMPTY_HIST = TaskHistory()
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-def _batches(kind: ActionKind, reason: str, tasks: Iterable[DesiredTask], batch_size: int) -> list[Action]:
+@dataclass
+class Settled:
+    """The open submissions settled: their actions, and the per-task views as those leave them."""
+
+    actions: list[Action] = field(default_factory=list)
+    tasks: dict[str, TaskObs] = field(default_factory=dict)  # overrides of World.tasks
+    history: dict[str, TaskHistory] = field(default_factory=dict)  # overrides of World.history
+    held: set[str] = field(default_factory=set)  # keys a submission-level WAIT covers
+    limits: Limits = field(default_factory=Limits)
+    notes: list[Note] = field(default_factory=list)
+
+    def views(self, world: World) -> tuple[Mapping[str, TaskObs], Mapping[str, TaskHistory]]:
+        """World.tasks and World.history as this pass's decisions leave them (for status)."""
+        return Overlay(self.tasks, world.tasks), Overlay(self.history, world.history)
+
+
+class Overlay(Mapping[K, V]):
+    """``top`` over ``base``, read-only: a few overrides over 10^5 entries, without a copy."""
+
+    def __init__(self, top: Mapping[K, V], base: Mapping[K, V]) -> None:
+        self.top, self.base = top, base
+
+    def __getitem__(self, key: K) -> V:
+        got = self.top.get(key)
+        return got if got is not None else self.base[key]
+
+    def __iter__(self) -> Iterator[K]:
+        yield from self.top
+        yield from (k for k in self.base if k not in self.top)
+
+    def __len__(self) -> int:
+        return len(self.base) + sum(1 for k in self.top if k not in self.base)
+
+
+def effective_limits(limits: Limits, site_max_array_size: int | None) -> tuple[Limits, list[Note]]:
+    """The smaller of the configured and the cluster's MaxArraySize wins: Slurm rejects an
+    index >= MaxArraySize whatever the machine defaults say."""
+    if site_max_array_size and site_max_array_size < limits.max_array_size:
+        note = Note(Reason.SITE_LIMIT, (), f"max_array_size {limits.max_array_size} -> {site_max_array_size}")
+        return replace(limits, max_array_size=site_max_array_size), [note]
+    return limits, []
+
+
+def settle(desired: Desired, world: World, now: float, limits: Limits, *, stage: bool = False) -> Settled:
+    """Decide what becomes of every open submission; see the module docstring for the rules."""
+    s = Settled()
+    s.limits, s.notes = effective_limits(limits, world.site_max_array_size)
+    for sub in world.submissions:
+        if sub.state is SubmissionState.STAGED:
+            if not sub.current:
+                _abandon(s, world, sub, Reason.STAGED_OUTDATED)
+                continue
+            for att in sub.attempts:
+                if att.latest:
+                    s.tasks[att.key] = TaskObs(_obs(world, att.key).output, SchedState.PENDING)
+            if not stage:
+                s.actions.append(_of(ActionKind.SEND, Reason.STAGED_CURRENT, sub, sub.attempts))
+            continue
+        job = sub.job_id or sub.found
+        if job is None:
+            if now - sub.created < limits.lookup_grace_s:
+                s.actions.append(_of(ActionKind.WAIT, Reason.LOOKUP_GRACE, sub, sub.attempts, until=sub.created + limits.lookup_grace_s))
+                s.held.update(a.key for a in sub.attempts)
+            else:
+                _abandon(s, world, sub, Reason.REBUILT_UNKNOWN if sub.kind is SubmissionKind.REBUILT else Reason.NEVER_RECEIVED)
+            continue
+        if sub.job_id is None:
+            s.actions.append(_of(ActionKind.RECOVER, Reason.TOKEN_FOUND, sub, sub.attempts, note=f"job {job}"))
+        _record_failures(s, world, sub, now)
+    return s
+
+
+def _obs(world: World, key: str) -> TaskObs:
+    return world.tasks.get(key, EMPTY_OBS)
+
+
+def _hist(s: Settled, world: World, key: str) -> TaskHistory:
+    got = s.history.get(key)
+    return got if got is not None else world.history.get(key, EMPTY_HISTORY)
+
+
+def _of(kind: ActionKind, reason: Reason, sub: SubmissionObs, atts: Iterable[AttemptObs], *, until: float | None = None, note: str = "") -> Action:
+    ordered = sorted(atts, key=lambda a: a.array_index)
+    return Action(kind, reason, tuple(a.key for a in ordered), sub.batch, tuple(a.array_index for a in ordered), sub.token, until, note)
+
+
+def _abandon(s: Settled, world: World, sub: SubmissionObs, reason: Reason) -> None:
+    """Give a submission up: it never ran, so it never counts as an attempt; each task's latest
+    attempt becomes the one before it."""
+    s.actions.append(_of(ActionKind.ABANDON, reason, sub, sub.attempts))
+    for att in sub.attempts:
+        h = _hist(s, world, att.key)
+        s.history[att.key] = replace(h, submissions=max(h.submissions - 1, 0))
+        if att.latest:
+            s.tasks[att.key] = TaskObs(_obs(world, att.key).output, att.previous)
+
+
+def _record_failures(s: Settled, world: World, sub: SubmissionObs, now: float) -> None:
+    by_reason: dict[Reason, list[AttemptObs]] = {}
+    for att in sub.attempts:
+        if att.failure_recorded:
+            continue
+        outcome, why = classify(att.sched, _obs(world, att.key).output)
+        if outcome is not Outcome.FAILED or why is None:
+            continue
+        by_reason.setdefault(why, []).append(att)
+        h = _hist(s, world, att.key)
+        s.history[att.key] = replace(h, failures=h.failures + 1, last_end=att.end if att.end is not None else now, last_reason=failure_text(att, why))
+    for why, atts in sorted(by_reason.items()):
+        s.actions.append(_of(ActionKind.RECORD_FAILURE, why, sub, atts))
+
+
+def _batches(kind: ActionKind, reason: Reason, tasks: Iterable[DesiredTask], batch_size: int) -> list[Action]:
     """One action per batch, tasks in index order, array indices batch-local."""
     by_batch: dict[int, list[DesiredTask]] = {}
     for t in tasks:
@@ -63,24 +191,24 @@ def _cap(actions: list[Action], budget: int) -> tuple[list[Action], list[str]]:
     return kept, deferred
 
 
-def plan(
-    desired: Desired,
-    observation: Mapping[str, TaskObs],
-    history: Mapping[str, TaskHistory],
-    now: float,
-    limits: Limits,
-) -> Plan:
+def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: bool = False, retry: bool = False) -> Plan:
     """The actions that move the world towards ``desired``; see the module docstring for the rules.
 
-    ``observation`` may hold keys that are no longer desired (tasks removed from the
-    production): in-flight ones are cancelled only with ``policy.prune``.
+    ``world.tasks`` may hold keys that are no longer desired (tasks removed from the
+    production): in-flight ones are cancelled only with ``policy.prune``. ``stage`` writes
+    new submissions without sending them (and keeps staged ones staged); ``retry`` waives
+    the backoff of failed tasks and gives given-up ones one more attempt.
     """
     pol = desired.policy
-    batch_size = max(1, min(pol.batch_size, limits.max_array_size))
-    desired_keys = {t.key for t in desired.tasks}
+    settled = settle(desired, world, now, limits, stage=stage)
+    lim = settled.limits
+    batch_size = max(1, min(pol.batch_size, lim.max_array_size))
+    task_over, hist_over, held = settled.tasks, settled.history, settled.held
+    observed, remembered = world.tasks, world.history
 
     submit: list[DesiredTask] = []
     resubmit: list[DesiredTask] = []
+    retried: list[DesiredTask] = []
     rerun: list[DesiredTask] = []
     give_up: list[str] = []
     backoff: list[str] = []
@@ -88,88 +216,100 @@ def plan(
     unknown: list[str] = []
     stale: list[str] = []
     queued = 0
+    desired_keys: set[str] = set()
 
     for task in desired.tasks:
-        obs = observation.get(task.key, _EMPTY_OBS)
-        hist = history.get(task.key, _EMPTY_HIST)
-        if obs.sched is not None and obs.sched.in_flight:
+        key = task.key
+        desired_keys.add(key)
+        obs = task_over.get(key) or observed.get(key, EMPTY_OBS)
+        sched = obs.sched
+        if sched is not None and sched.in_flight:
             queued += 1  # counts against the queue cap even if its outputs are already there
             continue
-        if obs.output in (OutputState.COMPLETE, OutputState.ADOPTED):
+        output = obs.output
+        if output is OutputState.COMPLETE or output is OutputState.ADOPTED or key in held:
             continue
-        if obs.output is OutputState.UNMARKED and hist.submissions == 0 and pol.adopt_existing:
+        hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
+        if output is OutputState.UNMARKED and hist.submissions == 0 and pol.adopt_existing:
             continue  # adopted: valid outputs this reconciler never produced
-        if obs.output is OutputState.STALE:
+        if output is OutputState.STALE:
             if pol.rerun_on_change:
                 rerun.append(task)
             else:
-                stale.append(task.key)
+                stale.append(key)
             continue
         if hist.submissions == 0:
             submit.append(task)
             continue
-        if obs.sched is None:
-            unknown.append(task.key)  # submitted, but no scheduler answer yet: never resend blindly
+        if sched is None:
+            unknown.append(key)  # submitted, but no scheduler answer yet: never resend blindly
             continue
         failures = max(hist.failures, 1)
+        if retry:
+            retried.append(task)
+            continue
         if failures > pol.max_retries:
             if not hist.given_up:
-                give_up.append(task.key)
+                give_up.append(key)
             continue
         deadline = (hist.last_end if hist.last_end is not None else now) + pol.delay(failures)
         if now < deadline:
-            backoff.append(task.key)
+            backoff.append(key)
             backoff_until = deadline if backoff_until is None else min(backoff_until, deadline)
             continue
         resubmit.append(task)
 
-    removed_in_flight = sorted(
-        k for k, o in observation.items() if k not in desired_keys and o.sched is not None and o.sched.in_flight
-    )
+    removed_in_flight = []
+    for key in observed.keys() | task_over.keys():
+        if key not in desired_keys:
+            sched = (task_over.get(key) or observed[key]).sched
+            if sched is not None and sched.in_flight:
+                removed_in_flight.append(key)
+    removed_in_flight.sort()
     queued += len(removed_in_flight)
 
-    actions: list[Action] = []
-    notes: list[str] = []
+    actions = list(settled.actions)
+    notes = list(settled.notes)
     if give_up:
-        actions.append(Action(ActionKind.GIVE_UP, f"failed {pol.max_retries + 1} times (max_retries={pol.max_retries})", tuple(give_up)))
+        actions.append(Action(ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED, tuple(give_up), note=f"failed {pol.max_retries + 1} times, max_retries={pol.max_retries}"))
     if removed_in_flight:
         if pol.prune:
-            actions.append(Action(ActionKind.CANCEL, "removed from the production (execution.prune: true)", tuple(removed_in_flight)))
+            actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))
             queued -= len(removed_in_flight)
         else:
-            notes.append(
-                f"{len(removed_in_flight)} task(s) removed from the production are still queued or running; "
-                "set execution.prune: true to cancel them"
-            )
+            notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
     wanted = (
-        _batches(ActionKind.RESUBMIT, "failed; backoff elapsed, retries left", resubmit, batch_size)
-        + _batches(ActionKind.SUBMIT, "stale: fingerprint changed (execution.rerun_on_change: true)", rerun, batch_size)
-        + _batches(ActionKind.SUBMIT, "missing: never submitted", submit, batch_size)
+        _batches(ActionKind.RESUBMIT, Reason.MANUAL_RETRY, retried, batch_size)
+        + _batches(ActionKind.RESUBMIT, Reason.BACKOFF_ELAPSED, resubmit, batch_size)
+        + _batches(ActionKind.SUBMIT, Reason.STALE_RERUN, rerun, batch_size)
+        + _batches(ActionKind.SUBMIT, Reason.NEVER_SUBMITTED, submit, batch_size)
     )
-    wanted.sort(key=lambda a: (a.batch if a.batch is not None else -1, a.kind is ActionKind.SUBMIT, a.reason))
-    kept, deferred = _cap(wanted, limits.max_queued_tasks - queued)
+    wanted.sort(key=lambda a: a.order)
+    kept, deferred = _cap(wanted, lim.max_queued_tasks - queued)
+    if stage:
+        kept = [replace(a, kind=ActionKind.STAGE) for a in kept]
+    else:
+        actions.extend(_quarantine(kept, settled, world))
     actions.extend(kept)
     if deferred:
-        actions.append(Action(ActionKind.WAIT, f"queue cap: max_queued_tasks={limits.max_queued_tasks} reached", tuple(deferred)))
+        actions.append(Action(ActionKind.WAIT, Reason.QUEUE_CAP, tuple(deferred), note=f"max_queued_tasks={lim.max_queued_tasks}"))
     if backoff:
-        actions.append(Action(ActionKind.WAIT, "failed; waiting for backoff before retrying", tuple(backoff), until=backoff_until))
+        actions.append(Action(ActionKind.WAIT, Reason.BACKOFF, tuple(backoff), until=backoff_until))
     if unknown:
-        actions.append(Action(ActionKind.WAIT, "submitted; waiting for the scheduler to report the outcome", tuple(unknown)))
+        actions.append(Action(ActionKind.WAIT, Reason.AWAITING_SCHEDULER, tuple(unknown)))
     if stale:
-        notes.append(
-            f"{len(stale)} task(s) are stale (outputs made with another fingerprint); "
-            "set execution.rerun_on_change: true to rerun them"
-        )
+        notes.append(Note(Reason.STALE, tuple(stale)))
+    actions.sort(key=lambda a: a.order)
     return Plan(tuple(actions), tuple(notes))
 
 
-def stage_only(p: Plan) -> Plan:
-    """The same plan with submissions turned into STAGE actions (write, do not send)."""
-    return replace(
-        p,
-        actions=tuple(
-            replace(a, kind=ActionKind.STAGE) if a.kind in (ActionKind.SUBMIT, ActionKind.RESUBMIT) else a
-            for a in p.actions
-        ),
-    )
-
+def _quarantine(sends: list[Action], settled: Settled, world: World) -> list[Action]:
+    """Outputs present but not certified (a killed attempt's partial write, a file that failed
+    validation) are moved aside before a rerun writes the same paths: evidence, never deleted."""
+    out: list[Action] = []
+    sources = [*sends, *(a for a in settled.actions if a.kind is ActionKind.SEND)]
+    for a in sources:
+        keys = tuple(k for k in a.keys if (settled.tasks.get(k) or world.tasks.get(k, EMPTY_OBS)).output.partial)
+        if keys:
+            out.append(Action(ActionKind.QUARANTINE, Reason.PARTIAL_OUTPUT, keys, batch=a.batch, token=a.token))
+    return out

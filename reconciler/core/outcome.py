@@ -1,0 +1,52 @@
+"""What became of an attempt: the scheduler's state and the output tree's, read together.
+
+Pure, so that "exited 0 but wrote nothing" is decided in one place the planner owns, and a
+scheduler that says COMPLETED is never taken at its word: only the completion marker, which
+the task wrapper writes after validating the outputs, certifies a task complete.
+"""
+
+from __future__ import annotations
+
+from reconciler.core.model import AttemptObs
+from reconciler.core.reasons import MESSAGES, Reason
+from reconciler.core.states import Outcome, OutputState, SchedState
+
+
+def classify(sched: SchedState | None, output: OutputState) -> tuple[Outcome, Reason | None]:
+    """(outcome, why it failed) of an attempt whose latest scheduler state is ``sched``.
+
+    No answer yet, or queued or running: in flight. COMPLETED with certified outputs (or
+    outputs certified for another fingerprint: the desired state moved while it ran, which
+    the planner reports as stale): succeeded. COMPLETED without a marker: failed, the
+    outputs are missing or invalid. Any other end (exit != 0, timeout, out of memory, node
+    failure, preemption, cancellation, vanished): failed, in the scheduler's words.
+    """
+    if sched is None or sched.in_flight:
+        return Outcome.IN_FLIGHT, None
+    if sched is SchedState.COMPLETED:
+        if output.done or output is OutputState.STALE:
+            return Outcome.SUCCEEDED, None
+        return Outcome.FAILED, Reason.NO_MARKER
+    return Outcome.FAILED, Reason.ATTEMPT_FAILED
+
+
+def validate_deeply(validator_kind: str, submissions: int, adopt_existing: bool, unresolved: bool) -> bool:
+    """Whether an unmarked task's outputs must be opened and validated this pass.
+
+    Listing a directory answers complete/stale/unmarked/missing for every task in it; opening
+    files costs a metadata round trip each on a parallel filesystem, so only tasks that may
+    be *adopted* need it: never submitted by us (or whose only submission may be abandoned
+    this pass, ``unresolved``), or every unmarked task when adoption is off (a partial write
+    is then told from a complete one before the rerun moves it aside).
+    """
+    if validator_kind == "exists":
+        return False
+    return submissions == 0 or unresolved or not adopt_existing
+
+
+def failure_text(attempt: AttemptObs, why: Reason) -> str:
+    """What the task's history says of a failed attempt: the scheduler's words ("exit 1",
+    "TIMEOUT", "vanished: ..."), or the message when the scheduler had nothing to say."""
+    if why is Reason.ATTEMPT_FAILED:
+        return attempt.reason or (attempt.sched.value if attempt.sched else MESSAGES[why])
+    return MESSAGES[why]

@@ -1,0 +1,71 @@
+"""Why the planner decided what it did: a closed set of reasons, one message table.
+
+Terraform's plans carry an action *and* a reason from a fixed set; so do ours. Code compares
+reasons by identity, people read ``MESSAGES``; an action's ``note`` adds the specifics (the
+number behind a limit, the job id found), never a second way of saying why.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # submissions of tasks
+    NEVER_SUBMITTED = "never_submitted"
+    STALE_RERUN = "stale_rerun"
+    BACKOFF_ELAPSED = "backoff_elapsed"
+    MANUAL_RETRY = "manual_retry"
+    PARTIAL_OUTPUT = "partial_output"
+    # submissions already journaled
+    STAGED_CURRENT = "staged_current"
+    STAGED_OUTDATED = "staged_outdated"
+    TOKEN_FOUND = "token_found"
+    NEVER_RECEIVED = "never_received"
+    REBUILT_UNKNOWN = "rebuilt_unknown"
+    # attempts that ended
+    ATTEMPT_FAILED = "attempt_failed"
+    NO_MARKER = "no_marker"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    # waiting
+    BACKOFF = "backoff"
+    QUEUE_CAP = "queue_cap"
+    LOOKUP_GRACE = "lookup_grace"
+    AWAITING_SCHEDULER = "awaiting_scheduler"
+    # tasks that left the production, or changed
+    REMOVED_PRUNE = "removed_prune"
+    REMOVED_IN_FLIGHT = "removed_in_flight"
+    STALE = "stale"
+    SITE_LIMIT = "site_limit"
+
+
+MESSAGES: dict[Reason, str] = {
+    Reason.NEVER_SUBMITTED: "missing: never submitted",
+    Reason.STALE_RERUN: "stale: fingerprint changed (execution.rerun_on_change: true)",
+    Reason.BACKOFF_ELAPSED: "failed; backoff elapsed, retries left",
+    Reason.MANUAL_RETRY: "failed; retried now by `reconcile retry` (backoff waived)",
+    Reason.PARTIAL_OUTPUT: "outputs present but not certified complete: moved to qa/partial/ before the rerun",
+    Reason.STAGED_CURRENT: "staged by `reconcile stage`; the desired state has not moved since",
+    Reason.STAGED_OUTDATED: "desired state changed since it was staged",
+    Reason.TOKEN_FOUND: "its sbatch answer was lost; the job was found by its token",
+    Reason.NEVER_RECEIVED: "the scheduler never received it; its tasks are planned again",
+    Reason.REBUILT_UNKNOWN: "rebuilt ledger: the scheduler no longer knows this submission; its tasks are planned again",
+    Reason.ATTEMPT_FAILED: "the attempt failed",
+    Reason.NO_MARKER: "exited 0 but its outputs are missing or invalid (no completion marker)",
+    Reason.RETRIES_EXHAUSTED: "retries exhausted",
+    Reason.BACKOFF: "failed; waiting for backoff before retrying",
+    Reason.QUEUE_CAP: "queue cap reached",
+    Reason.LOOKUP_GRACE: "sbatch answer lost; looking for its token in the scheduler",
+    Reason.AWAITING_SCHEDULER: "submitted; waiting for the scheduler to report the outcome",
+    Reason.REMOVED_PRUNE: "removed from the production (execution.prune: true)",
+    Reason.REMOVED_IN_FLIGHT: "removed from the production but still queued or running; set execution.prune: true to cancel them",
+    Reason.STALE: "stale (outputs made with another fingerprint); set execution.rerun_on_change: true to rerun them",
+    Reason.SITE_LIMIT: "the cluster's MaxArraySize is below the machine defaults' max_array_size; using the cluster's",
+}
+assert set(MESSAGES) == set(Reason), "every reason needs a message"
+
+
+def message(reason: Reason, note: str = "") -> str:
+    """The sentence a person reads: the reason's message, then the specifics in parentheses."""
+    text = MESSAGES[reason]
+    return f"{text} ({note})" if note else text
