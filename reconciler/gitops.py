@@ -157,20 +157,23 @@ def latest_tag(repo: git.Repo, name: str) -> str | None:
 _TAG_OK = re.compile(r"^production/[A-Za-z0-9._+-]+$")
 
 
-def ensure_tag(repo: git.Repo, loaded: Loaded, version: str, dirty: list[str], now: datetime | None = None) -> tuple[str, bool]:
-    """Tag the desired state of ``loaded``; reuse an existing tag with the same config hash.
+def ensure_tag(repo: git.Repo, loaded: Loaded, version: str, dirty: list[str], *, commit: str, now: datetime | None = None) -> tuple[str, bool]:
+    """Tag ``commit`` (the one desired state was read at) with the desired state of ``loaded``;
+    reuse an existing tag with the same config hash. Returns (tag name, created?).
 
-    Returns (tag name, created?).
+    Tag names carry the time to the second; a second tag in the same second (two productions
+    of one commit, two quick edits) gets a ``_2``, ``_3``... suffix instead of failing.
     """
     for tag in reversed(production_tags(repo, loaded.name)):
         meta = tag_metadata(tag)
         if meta.get("config_hash") == loaded.config_hash and meta.get("version") == version and bool(meta.get("dirty_files")) == bool(dirty):
             return tag.name, False
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d_%H%M%S")
-    name = f"{TAG_PREFIX}{loaded.name}_{version}_{'allow_dirty_' if dirty else ''}{stamp}"
-    if not _TAG_OK.match(name):
-        raise UsageError(f"cannot build a safe tag name from {name!r}")
-    commit = repo.head.commit.hexsha
+    base = f"{TAG_PREFIX}{loaded.name}_{version}_{'allow_dirty_' if dirty else ''}{stamp}"
+    if not _TAG_OK.match(base):
+        raise UsageError(f"cannot build a safe tag name from {base!r}")
+    taken = {t.name for t in repo.tags}
+    name = next(n for n in (base if i == 1 else f"{base}_{i}" for i in range(1, len(taken) + 2)) if n not in taken)
     with repo.git.custom_environment(**identity_env(repo)):
         repo.create_tag(name, ref=commit, message=tag_message(loaded, commit, dirty, version))
     return name, True
@@ -192,12 +195,12 @@ def identity_env(repo: git.Repo) -> dict[str, str]:
     return {f"GIT_{who}_{what}": v for who in ("AUTHOR", "COMMITTER") for what, v in ident.items()}
 
 
-def version_info(loaded: Loaded, repo: git.Repo, tag: str, dirty: list[str]) -> dict:
+def version_info(loaded: Loaded, commit: str, tag: str, dirty: list[str]) -> dict:
     return {
         "production": loaded.name,
         "version": loaded.spec.production.version,
         "tag": tag,
-        "commit": repo.head.commit.hexsha,
+        "commit": commit,
         "config_hash": loaded.config_hash,
         "dirty_files": dirty,
         "machine": loaded.machine.machine.name,

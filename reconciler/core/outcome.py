@@ -50,3 +50,9 @@ def failure_text(attempt: AttemptObs, why: Reason) -> str:
     if why is Reason.ATTEMPT_FAILED:
         return attempt.reason or (attempt.sched.value if attempt.sched else MESSAGES[why])
     return MESSAGES[why]
+
+
+def adoptable(output: OutputState, submissions: int) -> bool:
+    """Valid outputs this reconciler never produced (another tool's, or a run before the ledger):
+    counted complete when ``execution.adopt_existing`` allows, and marked by `reconcile adopt`."""
+    return output is OutputState.UNMARKED and submissions == 0

@@ -42,7 +42,7 @@ from reconciler.core.model import (
     TaskObs,
     World,
 )
-from reconciler.core.outcome import classify, failure_text
+from reconciler.core.outcome import adoptable, classify, failure_text
 from reconciler.core.plan import Action, ActionKind, Note, Plan
 from reconciler.core.reasons import Reason
 from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionKind, SubmissionState
@@ -230,7 +230,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         if output is OutputState.COMPLETE or output is OutputState.ADOPTED or key in held:
             continue
         hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
-        if output is OutputState.UNMARKED and hist.submissions == 0 and pol.adopt_existing:
+        if pol.adopt_existing and adoptable(output, hist.submissions):
             continue  # adopted: valid outputs this reconciler never produced
         if output is OutputState.STALE:
             if pol.rerun_on_change:

@@ -1,0 +1,171 @@
+"""Verbs that run passes: once, watch, stage, submit, retry. Each pass goes through session.run_pass."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import sys
+import time
+from typing import Any
+
+from reconciler.cli.options import add_publishing, add_scheduler, add_source, options
+from reconciler.cli.render import applied_line, counts_line, public
+from reconciler.core.plan import ActionKind
+from reconciler.core.reasons import Reason
+from reconciler.errors import EXIT_OK, EXIT_TRANSIENT, LockHeld, TransientError
+from reconciler.session import Options, PassReport, fetch_desired, production_names, run_pass, warn
+
+EXAMPLES = {
+    "once": "reconcile once demo                     # one pass: observe, plan, apply, record",
+    "watch": "reconcile watch demo --until-done --interval 2",
+    "stage": "reconcile stage demo                    # write scripts + manifests to logs/, submit nothing",
+    "submit": "reconcile submit demo                   # send what stage wrote, and anything else missing",
+    "retry": "reconcile retry demo                    # retry failed tasks now (backoff waived)",
+}
+
+
+def _pass(opts: Options, name: str, **kw: Any) -> PassReport:
+    report = run_pass(opts, name, **kw)
+    for e in report.result.events:
+        print(f"{name}: {e}", file=sys.stderr)
+    for n in report.result.plan.notes:
+        print(f"{name}: note: {n.message}", file=sys.stderr)
+    if report.status_commit:
+        print(f"{name}: status committed to {opts.status_branch} ({report.status_commit[:10]})", file=sys.stderr)
+    return report
+
+
+def _as_json(r: PassReport) -> dict[str, Any]:
+    return {"production": r.name, "applied": r.result.applied, "summary": public(r.result.summary, False), "tag": r.tag, "directory": str(r.directory)}
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    opts = options(args)
+    if getattr(args, "fetch", None):
+        fetch_desired(opts, args.fetch)
+    reports = []
+    for name in production_names(opts, args.names):
+        r = _pass(opts, name)
+        reports.append(r)
+        if not args.json:
+            print(f"{name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}", flush=True)
+    if args.json:
+        print(json.dumps([_as_json(r) for r in reports], indent=2, sort_keys=True))
+    return EXIT_OK
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    r = _pass(options(args), args.name, stage=True)
+    logs = r.directory / "logs"
+    staged = sorted(logs.glob("batch_*.sh"), key=lambda p: p.stat().st_mtime)
+    n = r.result.applied.get(ActionKind.STAGE.value, 0)
+    if args.json:
+        print(json.dumps({"staged_tasks": n, "scripts": [str(p) for p in staged[-50:]]}, indent=2))
+    else:
+        print(f"{args.name}: staged {n} task(s); scripts and manifests in {logs} (nothing submitted; `reconcile submit {args.name}` sends them)")
+    return EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    args.names = [args.name]
+    return cmd_once(args)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Retry failed tasks now: backoff waived, and tasks that gave up get one more attempt."""
+    r = _pass(options(args), args.name, retry=True)
+    n = sum(len(a.keys) for a in r.result.plan.of(ActionKind.RESUBMIT) if a.reason is Reason.MANUAL_RETRY)
+    print(f"{args.name}: {n} failed task(s) retried now", file=sys.stderr)
+    print(f"{args.name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}")
+    return EXIT_OK
+
+
+class Stop:
+    """SIGINT/SIGTERM ask a loop to stop between steps, never in the middle of one."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Stop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"received signal {signum}: stopping after the current step", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.requested and time.monotonic() < end:
+            time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    opts = options(args)
+    rc = EXIT_OK
+    with Stop() as stop:
+        while not stop.requested:
+            all_done = True
+            if args.fetch:
+                fetch_desired(opts, args.fetch)
+            for name in production_names(opts, args.names):
+                if stop.requested:
+                    break
+                try:
+                    r = _pass(opts, name)
+                except TransientError as exc:
+                    warn(f"{name}: {exc} (will retry next tick)")
+                    all_done = False
+                    rc = EXIT_TRANSIENT
+                    continue
+                except LockHeld as exc:
+                    warn(f"{name}: {exc}")
+                    all_done = False
+                    continue
+                rc = EXIT_OK
+                stamp = time.strftime("%H:%M:%S")
+                print(f"[{stamp}] {name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}", flush=True)
+                all_done = all_done and r.result.summary["done"]
+            if args.until_done and all_done:
+                print("every task is complete or has given up", flush=True)
+                return EXIT_OK
+            stop.sleep(args.interval * (1 + random.uniform(-args.jitter, args.jitter)))
+    return rc
+
+
+def register(add: Any) -> None:
+    for name, handler, help_ in (
+        ("once", cmd_once, "one reconcile pass over productions (default: all in productions/)"),
+        ("watch", cmd_watch, "reconcile every --interval seconds until stopped (SIGINT/SIGTERM stop between steps)"),
+    ):
+        p = add(name, handler, help_, EXAMPLES[name])
+        p.add_argument("names", nargs="*", help="production names (default: every production)")
+        if name == "watch":
+            p.add_argument("--interval", type=float, default=300.0, help="seconds between passes (default 300, with jitter)")
+            p.add_argument("--jitter", type=float, default=0.1, help="fraction of the interval to vary by (default 0.1)")
+            p.add_argument("--until-done", action="store_true", help="exit once every task is complete or has given up")
+        add_source(p)
+        add_scheduler(p)
+        add_publishing(p)
+    for name, handler, help_ in (
+        ("stage", cmd_stage, "write the sbatch scripts and manifests a pass would submit, into logs/; submit nothing"),
+        ("submit", cmd_submit, "submit staged scripts and anything else missing (one pass)"),
+        ("retry", cmd_retry, "retry failed tasks now: backoff waived, given-up tasks get one more attempt"),
+    ):
+        p = add(name, handler, help_, EXAMPLES[name])
+        p.add_argument("name")
+        add_source(p)
+        add_scheduler(p)
+        if name != "stage":
+            add_publishing(p)
+

@@ -1,0 +1,52 @@
+"""The command line's boundary: argparse arguments in, a typed ``session.Options`` out.
+
+Nothing past this module sees an ``argparse.Namespace``: verbs turn it into ``Options`` (and
+their own few flags) at once, so session, engine and adapters take typed values only.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from reconciler.session import Options
+
+DEFAULT_STATUS_BRANCH = Options().status_branch
+
+
+def add_source(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    """Where desired state comes from: --repo, --ref, --machine, --allow-dirty, --set (and --json)."""
+    p.add_argument("--repo", type=Path, default=None, help="git repository holding productions/ (default: the one around the current directory)")
+    p.add_argument("--ref", default="HEAD", help="git ref to read desired state from (default: HEAD)")
+    p.add_argument("--machine", default=None, help="machine defaults to use (default: $RECONCILER_MACHINE or 'local')")
+    p.add_argument("--allow-dirty", action="store_true", help="use uncommitted changes of the working tree (development only)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a value, e.g. --set resources.memory_gb=64 (highest precedence)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_scheduler(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scheduler", choices=["local", "slurm", "pyslurm", "auto"], default=None, help="override the machine's scheduler backend")
+
+
+def add_publishing(p: argparse.ArgumentParser) -> None:
+    """Where status goes: the results branch, and a remote to push it to."""
+    p.add_argument("--status-branch", default=DEFAULT_STATUS_BRANCH, help=f"results branch for status.json, history and STATUS.md (default {DEFAULT_STATUS_BRANCH})")
+    p.add_argument("--no-status", action="store_true", help="do not commit status to the results branch")
+    p.add_argument("--push", metavar="REMOTE", default=None, help="push the results branch to REMOTE after committing (never forced)")
+    p.add_argument("--fetch", metavar="REMOTE", default=None, help="fetch REMOTE and fast-forward the checkout before reading desired state")
+
+
+def options(args: argparse.Namespace) -> Options:
+    """The typed options of a parsed command line (flags a verb lacks take their defaults)."""
+    return Options(
+        repo=getattr(args, "repo", None),
+        ref=getattr(args, "ref", "HEAD"),
+        machine=getattr(args, "machine", None),
+        allow_dirty=bool(getattr(args, "allow_dirty", False)),
+        overrides=tuple(getattr(args, "set", None) or ()),
+        scheduler=getattr(args, "scheduler", None),
+        status_branch=getattr(args, "status_branch", DEFAULT_STATUS_BRANCH),
+        publish=hasattr(args, "no_status") and not args.no_status,
+        push=getattr(args, "push", None),
+    )

@@ -1,0 +1,86 @@
+"""Text for people: one-line pass summaries, status, plans. Pure functions of values."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from reconciler.core.plan import Plan
+from reconciler.scheduler.script import array_spec
+
+
+def emit(as_json: bool, data: Any, text: str) -> None:
+    """``data`` as JSON with --json, else ``text``."""
+    if as_json:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        print(text)
+
+
+def counts_line(summary: Mapping[str, Any]) -> str:
+    c = summary["counts"]
+    parts = [f"{c['complete'] + c['adopted']}/{summary['total']} complete"]
+    for k in ("adopted", "running", "queued", "retrying", "failed", "stale"):
+        if c.get(k):
+            parts.append(f"{c[k]} {k}")
+    if summary.get("staged"):
+        parts.append(f"{summary['staged']} staged")
+    return ", ".join(parts)
+
+
+def applied_line(applied: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(applied.items())) or "nothing to do"
+
+
+def public(summary: Mapping[str, Any], verbose: bool) -> dict[str, Any]:
+    """The summary without the per-task states unless asked for (40,000 lines otherwise)."""
+    return dict(summary) if verbose else {k: v for k, v in summary.items() if k != "states"}
+
+
+def status_text(name: str, summary: Mapping[str, Any], verbose: bool, pdir: Path, tag: str | None) -> str:
+    lines = [f"production {name}: {counts_line(summary)}"]
+    rate = summary["success_rate"]
+    lines.append(f"  progress {summary['progress']:.1%}" + (f", success rate {rate:.1%}" if rate is not None else "") + (" (done)" if summary["done"] else ""))
+    lines.append(f"  directory {pdir}" + (f"; desired state tag {tag}" if tag else ""))
+    if summary["failures"]:
+        lines.append("  failures:")
+        for f in summary["failures"] if verbose else summary["failures"][:20]:
+            lines.append(f"    {f['key']:<20} {f['state']:<8} {f['failures']} failure(s): {f['reason']}  log: {f['log'] or '-'}")
+        if not verbose and len(summary["failures"]) > 20:
+            lines.append(f"    ... {len(summary['failures']) - 20} more (--verbose)")
+    if summary["retried"]:
+        lines.append(f"  retried and then completed: {len(summary['retried'])}")
+        for r in summary["retried"] if verbose else summary["retried"][:10]:
+            lines.append(f"    {r['key']:<20} after {r['failures']} failure(s): {r['last_reason']}")
+    stale = [k for k, s in summary["states"].items() if s == "stale"]
+    if stale:
+        lines.append(f"  stale (made with another configuration): {len(stale)}: {', '.join(stale[:10])}{' ...' if len(stale) > 10 else ''}")
+    if summary["excluded"]:
+        lines.append(f"  excluded: {len(summary['excluded'])}")
+        for e in summary["excluded"]:
+            lines.append(f"    {e['key']:<20} {e['reason']}")
+    if verbose:
+        lines.append("  tasks:")
+        for key, st in summary["states"].items():
+            lines.append(f"    {key:<20} {st}")
+    return "\n".join(lines)
+
+
+def _short_array(idx: tuple[int, ...]) -> str:
+    s = array_spec(idx) if idx else "-"
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def plan_text(name: str, p: Plan) -> str:
+    lines = [f"{name}: nothing to do"] if p.is_empty else []
+    for a in p.actions:
+        where = f" batch {a.batch:04d}" if a.batch is not None else ""
+        where += f" array {_short_array(a.array_indices)}" if a.array_indices else ""
+        where += f" submission {a.token}" if a.token else ""
+        until = f" until {time.strftime('%H:%M:%S', time.localtime(a.until))}" if a.until else ""
+        lines.append(f"{a.kind.value:<14} {len(a.keys):>6} task(s){where}{until}: {a.message}")
+    lines += [f"note: {n.message}" for n in p.notes]
+    return "\n".join(lines)

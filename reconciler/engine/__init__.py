@@ -1,0 +1,123 @@
+"""One pass of the loop: observe -> plan -> apply. The engine decides nothing.
+
+``observe`` (engine.observe) only reads, into a ``core.model.World``; ``core.planner.plan``
+decides; ``apply`` (engine.apply) journals what was seen and performs exactly the plan.
+Adapters (scheduler, output tree, ledger) are passed in; constructing an Engine does no I/O.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.core.model import Desired, Limits, Policy, TaskObs
+from reconciler.core.plan import SENDS, ActionKind, Plan
+from reconciler.core.planner import Overlay, plan, settle
+from reconciler.core.states import OutputState, SchedState
+from reconciler.core.status import summarize
+from reconciler.engine.apply import Actor
+from reconciler.engine.observe import DiskOutputs, Observed, Observer, OutputTree
+from reconciler.ledger import Ledger
+from reconciler.scheduler.base import Scheduler
+from reconciler.spec.load import Loaded
+
+
+def policy_of(loaded: Loaded) -> Policy:
+    ex = loaded.spec.execution
+    rp = ex.retry_policy
+    return Policy(
+        batch_size=ex.batch_size,
+        max_retries=rp.max_retries,
+        initial_delay_s=rp.initial_delay_minutes * 60.0,
+        backoff_multiplier=rp.backoff_multiplier,
+        max_delay_s=rp.max_delay_minutes * 60.0,
+        prune=ex.prune,
+        rerun_on_change=ex.rerun_on_change,
+        adopt_existing=ex.adopt_existing,
+    )
+
+
+@dataclass
+class PassResult:
+    plan: Plan
+    applied: dict[str, int]
+    summary: dict[str, Any]
+    events: list[str]
+
+
+class Engine:
+    """One production's pass, with its adapters."""
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        scheduler: Scheduler,
+        ledger: Ledger,
+        outputs: OutputTree | None = None,
+        clock: Callable[[], float] = time.time,
+        python: str | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.ledger = ledger
+        self.production_dir = loaded.production_dir
+        self.outputs = outputs or DiskOutputs(self.production_dir, loaded.spec.task.validator)
+        self.clock = clock
+        self.expansion = loaded.expansion()
+        self.desired = Desired(self.expansion.tasks, policy_of(loaded))
+        machine = loaded.machine.machine
+        self.limits = Limits(machine.max_array_size, machine.max_queued_tasks, scheduler.lookup_grace_s)
+        kind = loaded.spec.task.validator.kind
+        self.observer = Observer(self.desired, self.expansion.tasks, kind, scheduler, ledger, self.outputs, clock)
+        self.actor = Actor(loaded, scheduler, ledger, self.outputs, clock, python or sys.executable)
+
+    def observe(self) -> Observed:
+        return self.observer.observe()
+
+    def plan(self, obs: Observed, *, stage: bool = False, retry: bool = False) -> Plan:
+        return plan(obs.desired, obs.world, self.clock(), self.limits, stage=stage, retry=retry)
+
+    def apply(self, p: Plan, obs: Observed) -> tuple[dict[str, int], list[str]]:
+        return self.actor.apply(p, obs)
+
+    def summary(self, obs: Observed, applied: Plan | None = None) -> dict[str, Any]:
+        """Counts by task state, failures with their logs: the world as this pass leaves it.
+
+        Read-only callers (status, plan) see the plan's journal decisions already applied
+        (a failure this pass would record is counted); after ``apply``, pass the applied plan
+        and the ledger is read back instead.
+        """
+        world = obs.world
+        tasks, history = settle(obs.desired, world, self.clock(), self.limits).views(world)
+        latest, staged = obs.latest, world.staged
+        if applied is not None:
+            sent = {k for a in applied.actions if a.kind in SENDS or a.kind is ActionKind.SEND for k in a.keys}
+            tasks = Overlay({k: TaskObs(tasks[k].output if k in tasks else OutputState.MISSING, SchedState.PENDING) for k in sent}, tasks)
+            history = self.ledger.history()
+            latest = self.ledger.latest_attempts()
+            staged += applied.count(ActionKind.STAGE) - applied.count(ActionKind.SEND)
+        subs = self.ledger.all_submissions() if latest else []
+        jobs, batches = {s.token: s.job_id for s in subs}, {s.token: s.batch for s in subs}
+        logs: dict[str, str] = {}
+        base = f"{self.production_dir}/logs/batch_"
+        for key, att in latest.items():
+            job = jobs.get(att.token)
+            batch = batches.get(att.token)
+            if job and batch is not None:
+                logs[key] = f"{base}{batch:04d}_{job}_{att.array_index}.out"
+        excluded = [(e.key, e.reason) for e in self.expansion.excluded]
+        s = summarize(obs.desired, tasks, history, excluded, logs)
+        s["staged"] = staged
+        return s
+
+    def run_pass(self, *, apply: bool = True, stage: bool = False, retry: bool = False) -> PassResult:
+        obs = self.observe()
+        p = self.plan(obs, stage=stage, retry=retry)
+        if not apply:
+            return PassResult(p, {}, self.summary(obs), [])
+        applied, events = self.apply(p, obs)
+        return PassResult(p, applied, self.summary(obs, p if applied else None), events)
+
+

@@ -1,0 +1,195 @@
+"""Apply: journal what a pass saw, then perform exactly its plan's actions, in order.
+
+Within an action the order of side effects is what makes a pass safe to kill anywhere:
+a submission's token, script and manifest are written and its ledger row committed
+*before* the scheduler is called, so a pass that dies after sbatch finds the token next
+time (RECOVER) and never submits again; partial outputs are moved aside (QUARANTINE),
+never deleted, before a rerun writes the same paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from reconciler.atomic import atomic_write
+from reconciler.core.outcome import failure_text
+from reconciler.core.plan import SENDS, Action, ActionKind, Plan
+from reconciler.core.states import SubmissionKind, SubmissionState
+from reconciler.engine.observe import SITE_PROBE_KEY, Observed, OutputTree
+from reconciler.errors import NotSubmitted, SubmitRejected
+from reconciler.ledger import Ledger, Submission
+from reconciler.scheduler.base import ArrayJob, Scheduler
+from reconciler.scheduler.script import (
+    ManifestTask,
+    job_name,
+    log_patterns,
+    render_manifest,
+    render_script,
+)
+from reconciler.spec.expand import SYMBOLIC_DIR, Renderer
+from reconciler.spec.load import Loaded
+
+CRASH_ENV = "RECONCILER_FAILPOINT"
+
+
+def failpoint(name: str) -> None:
+    """Die here, as SIGKILL would, when the test suite asks for it (``RECONCILER_FAILPOINT=name``).
+
+    Failpoints let the crash tests hit the narrow windows (between journal and sbatch, between
+    sbatch and recording the job id) that random kills would rarely land in.
+    """
+    if os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Actor:
+    """Carries out plans through one production's adapters."""
+
+    def __init__(self, loaded: Loaded, scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float], python: str) -> None:
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.production_dir = loaded.production_dir
+        self.by_key = {t.key: t for t in loaded.expansion().tasks}
+        self.scheduler = scheduler
+        self.ledger = ledger
+        self.outputs = outputs
+        self.clock = clock
+        self.python = python
+
+    def apply(self, p: Plan, obs: Observed) -> tuple[dict[str, int], list[str]]:
+        """Journal what ``obs`` saw, then perform exactly ``p``'s actions, in order.
+
+        Returns (tasks per action kind, events for the person watching). Scheduler errors
+        stop the pass (TransientError) and lose nothing.
+        """
+        now = self.clock()
+        self.ledger.journal(obs.seen, obs.finished)
+        if obs.probed and obs.world.site_max_array_size is not None:  # unknown (slurmctld down): ask again next pass
+            self.ledger.set_meta(SITE_PROBE_KEY, f"{now}:{obs.world.site_max_array_size}")
+        applied: dict[str, int] = {}
+        events: list[str] = []
+        for a in p.actions:
+            if a.kind is ActionKind.WAIT:
+                continue
+            event = self._act(a, obs)
+            if event:
+                events.append(event)
+            applied[a.kind.value] = applied.get(a.kind.value, 0) + len(a.keys)
+        if applied:
+            self.ledger.event("pass", json.dumps(applied, sort_keys=True), self.clock())
+        return applied, events
+
+    def _act(self, a: Action, obs: Observed) -> str | None:
+        now = self.clock()
+        if a.kind is ActionKind.RECOVER:
+            job = obs.submission(_token(a)).found
+            assert job is not None
+            self.ledger.set_submitted(_token(a), job, now)
+            return f"adopted submission {a.token} as job {job} (its sbatch answer was lost)"
+        if a.kind is ActionKind.RECORD_FAILURE:
+            atts = {x.array_index: x for x in obs.submission(_token(a)).attempts}
+            rows = []
+            for key, i in zip(a.keys, a.array_indices, strict=True):
+                end = atts[i].end
+                rows.append((_token(a), i, key, failure_text(atts[i], a.reason), now if end is None else end))
+            self.ledger.record_failures(rows, now)
+        elif a.kind is ActionKind.ABANDON:
+            self.ledger.abandon(_token(a), a.message, now)
+            return f"submission {a.token} abandoned: {a.message}"
+        elif a.kind is ActionKind.GIVE_UP:
+            self.ledger.give_up(a.keys, a.message, now)
+        elif a.kind is ActionKind.CANCEL:
+            self._cancel(a, obs)
+        elif a.kind is ActionKind.QUARANTINE:
+            self._quarantine(a, obs)
+        elif a.kind is ActionKind.SEND:
+            sub = obs.subs[_token(a)]
+            self.ledger.set_state(sub.token, SubmissionState.RECORDED)
+            self._send(replace(sub, state=SubmissionState.RECORDED), a.array_indices)
+        elif a.kind in SENDS:
+            self._submit(a, obs)
+        return None
+
+    def _cancel(self, a: Action, obs: Observed) -> None:
+        per_job: dict[str, list[int]] = {}
+        jobs = {t: s.job_id for t, s in obs.subs.items()}
+        for key in a.keys:
+            att = obs.latest.get(key)
+            job = jobs.get(att.token) if att else None
+            if att and job:
+                per_job.setdefault(job, []).append(att.array_index)
+        for job, idx in sorted(per_job.items()):
+            self.scheduler.cancel(job, sorted(idx))
+        self.ledger.event("cancel", f"cancelled {len(a.keys)} task(s): {a.message}", self.clock())
+
+    def _quarantine(self, a: Action, obs: Observed) -> None:
+        now = self.clock()
+        for key in a.keys:
+            submissions = obs.world.history[key].submissions if key in obs.world.history else 0
+            moved = self.outputs.move_partial(self.by_key[key], f"attempt{submissions:02d}-{now:.0f}")
+            if moved:
+                self.ledger.event("partial", f"moved {len(moved)} partial output(s) aside before rerun: {moved[0]}", now, key)
+
+    def _submit(self, a: Action, obs: Observed) -> None:
+        assert a.batch is not None
+        now = self.clock()
+        token = f"{now:.0f}-{secrets.token_hex(6)}"
+        renderer = Renderer(self.spec)
+        tasks: dict[int, ManifestTask] = {}
+        history = obs.world.history
+        for key, idx in zip(a.keys, a.array_indices, strict=True):
+            t = self.by_key[key]
+            done = history[key].submissions if key in history else 0
+            argv = renderer.argv(t.params, t.index, t.key, SYMBOLIC_DIR, t.outputs)
+            tasks[idx] = ManifestTask(t.key, t.index, argv, t.outputs, t.fingerprint, done + 1)
+        base = self.production_dir / "logs" / f"batch_{a.batch:04d}_{token}"
+        script_path, manifest_path = base.with_suffix(".sh"), base.with_suffix(".json")
+        manifest = render_manifest(self.spec, batch=a.batch, token=token, production_dir=self.production_dir, tasks=tasks)
+        script = render_script(
+            self.spec, batch=a.batch, token=token, array_indices=sorted(tasks), manifest=manifest_path,
+            production_dir=self.production_dir, python=self.python,
+        )
+        atomic_write(manifest_path, manifest)
+        atomic_write(script_path, script)
+        kind = SubmissionKind.RESUBMIT if a.kind is ActionKind.RESUBMIT else SubmissionKind.SUBMIT
+        state = SubmissionState.STAGED if a.kind is ActionKind.STAGE else SubmissionState.RECORDED
+        sub = Submission(token, a.batch, kind, state, None, self.scheduler.name, str(script_path), str(manifest_path), now, None)
+        failpoint("before_record")
+        self.ledger.record_submission(sub, [(i, t.key) for i, t in sorted(tasks.items())])
+        if state is SubmissionState.RECORDED:
+            self._send(sub, sorted(tasks))
+
+    def _send(self, sub: Submission, indices: Sequence[int]) -> str:
+        out, err = log_patterns(self.production_dir, sub.batch)
+        job = ArrayJob(
+            token=sub.token,
+            name=job_name(self.loaded.name, sub.batch),
+            script_path=Path(sub.script),
+            script=Path(sub.script).read_text(encoding="utf-8"),
+            array_indices=tuple(indices),
+            throttle=self.spec.execution.array_throttle,
+            workdir=self.production_dir,
+            log_out=out,
+            log_err=err,
+        )
+        failpoint("after_record")
+        try:
+            job_id = self.scheduler.submit(job)
+        except (NotSubmitted, SubmitRejected) as exc:
+            # the scheduler's own answer that no job exists: journal it, so the next pass plans
+            # these tasks again instead of looking for a token that can never appear
+            self.ledger.abandon(sub.token, str(exc), self.clock())
+            raise
+        failpoint("after_submit")
+        self.ledger.set_submitted(sub.token, job_id, self.clock())
+        return job_id
+
+def _token(a: Action) -> str:
+    assert a.token is not None, f"{a.kind} acts on a submission"
+    return a.token

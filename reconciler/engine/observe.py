@@ -1,0 +1,199 @@
+"""Observe: read the ledger, ask the scheduler, list the output tree; write nothing.
+
+The result is the planner's ``core.model.World`` plus what ``apply`` needs to act on it
+(job ids, manifests, the scheduler answers to journal). Order matters: the scheduler is
+asked *before* the output tree is listed, so a task that finishes between the two reads is
+seen complete rather than failed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from reconciler import outputs as output_tree
+from reconciler.core.model import EMPTY_HISTORY, AttemptObs, Desired, SubmissionObs, TaskObs, World
+from reconciler.core.outcome import validate_deeply
+from reconciler.core.states import OutputState, SchedState, SubmissionState
+from reconciler.ledger import Attempt, Ledger, Seen, Submission
+from reconciler.scheduler.base import JobRef, Scheduler, SchedulerView, TaskSched
+from reconciler.spec.expand import Task
+
+SITE_PROBE_KEY = "site_max_array_size"
+SITE_PROBE_EVERY_S = 86400.0
+VANISHED = "vanished: the scheduler has no record of it"
+
+
+class OutputTree(Protocol):
+    """What the engine needs of the output tree (reconciler.outputs on disk; a dict in property tests)."""
+
+    def observe(self, tasks: Sequence[Task], deep: Callable[[Task], bool]) -> dict[str, OutputState]: ...
+
+    def move_partial(self, task: Task, label: str) -> list[Path]: ...
+
+
+class DiskOutputs:
+    """The production directory on a (possibly parallel) filesystem: one listing per directory."""
+
+    def __init__(self, production_dir: Path, validator: Any) -> None:
+        self.production_dir = production_dir
+        self.validator = validator
+
+    def observe(self, tasks: Sequence[Task], deep: Callable[[Task], bool]) -> dict[str, OutputState]:
+        return output_tree.observe_outputs(self.production_dir, tasks, self.validator, deep=deep)  # type: ignore[arg-type]
+
+    def move_partial(self, task: Task, label: str) -> list[Path]:
+        return output_tree.move_partial(self.production_dir, task, label=label)
+
+
+@dataclass
+class Observed:
+    """One pass's observation: the planner's ``world``, plus what apply needs to act on it."""
+
+    desired: Desired
+    world: World
+    latest: dict[str, Attempt]  # each task's latest attempt, as journaled
+    subs: dict[str, Submission]  # open submissions by token
+    seen: list[Seen] = field(default_factory=list)  # scheduler answers that differ from the journal
+    finished: list[str] = field(default_factory=list)  # submissions whose every attempt has now ended
+    probed: bool = False  # the site limit was asked of the scheduler this pass
+
+    def submission(self, token: str) -> SubmissionObs:
+        return next(s for s in self.world.submissions if s.token == token)
+
+
+class Observer:
+    """Reads one production's world through its adapters."""
+
+    def __init__(self, desired: Desired, tasks: Sequence[Task], validator_kind: str, scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float]) -> None:
+        self.desired = desired
+        self.tasks = tasks
+        self.by_key = {t.key: t for t in tasks}
+        self.validator_kind = validator_kind
+        self.scheduler = scheduler
+        self.ledger = ledger
+        self.outputs = outputs
+        self.clock = clock
+
+    def observe(self) -> Observed:
+        """Read the ledger, ask the scheduler, then list the output tree. Writes nothing."""
+        now = self.clock()
+        open_subs = self.ledger.submissions()
+        attempts = self.ledger.attempts_of([s.token for s in open_subs])
+        by_token: dict[str, list[Attempt]] = {}
+        for a in attempts:
+            by_token.setdefault(a.token, []).append(a)
+        sent = [s for s in open_subs if s.state is not SubmissionState.STAGED]
+        refs = [
+            JobRef(s.token, s.job_id, s.submitted or s.created, tuple(sorted(a.array_index for a in by_token.get(s.token, []))))
+            for s in sent
+        ]
+        view = self.scheduler.observe(refs) if refs else SchedulerView()
+        site, probed = self._site_max_array_size(now)
+
+        seen: list[Seen] = []
+        current: dict[tuple[str, int], TaskSched] = {}
+        for s in sent:
+            job_id = s.job_id or view.found.get(s.token)
+            if job_id is None:
+                continue
+            answers = view.tasks.get(job_id, {})
+            for a in by_token.get(s.token, []):
+                ts = answers.get(a.array_index)
+                if ts is None and job_id in view.gone:
+                    ts = TaskSched(SchedState.UNKNOWN, reason=VANISHED)
+                if ts is None:
+                    continue
+                current[(a.token, a.array_index)] = ts
+                if a.sched_state != ts.state.value or a.exit_code != ts.exit_code:
+                    seen.append(Seen(a.token, a.array_index, ts.state, ts.exit_code, ts.reason or ts.state.value, ts.start, ts.end))
+
+        # outputs after the scheduler: a task that ends between the two reads is seen complete
+        history = self.ledger.history()
+        latest = self.ledger.latest_attempts()
+        unresolved = {a.key for s in open_subs if s.job_id is None and s.token not in view.found for a in by_token.get(s.token, [])}
+        pol, kind = self.desired.policy, self.validator_kind
+
+        def deep(t: Task) -> bool:
+            return validate_deeply(kind, history.get(t.key, EMPTY_HISTORY).submissions, pol.adopt_existing, t.key in unresolved)
+
+        out = self.outputs.observe(self.tasks, deep)
+
+        tasks: dict[str, TaskObs] = {}
+        open_tokens = {s.token for s in open_subs}
+        for key, att in latest.items():
+            ts = current.get((att.token, att.array_index))
+            if ts is not None:
+                state: SchedState | None = ts.state
+            elif att.token in open_tokens and att.sched_state is None:
+                state = None  # staged, or no answer yet: the planner decides what that means
+            else:
+                state = SchedState(att.sched_state) if att.sched_state else None
+            tasks[key] = TaskObs(out.get(key, OutputState.MISSING), state)
+        unsubmitted = {st: TaskObs(st, None) for st in OutputState}  # shared: 1M tasks, a handful of values
+        for key, st in out.items():
+            if key not in tasks:
+                tasks[key] = unsubmitted[st]
+
+        submissions = [self._submission_obs(s, by_token.get(s.token, []), view, current, latest) for s in open_subs]
+        finished = [s.token for s in sent if _all_ended(by_token.get(s.token, []), current)]
+        staged = sum(len(by_token.get(s.token, [])) for s in open_subs if s.state is SubmissionState.STAGED)
+        world = World(tasks, history, tuple(submissions), site, staged)
+        return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed)
+
+    def _submission_obs(
+        self,
+        s: Submission,
+        atts: Sequence[Attempt],
+        view: SchedulerView,
+        current: dict[tuple[str, int], TaskSched],
+        latest: dict[str, Attempt],
+    ) -> SubmissionObs:
+        found = view.found.get(s.token) if s.job_id is None else None
+        may_abandon = s.state is SubmissionState.STAGED or (s.job_id is None and found is None)
+        previous = self.ledger.previous_states(s.token) if may_abandon else {}
+        obs = []
+        for a in atts:
+            ts = current.get((a.token, a.array_index))
+            sched = ts.state if ts is not None else (SchedState(a.sched_state) if a.sched_state else None)
+            reason = ts.reason if ts is not None and ts.reason else a.reason
+            end = ts.end if ts is not None and ts.end is not None else a.end
+            is_latest = (lt := latest.get(a.key)) is not None and lt.token == a.token
+            obs.append(AttemptObs(a.key, a.array_index, sched, reason, end, a.failure_recorded, is_latest, previous.get(a.key)))
+        current_fp = self._staged_current(s) if s.state is SubmissionState.STAGED else True
+        return SubmissionObs(s.token, s.batch, s.kind, s.state, s.created, s.job_id, found, current_fp, tuple(obs))
+
+    def _staged_current(self, s: Submission) -> bool:
+        """Whether every task of a staged submission still has the fingerprint it was staged with."""
+        try:
+            doc = json.loads(Path(s.manifest).read_text(encoding="utf-8"))
+            staged = [(t["key"], t["fingerprint"]) for t in doc["tasks"].values()]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
+        return all(k in self.by_key and self.by_key[k].fingerprint == fp for k, fp in staged)
+
+    def _site_max_array_size(self, now: float) -> tuple[int | None, bool]:
+        """The cluster's MaxArraySize, asked at most once a day (the answer is journaled), so a
+        pass stays at two scheduler reads. (value, asked this pass)."""
+        cached = self.ledger.get_meta(SITE_PROBE_KEY)
+        if cached:
+            stamp, _, raw = cached.partition(":")
+            if now - float(stamp) < SITE_PROBE_EVERY_S:
+                return (int(raw) if raw else None), False
+        return self.scheduler.max_array_size(), True
+
+def _all_ended(atts: Sequence[Attempt], current: dict[tuple[str, int], TaskSched]) -> bool:
+    """Whether every attempt of a submission has ended, by this pass's answers or the journal's."""
+    if not atts:
+        return False
+    for a in atts:
+        ts = current.get((a.token, a.array_index))
+        state = ts.state if ts is not None else (SchedState(a.sched_state) if a.sched_state else None)
+        if state is None or state.in_flight:
+            return False
+    return True
+
+
