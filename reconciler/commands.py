@@ -347,7 +347,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_adopt(args: argparse.Namespace) -> int:
     """Write markers for valid outputs this reconciler never produced, so later passes are cheap."""
-    from reconciler import outputs
+    from reconciler import markers, outputs
     from reconciler.core.states import OutputState
 
     with open_production(args, args.name, write=True) as s:
@@ -362,7 +362,7 @@ def cmd_adopt(args: argparse.Namespace) -> int:
         for t in candidates:
             st = states.get(t.key)
             if st is OutputState.UNMARKED:
-                outputs.write_marker(eng.production_dir, t, attempt=0, exit_code=0, start=now, end=now, adopted=True)
+                markers.write_marker(eng.production_dir, t, attempt=0, exit_code=0, start=now, end=now, adopted=True)
                 adopted.append(t.key)
             elif st is OutputState.INVALID:
                 invalid.append(t.key)

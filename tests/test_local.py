@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.states import OutputState, SchedState
-from reconciler.outputs import observe_outputs, read_marker
+from reconciler.markers import read_marker
+from reconciler.outputs import observe_outputs
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
 from reconciler.scheduler.local import (
     LocalScheduler,
