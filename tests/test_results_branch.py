@@ -15,6 +15,7 @@ from reconciler.core.model import Desired, Policy, TaskHistory, TaskObs
 from reconciler.core.states import OutputState, SchedState
 from reconciler.core.status import summarize
 from reconciler.errors import UsageError
+from reconciler.git_identity import fallback_identity
 from reconciler.results import publish, read_branch_file
 from reconciler.status_doc import (
     StatusDoc,
@@ -106,6 +107,22 @@ def test_default_identity_without_user_config(repo: Path, monkeypatch: pytest.Mo
         monkeypatch.delenv(var, raising=False)
     publish(repo, {"x": b"1"}, "m")
     assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", BRANCH).strip() == "reconciler <reconciler@localhost>|reconciler <reconciler@localhost>"
+
+
+def test_fallback_identity_fills_only_what_git_lacks(repo: Path, tmp_path: Path) -> None:
+    """One helper for status commits and production tags: config and environment always win."""
+    empty = tmp_path / "empty.gitconfig"
+    empty.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_AUTHOR_", "GIT_COMMITTER_")) and k != "EMAIL"}
+    env.update(GIT_CONFIG_GLOBAL=str(empty), GIT_CONFIG_NOSYSTEM="1")
+    name = {"GIT_AUTHOR_NAME": "reconciler", "GIT_COMMITTER_NAME": "reconciler"}
+    email = {"GIT_AUTHOR_EMAIL": "reconciler@localhost", "GIT_COMMITTER_EMAIL": "reconciler@localhost"}
+    assert fallback_identity(repo, env) == {**name, **email}
+    assert fallback_identity(repo, {**env, "GIT_COMMITTER_EMAIL": "me@example.org"}) == {**name, "GIT_AUTHOR_EMAIL": "reconciler@localhost"}
+    git(repo, "config", "user.email", "me@example.org")
+    assert fallback_identity(repo, env) == name
+    git(repo, "config", "user.name", "Me")
+    assert fallback_identity(repo, env) == {}
 
 
 @pytest.mark.parametrize("bad", ["-x", "a..b", "has space", "refs/heads/x", "x.lock", ""])
