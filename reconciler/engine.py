@@ -38,7 +38,7 @@ from reconciler.core.plan import Action, ActionKind, Plan
 from reconciler.core.planner import plan as make_plan
 from reconciler.core.planner import stage_only
 from reconciler.core.states import OutputState, SchedState
-from reconciler.core.status import summarize
+from reconciler.core.summary import summarize
 from reconciler.errors import NotSubmitted, SubmitRejected
 from reconciler.ledger import Attempt, Ledger, Submission
 from reconciler.scheduler.base import ArrayJob, JobRef, Scheduler, SchedulerView, TaskSched

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler import __version__
-from reconciler.core.status import STATES
+from reconciler.core.states import UNKNOWN_CODE, TaskState
 
 SCHEMA_VERSION = 1
 STATUS_FILE = "status.json"
@@ -36,20 +36,11 @@ HISTORY_FILE = "history.jsonl"
 STATUS_MD = "STATUS.md"
 PRODUCTIONS = "productions"
 
-# One character per state: a 40,000-task production costs 40 kB, and the string diffs well.
-LEGEND: dict[str, str] = {
-    "C": "complete",
-    "A": "adopted",
-    "R": "running",
-    "Q": "queued",
-    "T": "retrying",
-    "F": "failed",
-    "S": "stale",
-    "M": "missing",
-    "?": "unknown",
-}
-CODE = {state: code for code, state in LEGEND.items()}
-assert set(STATES) <= set(CODE), "every summarize() state needs a code"
+UNKNOWN = "unknown"
+"""The state of a task whose code a reader does not know (written by a newer reconciler)."""
+LEGEND: dict[str, str] = {s.code: s.value for s in TaskState} | {UNKNOWN_CODE: UNKNOWN}
+"""State code -> state, as every status.json carries it (TaskState.code: one character per task)."""
+_CODE = {s.value: s.code for s in TaskState}
 
 MAX_LISTED = 1000
 """Failures and stale keys listed by name at most; the per-task codes hold the rest."""
@@ -179,7 +170,7 @@ def task_keys(tasks: Mapping[str, Any]) -> list[str]:
 def task_states(tasks: Mapping[str, Any]) -> list[str]:
     """Per-task state names, in task order."""
     legend = tasks.get("legend") or LEGEND
-    return [legend.get(c, "unknown") for c in tasks.get("states", "")]
+    return [legend.get(c, UNKNOWN) for c in tasks.get("states", "")]
 
 
 # ---------------------------------------------------------------- building
@@ -223,10 +214,11 @@ def build_status(
     runtimes = runtimes or {}
     counts = {s: int(n) for s, n in summary.get("counts", {}).items()}
     failures = list(summary.get("failures", []))
-    stale = [k for k in order if states.get(k) == "stale"]
+    stale_word = TaskState.STALE.value
+    stale = [k for k in order if states.get(k) == stale_word]
     table = {
         "legend": dict(LEGEND),
-        "states": "".join(CODE.get(states.get(k, "unknown"), "?") for k in order),
+        "states": "".join(_CODE.get(states.get(k, UNKNOWN), UNKNOWN_CODE) for k in order),
         **encode_keys(order),
         "attempts": [attempts.get(k) for k in order],
         "runtime_s": [_runtime(runtimes.get(k)) for k in order],
@@ -254,7 +246,7 @@ def build_status(
         excluded=[ExcludedTask(**e) for e in summary.get("excluded", [])],
         stale=stale[:MAX_LISTED],
         stale_omitted=max(0, len(stale) - MAX_LISTED),
-        adopted=counts.get("adopted", 0),
+        adopted=counts.get(TaskState.ADOPTED, 0),
         plots=list(plots),
         tasks=TaskTable(**table),
     )

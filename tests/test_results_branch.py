@@ -13,7 +13,7 @@ import pytest
 from reconciler import results
 from reconciler.core.model import Desired, Policy, TaskHistory, TaskObs
 from reconciler.core.states import OutputState, SchedState
-from reconciler.core.status import summarize
+from reconciler.core.summary import summarize
 from reconciler.errors import UsageError
 from reconciler.git_identity import fallback_identity
 from reconciler.results import publish, read_branch_file
