@@ -191,7 +191,10 @@ def publish_status(args: argparse.Namespace, s: Session, result: Any) -> str | N
     A pass that changed nothing (same counts, same per-task states, same tag) commits
     nothing: the document is compared with the branch's without its timestamp.
     """
-    from reconciler import report, results, status_doc
+    from reconciler.results.branch import publish, read_branch_file
+    from reconciler.results.document import build_status, history_line, parse_history
+    from reconciler.results.layout import HISTORY_FILE, builder, status_path
+    from reconciler.results.plots import plots_bytes
 
     name = s.loaded.name
     repo_root = Path(s.repo.working_tree_dir or ".")
@@ -199,7 +202,7 @@ def publish_status(args: argparse.Namespace, s: Session, result: Any) -> str | N
     attempts = {k: a.attempt for k, a in latest.items()}
     runtimes = {k: a.end - a.start for k, a in latest.items() if a.start is not None and a.end is not None}
     now = time.time()
-    doc = status_doc.build_status(
+    doc = build_status(
         result.summary,
         production=name,
         version=s.loaded.spec.production.version,
@@ -213,7 +216,7 @@ def publish_status(args: argparse.Namespace, s: Session, result: Any) -> str | N
         runtimes=runtimes,
     )
     branch = args.status_branch
-    prev = results.read_branch_file(repo_root, status_doc.status_path(name), branch)
+    prev = read_branch_file(repo_root, status_path(name), branch)
     if prev is not None:
         try:
             old = json.loads(prev)
@@ -222,17 +225,17 @@ def publish_status(args: argparse.Namespace, s: Session, result: Any) -> str | N
         strip = lambda d: {k: v for k, v in d.items() if k not in _COMPARE_IGNORED}  # noqa: E731
         if strip(old) == strip(doc):
             return None
-    history = status_doc.parse_history(results.read_branch_file(repo_root, status_doc.status_path(name, status_doc.HISTORY_FILE), branch))
-    line = status_doc.history_line(result.summary, result.applied, now)
+    history = parse_history(read_branch_file(repo_root, status_path(name, HISTORY_FILE), branch))
+    line = history_line(result.summary, result.applied, now)
     try:
-        plots = report.plots_bytes(doc, [*history, line])
+        plots = plots_bytes(doc, [*history, line])
     except ReconcilerError as exc:  # matplotlib missing: status without pictures
         _warn(f"{name}: no pictures on the status branch: {exc}")
         plots = {}
     counts = _counts_line(result.summary)
-    return results.publish(
+    return publish(
         repo_root,
-        status_doc.builder(doc, line, plots),
+        builder(doc, line, plots),
         f"status: {name}: {_applied_line(result.applied)} | {counts}",
         branch=branch,
         remote=args.push,

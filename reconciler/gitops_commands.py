@@ -49,9 +49,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def load_report_inputs(repo_path: Path | None, name: str, branch: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(status.json, history lines) of production ``name`` from the results branch."""
     from reconciler.gitops import open_repo
-    from reconciler.results import read_branch_file
+    from reconciler.results.branch import read_branch_file
+    from reconciler.results.document import parse_history
+    from reconciler.results.layout import HISTORY_FILE, status_path
     from reconciler.spec.models import NAME_PATTERN
-    from reconciler.status_doc import HISTORY_FILE, parse_history, status_path
 
     if not re.match(NAME_PATTERN, name):
         raise UsageError(f"{name!r} is not a production name")
@@ -73,7 +74,7 @@ def load_report_inputs(repo_path: Path | None, name: str, branch: str) -> tuple[
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Draw the progress pictures of a production from its status on the results branch."""
-    from reconciler.report import write_plots
+    from reconciler.results.plots import write_plots
 
     status, history = load_report_inputs(args.repo, args.name, args.branch)
     if args.output:
@@ -95,7 +96,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def register(add: Callable[..., Any], common: Callable[..., None]) -> None:
     """Add ``diff`` and ``report`` to the parser (``add`` and ``common`` come from cli.build_parser)."""
-    from reconciler.results import DEFAULT_BRANCH
+    from reconciler.results.branch import DEFAULT_BRANCH
 
     p = add("diff", cmd_diff, "what a change to desired state would do between two git refs (exit 1 if anything changes)")
     p.epilog = f"example:\n  {DIFF_EXAMPLE}"

@@ -88,7 +88,7 @@ class _GitFailed(TransientError):
 
 
 class BranchView:
-    """Read access to one commit's tree (a ``status_doc.BranchReader``); empty when ``commit`` is None."""
+    """Read access to one commit's tree (a ``layout.BranchReader``); empty when ``commit`` is None."""
 
     def __init__(self, g: _Git, commit: str | None) -> None:
         self._g = g
