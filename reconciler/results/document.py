@@ -77,8 +77,8 @@ class TaskTable(_Doc):
 
     legend: dict[str, str] = Field(default_factory=lambda: dict(LEGEND), description="state code -> state")
     states: str = Field(description="one legend code per task, in task index order")
-    keys: list[str] | None = Field(None, description="task keys, when they are not a grid")
-    grid: list[list[str]] | None = Field(None, description="distinct key parts per position; keys are their product minus holes")
+    keys: list[str] | None = Field(default=None, description="task keys, when they are not a grid")
+    grid: list[list[str]] | None = Field(default=None, description="distinct key parts per position; keys are their product minus holes")
     holes: list[int] = Field(default_factory=list, description="positions in the grid product that are not tasks")
     attempts: list[int | None] = Field(default_factory=list, description="submissions per task; null when unknown")
     runtime_s: list[int | float | None] = Field(default_factory=list, description="run time of the latest attempt in seconds; null when unknown")
@@ -99,7 +99,7 @@ class StatusDoc(_Doc):
     counts: dict[str, int] = Field(description="tasks per state")
     total: int
     progress: float = Field(description="(complete + adopted) / total")
-    success_rate: float | None = Field(None, description="done / (done + failed); null before anything finished")
+    success_rate: float | None = Field(default=None, description="done / (done + failed); null before anything finished")
     done: bool
     failures: list[Failure] = Field(default_factory=list)
     failures_omitted: int = 0
