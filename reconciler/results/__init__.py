@@ -5,5 +5,5 @@ branch, what one production publishes there, STATUS.md; ``plots``: the pictures;
 ``branch``: the git plumbing that commits them without touching the work tree.
 
 Import the submodule you need: this package imports nothing itself, so reading a file from
-the branch does not load pydantic and publishing does not load matplotlib.
+the branch (``branch``) loads neither pydantic nor matplotlib.
 """

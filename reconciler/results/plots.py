@@ -23,8 +23,6 @@ from typing import Any
 from reconciler.errors import UsageError
 from reconciler.results.document import task_keys, task_states
 
-PLOTS = ("progress.png", "heatmap.png", "runtimes.png")
-
 # Heatmap categories, worst first: a cell with several tasks (extra axes) shows its worst one.
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("failed", "#d62728"),
