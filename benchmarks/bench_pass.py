@@ -69,7 +69,7 @@ _BUILD: list[Any] = []  # (production_dir, tasks, adopted), inherited by the for
 
 
 def _build_part(part: int, parts: int) -> int:
-    from reconciler import outputs
+    from reconciler import markers
 
     pdir, tasks, adopted = _BUILD[0]
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
@@ -82,7 +82,7 @@ def _build_part(part: int, parts: int) -> int:
         if not adopted:
             doc = {"key": t.key, "index": t.index, "fingerprint": t.fingerprint, "attempt": 1, "exit_code": 0,
                    "start": 0.0, "end": 0.0, "host": "bench", "token": "", "adopted": False}
-            fd = os.open(outputs.marker_path(pdir, t), flags, 0o644)
+            fd = os.open(markers.marker_path(pdir, t), flags, 0o644)
             os.write(fd, (json.dumps(doc, sort_keys=True) + "\n").encode())
             os.close(fd)
             n += 1
@@ -92,7 +92,7 @@ def _build_part(part: int, parts: int) -> int:
 def build_tree(loaded: Any, adopted: bool) -> None:
     """Every output present and (unless adopted) marked: the tree of a finished production.
 
-    Markers get the names and content outputs.write_marker gives them, but without its
+    Markers get the names and content markers.write_marker gives them, but without its
     per-file fsync and rename (which made a 1,000,000-task tree take ~12 min): the pass
     reads marker *names* only. One forked worker per core (creating files is CPU-bound).
     """

@@ -9,6 +9,7 @@ full ref names, so nothing from a config can become a git option.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import git
 
 from reconciler import __version__
 from reconciler.errors import ConfigError, Problem, UsageError
+from reconciler.git_identity import fallback_identity
 from reconciler.spec.load import DEFAULTS_DIR, PRODUCTIONS_DIR, Loaded, WorkTree
 
 TAG_PREFIX = "production/"
@@ -174,25 +176,10 @@ def ensure_tag(repo: git.Repo, loaded: Loaded, version: str, dirty: list[str], *
         raise UsageError(f"cannot build a safe tag name from {base!r}")
     taken = {t.name for t in repo.tags}
     name = next(n for n in (base if i == 1 else f"{base}_{i}" for i in range(1, len(taken) + 2)) if n not in taken)
-    with repo.git.custom_environment(**identity_env(repo)):
+    root = Path(repo.working_tree_dir or repo.git_dir)
+    with repo.git.custom_environment(**fallback_identity(root, os.environ)):
         repo.create_tag(name, ref=commit, message=tag_message(loaded, commit, dirty, version))
     return name, True
-
-
-def identity_env(repo: git.Repo) -> dict[str, str]:
-    """A fallback committer identity for tags and status commits on machines where git has none
-    (a fresh login node): git refuses to tag otherwise. A configured identity always wins."""
-    try:
-        if repo.git.config("user.email"):
-            return {}
-    except git.GitCommandError:
-        pass
-    import os
-
-    if os.environ.get("GIT_COMMITTER_EMAIL"):
-        return {}
-    ident = {"NAME": "reconciler", "EMAIL": "reconciler@localhost"}
-    return {f"GIT_{who}_{what}": v for who in ("AUTHOR", "COMMITTER") for what, v in ident.items()}
 
 
 def version_info(loaded: Loaded, commit: str, tag: str, dirty: list[str]) -> dict:

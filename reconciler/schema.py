@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from reconciler.results.document import StatusDoc
 from reconciler.spec.models import MachineDefaults, Production
-from reconciler.status_doc import StatusDoc
 
 SCHEMAS = {
     "production.schema.json": Production,

@@ -26,8 +26,8 @@ import git
 
 from reconciler import gitops, markers, outputs
 from reconciler.core.outcome import adoptable
-from reconciler.core.states import OutputState
 from reconciler.core.plan import Plan
+from reconciler.core.states import OutputState
 from reconciler.engine import Engine, PassResult
 from reconciler.errors import ReconcilerError, UsageError
 from reconciler.ledger import Ledger, default_path, rebuild
@@ -35,10 +35,19 @@ from reconciler.lock import ProductionLock
 from reconciler.production_dir import init_production_dir
 from reconciler.results import publish as results_publish
 from reconciler.results.branch import read_branch_file
-from reconciler.results.document import HISTORY_FILE, parse_history, status_path
+from reconciler.results.document import parse_history
+from reconciler.results.layout import HISTORY_FILE, status_path
 from reconciler.scheduler import make_scheduler
+from reconciler.spec.load import (
+    DEFAULTS_DIR,
+    PRODUCTIONS_DIR,
+    Loaded,
+    list_names,
+    load,
+    machine_name,
+    parse_set,
+)
 from reconciler.spec.models import NAME_PATTERN
-from reconciler.spec.load import DEFAULTS_DIR, PRODUCTIONS_DIR, Loaded, list_names, load, machine_name, parse_set
 
 Warn = Callable[[str], None]
 
@@ -145,6 +154,7 @@ def open_production(opts: Options, name: str, *, write: bool, init: bool | None 
     loaded, pdir = desired.loaded, desired.loaded.production_dir
     scheduler = make_scheduler(loaded.machine, opts.scheduler)
     lock = ProductionLock(pdir / "metadata" / "reconcile.lock").acquire() if write else None
+    tag: str | None
     try:
         if init:
             tag, created = gitops.ensure_tag(desired.repo, loaded, loaded.spec.production.version, desired.dirty, commit=desired.commit)
@@ -200,16 +210,17 @@ def run_pass(opts: Options, name: str, *, stage: bool = False, retry: bool = Fal
 
 def _publish(opts: Options, prod: Production, result: PassResult | None, error: ReconcilerError | None, on_warning: Warn) -> str | None:
     """Publish this pass's status; a failure to publish is reported, never fatal to the pass."""
+    latest = prod.ledger.latest_attempts()
     try:
         return results_publish.publish_status(
             prod.desired.root,
-            prod.ledger,
-            name=prod.name,
             loaded=prod.desired.loaded,
             commit=prod.desired.commit,
             ref=opts.ref,
             tag=prod.tag,
             result=result,
+            attempts={k: a.attempt for k, a in latest.items()},
+            runtimes={k: a.end - a.start for k, a in latest.items() if a.start is not None and a.end is not None},
             error=str(error) if error else None,
             branch=opts.status_branch,
             remote=opts.push,

@@ -177,17 +177,17 @@ def run(manifest_path: Path, array_index: str) -> int:
         _say(f"task {task.key}: command exited with {code}{how} after {took}")
         return code
 
-    from reconciler import outputs
+    from reconciler import markers, validators
 
     try:
-        why = outputs.validate(pdir, task.outputs, _validator(manifest.get("validator")))
+        why = validators.validate(pdir, task.outputs, _validator(manifest.get("validator")))
     except Exception as exc:  # a validator that cannot run is not a valid output either
         why = f"validation failed to run: {exc}"
     if why is not None:
         _say(f"task {task.key}: outputs invalid: {why}")
         return EXIT_INVALID_OUTPUT
     try:
-        marker = outputs.write_marker(pdir, task, attempt=task.attempt, exit_code=0, start=start, end=end, token=token, host=host)
+        marker = markers.write_marker(pdir, task, attempt=task.attempt, exit_code=0, start=start, end=end, token=token, host=host)
     except OSError as exc:
         _say(f"task {task.key}: cannot write completion marker: {exc}")
         return EXIT_IO

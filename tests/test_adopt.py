@@ -26,7 +26,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from reconciler import demo_generator, outputs
+from reconciler import demo_generator, outputs, validators
 
 from .conftest import git
 from .test_loop_local import env_for, reconcile, sent_to_scheduler
@@ -190,8 +190,8 @@ def test_the_half_done_layout_is_what_the_seeds_left(seeds: tuple[Path, Path, di
 
     v = Validator(kind="hdf5", datasets=list(DATASETS))
     for key in VALID:
-        assert outputs.validate(pdir, [str(output_path(pdir, key).relative_to(pdir))], v) is None
-    why = outputs.validate(pdir, [str(output_path(pdir, TRUNCATED[0]).relative_to(pdir))], v)
+        assert validators.validate(pdir, [str(output_path(pdir, key).relative_to(pdir))], v) is None
+    why = validators.validate(pdir, [str(output_path(pdir, TRUNCATED[0]).relative_to(pdir))], v)
     assert why is not None and "not a readable HDF5 file" in why
     for key in MISSING:
         assert not output_path(pdir, key).exists()

@@ -85,13 +85,13 @@ def test_demo_runs_to_completion_with_a_visible_retry(repo: Path, tmp_path: Path
     text = reconcile(repo, env, "status", "demo").stdout
     assert "retried and then completed: 2" in text and "work/productions/demo" in text
     # every output is a valid catalog and carries its marker
-    from reconciler import outputs
+    from reconciler import markers, validators
     from reconciler.spec.load import WorkTree, load
 
     loaded = load(WorkTree(repo), "demo", repo_root=repo)
     tasks = loaded.expansion().tasks
-    assert all(outputs.validate(loaded.production_dir, t.outputs, loaded.spec.task.validator) is None for t in tasks)
-    assert all(outputs.read_marker(loaded.production_dir, t) for t in tasks)
+    assert all(validators.validate(loaded.production_dir, t.outputs, loaded.spec.task.validator) is None for t in tasks)
+    assert all(markers.read_marker(loaded.production_dir, t) for t in tasks)
     assert sent_to_scheduler(tmp_path / "spool") == Counter({t.key: 2 if t.key in FAIL_ONCE else 1 for t in tasks})
     # a pass over the finished production does nothing
     plan = reconcile(repo, env, "plan", "demo")

@@ -1,4 +1,4 @@
-"""Output-tree observation: states from listings alone, markers, validators, partial moves."""
+"""Output-tree observation (states from listings alone, partial moves), markers and validators."""
 
 from __future__ import annotations
 
@@ -13,18 +13,11 @@ import pytest
 
 from reconciler import outputs
 from reconciler.core.states import OutputState
-from reconciler.outputs import (
-    adopted_keys,
-    marker_path,
-    move_partial,
-    observe_outputs,
-    output_dirs,
-    read_marker,
-    validate,
-    write_marker,
-)
+from reconciler.markers import marker_path, read_marker, write_marker
+from reconciler.outputs import move_partial, observe_outputs, output_dirs
 from reconciler.spec.expand import Task
 from reconciler.spec.models import Validator
+from reconciler.validators import validate
 
 FP_A = "a" * 24
 FP_B = "b" * 24
@@ -59,6 +52,11 @@ def produce(pdir: Path, t: Task) -> None:
 
 def mark(pdir: Path, t: Task, **kw: object) -> Path:
     return write_marker(pdir, t, attempt=1, exit_code=0, start=1.0, end=2.0, token="tok", **kw)  # type: ignore[arg-type]
+
+
+def adopted(pdir: Path, tasks: list[Task]) -> set[str]:
+    """Keys the output tree reads as adopted (current-fingerprint marker ``.adopted``, no ``.done``)."""
+    return {k for k, st in observe_outputs(pdir, tasks, EXISTS).items() if st is OutputState.ADOPTED}
 
 
 def test_every_output_state(tmp_path: Path) -> None:
@@ -120,7 +118,7 @@ def test_marked_tree_is_observed_from_listings_alone(tmp_path: Path, monkeypatch
     got = observe_outputs(tmp_path, tasks, HDF5, deep=True)
     assert set(got.values()) == {OutputState.COMPLETE}
     assert len(calls) == 40 == len(set(calls))  # one listing per directory, nothing else
-    assert adopted_keys(tmp_path, tasks) == set()
+    assert OutputState.ADOPTED not in got.values()
 
 
 def test_many_tasks_one_entry_each(tmp_path: Path) -> None:
@@ -176,10 +174,10 @@ def test_adopted_marker(tmp_path: Path) -> None:
     mark(tmp_path, b)
     assert pa.name.endswith(f".{FP_A}.adopted")
     assert observe_outputs(tmp_path, [a, b], EXISTS) == {a.key: OutputState.ADOPTED, b.key: OutputState.COMPLETE}
-    assert adopted_keys(tmp_path, [a, b]) == {a.key}
+    assert adopted(tmp_path, [a, b]) == {a.key}
     assert read_marker(tmp_path, a)["adopted"] is True  # type: ignore[index]
     mark(tmp_path, a)  # a real run supersedes the adoption
-    assert adopted_keys(tmp_path, [a, b]) == set()
+    assert adopted(tmp_path, [a, b]) == set()
     assert not pa.exists()
 
 

@@ -11,9 +11,10 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from reconciler.cli import main
-from reconciler.report import CATEGORIES, heatmap_grid, plots_bytes, write_plots
-from reconciler.results import publish
-from reconciler.status_doc import build_status, files_for, history_line
+from reconciler.results.branch import publish
+from reconciler.results.document import build_status, history_line
+from reconciler.results.layout import files_for
+from reconciler.results.plots import CATEGORIES, heatmap_grid, plots_bytes, write_plots
 
 from .test_results_branch import _children_named_git
 

@@ -10,25 +10,24 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import results
 from reconciler.core.model import Desired, Policy, TaskHistory, TaskObs
 from reconciler.core.states import OutputState, SchedState
-from reconciler.core.status import summarize
+from reconciler.core.summary import summarize
 from reconciler.errors import UsageError
-from reconciler.results import publish, read_branch_file
-from reconciler.status_doc import (
+from reconciler.git_identity import fallback_identity
+from reconciler.results import branch
+from reconciler.results.branch import publish, read_branch_file
+from reconciler.results.document import (
     StatusDoc,
     build_status,
-    builder,
     dumps_status,
     encode_keys,
-    files_for,
     history_line,
     parse_history,
-    render_status_md,
     task_keys,
     task_states,
 )
+from reconciler.results.layout import builder, files_for, render_status_md
 
 from .conftest import git
 
@@ -108,6 +107,22 @@ def test_default_identity_without_user_config(repo: Path, monkeypatch: pytest.Mo
     assert git(repo, "log", "-1", "--format=%an <%ae>|%cn <%ce>", BRANCH).strip() == "reconciler <reconciler@localhost>|reconciler <reconciler@localhost>"
 
 
+def test_fallback_identity_fills_only_what_git_lacks(repo: Path, tmp_path: Path) -> None:
+    """One helper for status commits and production tags: config and environment always win."""
+    empty = tmp_path / "empty.gitconfig"
+    empty.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_AUTHOR_", "GIT_COMMITTER_")) and k != "EMAIL"}
+    env.update(GIT_CONFIG_GLOBAL=str(empty), GIT_CONFIG_NOSYSTEM="1")
+    name = {"GIT_AUTHOR_NAME": "reconciler", "GIT_COMMITTER_NAME": "reconciler"}
+    email = {"GIT_AUTHOR_EMAIL": "reconciler@localhost", "GIT_COMMITTER_EMAIL": "reconciler@localhost"}
+    assert fallback_identity(repo, env) == {**name, **email}
+    assert fallback_identity(repo, {**env, "GIT_COMMITTER_EMAIL": "me@example.org"}) == {**name, "GIT_AUTHOR_EMAIL": "reconciler@localhost"}
+    git(repo, "config", "user.email", "me@example.org")
+    assert fallback_identity(repo, env) == name
+    git(repo, "config", "user.name", "Me")
+    assert fallback_identity(repo, env) == {}
+
+
 @pytest.mark.parametrize("bad", ["-x", "a..b", "has space", "refs/heads/x", "x.lock", ""])
 def test_bad_branch_names_are_refused(repo: Path, bad: str) -> None:
     with pytest.raises(UsageError):
@@ -124,18 +139,18 @@ def test_unsafe_paths_are_refused(repo: Path, bad: str) -> None:
 def test_lost_update_ref_race_is_rebuilt(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another publisher moves the branch between our read and our update-ref: nothing is lost."""
     publish(repo, {"productions/a/status.json": b"a0"}, "a0")
-    real = results._build
+    real = branch._build
     calls = []
 
-    def racing(g: results._Git, base: str | None, files: results.Files, message: str) -> str | None:
+    def racing(g: branch._Git, base: str | None, files: branch.Files, message: str) -> str | None:
         calls.append(base)
         if len(calls) == 1:
-            monkeypatch.setattr(results, "_build", real)
+            monkeypatch.setattr(branch, "_build", real)
             publish(repo, {"productions/b/status.json": b"b"}, "b sneaks in")
-            monkeypatch.setattr(results, "_build", racing)
+            monkeypatch.setattr(branch, "_build", racing)
         return real(g, base, files, message)
 
-    monkeypatch.setattr(results, "_build", racing)
+    monkeypatch.setattr(branch, "_build", racing)
     publish(repo, {"productions/a/status.json": b"a1"}, "a1", backoff=0.01)
     assert _tree(repo) == {"productions/a/status.json": "a1", "productions/b/status.json": "b"}
     assert git(repo, "log", "--format=%s", BRANCH).split() == ["a1", "b", "sneaks", "in", "a0"]
@@ -174,10 +189,10 @@ def test_rejected_push_is_refetched_rebuilt_and_retried(clones: tuple[Path, Path
     """Clone b reads the remote, then clone a pushes before b does: b's push is rejected, b rebuilds."""
     bare, a, b = clones
     publish(a, {"productions/a/status.json": b"a0"}, "a0", remote="origin")
-    real_run = results._Git.run
+    real_run = branch._Git.run
     pushes: list[tuple[str, int]] = []
 
-    def run(self: results._Git, *args: str, **kw: object) -> object:
+    def run(self: branch._Git, *args: str, **kw: object) -> object:
         if args and args[0] == "push" and self.repo == b and not pushes:
             publish(a, {"productions/a/status.json": b"a1"}, "a1", remote="origin")  # a wins the race
         proc = real_run(self, *args, **kw)  # type: ignore[arg-type]
@@ -185,7 +200,7 @@ def test_rejected_push_is_refetched_rebuilt_and_retried(clones: tuple[Path, Path
             pushes.append((self.repo.name, proc.returncode))
         return proc
 
-    monkeypatch.setattr(results._Git, "run", run)
+    monkeypatch.setattr(branch._Git, "run", run)
     sb = publish(b, {"productions/b/status.json": b"b"}, "b", remote="origin", backoff=0.01)
     assert ("b", 1) in pushes and pushes[-1] == ("b", 0)
     assert _tree(bare) == {"productions/a/status.json": "a1", "productions/b/status.json": "b"}
@@ -202,7 +217,7 @@ def test_two_clones_publishing_concurrently_lose_nothing(clones: tuple[Path, Pat
     def worker(clone: Path, name: str) -> None:
         try:
             for i in range(6):
-                files: Callable[[results.BranchView], dict[str, bytes | None]] = lambda view, i=i: {  # noqa: E731
+                files: Callable[[branch.BranchView], dict[str, bytes | None]] = lambda view, i=i: {  # noqa: E731
                     f"productions/{name}/status.json": f"{name}{i}".encode(),
                     f"productions/{name}/history.jsonl": (view.read(f"productions/{name}/history.jsonl") or b"") + f"{i}\n".encode(),
                     "STATUS.md": ("\n".join(sorted(set(view.list("productions")) | {name})) + "\n").encode(),
@@ -264,6 +279,10 @@ def test_status_doc_round_trip_and_compact_tasks() -> None:
     doc = build_status(summary, production="demo", version="v1.0", tag="production/demo_v1.0_x", commit="c" * 40, ref="HEAD", machine="local", now=1_700_000_000.0, keys=keys, attempts={keys[0]: 1}, runtimes={keys[0]: 12.345, keys[1]: 3600.4})
     StatusDoc.model_validate(doc)
     assert doc["counts"]["failed"] == 4 and doc["total"] == 12 and doc["updated"] == "2023-11-14T22:13:20+00:00"
+    # state words and codes are part of the published format (TaskState and TaskState.code)
+    assert list(doc["counts"]) == ["complete", "adopted", "running", "queued", "retrying", "failed", "stale", "missing"]
+    assert doc["tasks"]["legend"] == {"C": "complete", "A": "adopted", "R": "running", "Q": "queued", "T": "retrying", "F": "failed", "S": "stale", "M": "missing", "?": "unknown"}
+    assert all(type(v) is str for v in summary["states"].values())
     assert task_keys(doc["tasks"]) == keys and doc["tasks"]["keys"] is None  # stored as a grid
     assert task_states(doc["tasks"]) == [summary["states"][k] for k in keys]
     assert doc["tasks"]["attempts"][:2] == [1, None] and doc["tasks"]["runtime_s"][:3] == [12.3, 3600, None]

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.outputs import marker_path, observe_outputs, read_marker
+from reconciler.markers import marker_path, read_marker
+from reconciler.outputs import observe_outputs
 from reconciler.spec.expand import Task
 from reconciler.spec.models import Validator
 
@@ -206,6 +207,6 @@ def test_unknown_validator_in_the_manifest_is_invalid_output(tmp_path: Path) -> 
 def test_wrapper_starts_without_pydantic_or_h5py() -> None:
     """The wrapper starts once per task (40,000 times a production): pydantic alone would
     add ~0.25 s to each start, h5py ~0.2 s when the validator does not need it."""
-    code = "import sys, reconciler.wrapper, reconciler.outputs; print(sorted(m for m in ('pydantic', 'h5py', 'numpy', 'ruamel') if m in sys.modules))"
+    code = "import sys, reconciler.wrapper, reconciler.outputs, reconciler.markers, reconciler.validators; print(sorted(m for m in ('pydantic', 'h5py', 'numpy', 'ruamel') if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"

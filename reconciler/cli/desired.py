@@ -12,10 +12,19 @@ from reconciler import gitops
 from reconciler.cli.options import add_source, options
 from reconciler.cli.render import emit
 from reconciler.errors import EXIT_INVALID, EXIT_OK, ConfigError
-from reconciler.schema import write_schemas
 from reconciler.production_dir import init_production_dir
+from reconciler.schema import write_schemas
 from reconciler.session import load_desired
-from reconciler.spec.load import DEFAULTS_DIR, PRODUCTIONS_DIR, WorkTree, list_names, load, load_defaults, load_file, provenance
+from reconciler.spec.load import (
+    DEFAULTS_DIR,
+    PRODUCTIONS_DIR,
+    WorkTree,
+    list_names,
+    load,
+    load_defaults,
+    load_file,
+    provenance,
+)
 
 EXAMPLES = {
     "validate": "reconcile validate                      # every production and defaults file\n  reconcile validate productions/alpha.yaml --machine nersc",

@@ -17,7 +17,7 @@ from reconciler.core.model import Desired, Limits, Policy, TaskObs
 from reconciler.core.plan import SENDS, ActionKind, Plan
 from reconciler.core.planner import Overlay, plan, settle
 from reconciler.core.states import OutputState, SchedState
-from reconciler.core.status import summarize
+from reconciler.core.summary import summarize
 from reconciler.engine.apply import Actor
 from reconciler.engine.observe import DiskOutputs, Observed, Observer, OutputTree
 from reconciler.ledger import Ledger

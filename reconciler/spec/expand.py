@@ -59,9 +59,6 @@ class Expansion:
     def by_key(self) -> dict[str, Task]:
         return {t.key: t for t in self.tasks}
 
-    def batch_of(self, task: Task) -> int:
-        return task.index // self.batch_size
-
 
 class TemplateError(ValueError):
     """A template problem; ``field`` says which template."""
@@ -159,9 +156,6 @@ class Renderer:
         values["production_dir"] = production_dir
         return values
 
-    def outputs(self, params: tuple[Any, ...], index: int, key: str) -> tuple[str, ...]:
-        return self._outputs(self._values(params, index, key, SYMBOLIC_DIR), key)
-
     def _outputs(self, values: dict[str, Any], key: str) -> tuple[str, ...]:
         try:
             return tuple([t.format_map(values) for t in self.output_templates])
@@ -248,11 +242,6 @@ class Renderer:
         exec(compile(code, "<reconciler.spec.expand: compiled templates>", "exec"), ns)  # noqa: S102
         return ns["render"]
 
-    def fingerprint(self, argv_symbolic: tuple[str, ...]) -> str:
-        h = self._hash_base.copy()
-        h.update("\0".join(argv_symbolic).encode())
-        return h.hexdigest()
-
 
 def task_key(axes: tuple[str, ...], params: tuple[Any, ...]) -> str:
     parts = [f"r{params[0]:04d}", f"z{params[1]:.3f}"]
@@ -326,7 +315,8 @@ def _expand(prod: Production) -> Expansion:
     fast = renderer.compiled()
     hash_base = renderer._hash_base
     bad_chars = _BAD_CHARS.search
-    for params in product(realizations, redshifts, *extra):
+    grid: Iterator[tuple[Any, ...]] = product(realizations, redshifts, *extra)  # Task.params, in index order
+    for params in grid:
         index += 1
         key = f"{rtext[params[0]]}/{ztext[params[1]]}" if fast_key else task_key(axes, params)
         if key in seen:
@@ -349,7 +339,7 @@ def _expand(prod: Production) -> Expansion:
                     raise TemplateError("task.outputs", f"output path {rel!r} of task {key} {why}", "outputs are relative to the production directory and stay inside it")
         if fast is None:
             argv = renderer._argv(values, key, SYMBOLIC_DIR, outputs)
-        h = hash_base.copy()  # renderer.fingerprint(argv), inline
+        h = hash_base.copy()  # fingerprint: hash of the static parts, then of the symbolic argv
         h.update("\0".join(argv).encode())
         tasks.append(Task(index, key, params, outputs, h.hexdigest()))
     return Expansion(prod.production.name, axes, tuple(tasks), tuple(excluded), index + 1, prod.execution.batch_size)

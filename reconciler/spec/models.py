@@ -73,9 +73,9 @@ class Exclusion(Strict):
 
 
 class Realizations(Strict):
-    start: int = Field(0, ge=0)
-    count: int = Field(1, ge=0, le=10_000_000)
-    step: int = Field(1, ge=1)
+    start: int = Field(default=0, ge=0)
+    count: int = Field(default=1, ge=0, le=10_000_000)
+    step: int = Field(default=1, ge=1)
     include: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     exclude: list[Exclusion] = Field(default_factory=list)
 
@@ -99,24 +99,17 @@ class Science(Strict):
 
 
 class RetryPolicy(Strict):
-    max_retries: int = Field(3, ge=0, le=100)
-    backoff_multiplier: float = Field(2.0, ge=1.0, le=100.0)
-    initial_delay_minutes: float = Field(10.0, ge=0.0)
-    max_delay_minutes: float = Field(24 * 60.0, ge=0.0)
-
-    def delay_seconds(self, failures: int) -> float:
-        """Backoff before attempt ``failures + 1``: initial * multiplier**(failures-1), capped."""
-        if failures <= 0:
-            return 0.0
-        raw = self.initial_delay_minutes * self.backoff_multiplier ** min(failures - 1, 60)
-        return 60.0 * min(raw, self.max_delay_minutes)
+    max_retries: int = Field(default=3, ge=0, le=100)
+    backoff_multiplier: float = Field(default=2.0, ge=1.0, le=100.0)
+    initial_delay_minutes: float = Field(default=10.0, ge=0.0)
+    max_delay_minutes: float = Field(default=24 * 60.0, ge=0.0)
 
 
 class Execution(Strict):
     job_type: Name | None = None
-    batch_size: int = Field(100, ge=1, le=1_000_000)
-    timeout_hours: float = Field(1.0, gt=0, le=24 * 365)
-    array_throttle: int | None = Field(None, ge=1, le=1_000_000)
+    batch_size: int = Field(default=100, ge=1, le=1_000_000)
+    timeout_hours: float = Field(default=1.0, gt=0, le=24 * 365)
+    array_throttle: int | None = Field(default=None, ge=1, le=1_000_000)
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     prune: bool = False
     rerun_on_change: bool = False
@@ -128,15 +121,15 @@ class Resources(Strict):
     partition: SlurmValue | None = None
     qos: SlurmValue | None = None
     constraint: SlurmValue | None = None
-    nodes_per_job: int | None = Field(None, ge=1, le=100_000)
-    tasks_per_node: int | None = Field(None, ge=1, le=100_000)
-    cpus_per_task: int | None = Field(None, ge=1, le=100_000)
-    memory_gb: float | None = Field(None, gt=0, le=1_000_000)
-    gpus_per_node: int | None = Field(None, ge=0, le=1024)
+    nodes_per_job: int | None = Field(default=None, ge=1, le=100_000)
+    tasks_per_node: int | None = Field(default=None, ge=1, le=100_000)
+    cpus_per_task: int | None = Field(default=None, ge=1, le=100_000)
+    memory_gb: float | None = Field(default=None, gt=0, le=1_000_000)
+    gpus_per_node: int | None = Field(default=None, ge=0, le=1024)
 
 
 class CleanupPolicy(Strict):
-    keep_logs_days: int = Field(90, ge=0)
+    keep_logs_days: int = Field(default=90, ge=0)
     keep_intermediate: bool = False
     archive_completed: bool = False
 
@@ -194,14 +187,14 @@ class JobTypeOverride(Strict):
     partition: SlurmValue | None = None
     qos: SlurmValue | None = None
     constraint: SlurmValue | None = None
-    nodes_per_job: int | None = Field(None, ge=1)
-    tasks_per_node: int | None = Field(None, ge=1)
-    cpus_per_task: int | None = Field(None, ge=1)
-    memory_gb: float | None = Field(None, gt=0)
-    gpus_per_node: int | None = Field(None, ge=0)
-    timeout_hours: float | None = Field(None, gt=0)
-    batch_size: int | None = Field(None, ge=1)
-    array_throttle: int | None = Field(None, ge=1)
+    nodes_per_job: int | None = Field(default=None, ge=1)
+    tasks_per_node: int | None = Field(default=None, ge=1)
+    cpus_per_task: int | None = Field(default=None, ge=1)
+    memory_gb: float | None = Field(default=None, gt=0)
+    gpus_per_node: int | None = Field(default=None, ge=0)
+    timeout_hours: float | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(default=None, ge=1)
+    array_throttle: int | None = Field(default=None, ge=1)
 
 
 EXECUTION_KEYS = frozenset({"timeout_hours", "batch_size", "array_throttle"})
@@ -212,9 +205,9 @@ class Machine(Strict):
 
     name: Name
     scheduler: Literal["local", "slurm", "pyslurm", "auto"] = "local"
-    max_array_size: int = Field(1001, ge=1, description="Slurm MaxArraySize: array indices < this")
-    max_queued_tasks: int = Field(5000, ge=1, description="every array task counts, as in MaxSubmitJobs")
-    local_slots: int | None = Field(None, ge=1, description="local backend: concurrent tasks (default: cores)")
+    max_array_size: int = Field(default=1001, ge=1, description="Slurm MaxArraySize: array indices < this")
+    max_queued_tasks: int = Field(default=5000, ge=1, description="every array task counts, as in MaxSubmitJobs")
+    local_slots: int | None = Field(default=None, ge=1, description="local backend: concurrent tasks (default: cores)")
 
 
 class MachineDefaults(Strict):

@@ -147,7 +147,7 @@ class _Builder:
     def build(self, node: Node, path: Path) -> Any:
         self.doc.marks.setdefault(path, self._mark(node))
         if node.tag not in _ALLOWED_TAGS:
-            self._problem(node, path, f"tag {node.tag.replace(_STD, '!!')} is not allowed", "only plain YAML types (strings, numbers, booleans, lists, mappings)")
+            self._problem(node, path, f"tag {str(node.tag).replace(_STD, '!!')} is not allowed", "only plain YAML types (strings, numbers, booleans, lists, mappings)")
             return None
         if isinstance(node, MappingNode):
             out: dict[str, Any] = {}

@@ -29,10 +29,10 @@ from pathlib import Path, PurePosixPath
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from reconciler.errors import TransientError, UsageError
+from reconciler.git_identity import fallback_identity
 
 DEFAULT_BRANCH = "reconciler/status"
 ZERO = "0" * 40
-DEFAULT_USER = ("reconciler", "reconciler@localhost")
 FETCH_NS = "refs/reconciler/fetched/"
 """Private namespace the remote branch is fetched into (not refs/remotes: ``remote`` may be a URL)."""
 
@@ -88,7 +88,7 @@ class _GitFailed(TransientError):
 
 
 class BranchView:
-    """Read access to one commit's tree (a ``status_doc.BranchReader``); empty when ``commit`` is None."""
+    """Read access to one commit's tree (a ``layout.BranchReader``); empty when ``commit`` is None."""
 
     def __init__(self, g: _Git, commit: str | None) -> None:
         self._g = g
@@ -141,11 +141,7 @@ def check_path(path: str) -> str:
 def _environment(repo: Path) -> dict[str, str]:
     """os.environ plus a default identity when neither the repo config nor the environment has one."""
     env = {k: v for k, v in os.environ.items() if k not in ("GIT_INDEX_FILE", "GIT_DIR", "GIT_WORK_TREE")}
-    cfg = _Git(repo, env)
-    for kind, default in zip(("name", "email"), DEFAULT_USER, strict=True):
-        if cfg.run("config", f"user.{kind}", check=False).returncode != 0:
-            env.setdefault(f"GIT_AUTHOR_{kind.upper()}", default)
-            env.setdefault(f"GIT_COMMITTER_{kind.upper()}", default)
+    env.update(fallback_identity(repo, env))
     return env
 
 

@@ -21,9 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.errors import UsageError
-from reconciler.status_doc import task_keys, task_states
-
-PLOTS = ("progress.png", "heatmap.png", "runtimes.png")
+from reconciler.results.document import task_keys, task_states
 
 # Heatmap categories, worst first: a cell with several tasks (extra axes) shows its worst one.
 CATEGORIES: tuple[tuple[str, str], ...] = (

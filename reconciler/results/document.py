@@ -1,60 +1,42 @@
-"""The status document a pass publishes on the results branch, its history lines, and STATUS.md.
+"""The status document a pass publishes on the results branch, and its history lines.
 
-Layout on the results branch (paths relative to the branch root)::
-
-    STATUS.md                              one table over every production on the branch
-    productions/<name>/status.json         this module's StatusDoc, rewritten every pass
-    productions/<name>/history.jsonl       one line per pass: time, counts, actions taken
-    productions/<name>/progress.png ...    pictures from reconciler.report, when available
+``productions/<name>/status.json`` (``reconciler.results.layout`` says where everything goes)
+is this module's StatusDoc, rewritten every pass; ``history.jsonl`` gets one
+``history_line`` per pass.
 
 Why a document of its own instead of dumping ``summarize()``: the status of a 40,000-task
 production is read by people (STATUS.md), by scripts (JSON Schema in schemas/) and by the
-report pictures, and it is committed every pass, so it must be stable, versioned and small.
-Per-task data therefore travels as compact parallel arrays (one character per task state,
-keys factored into their axes) rather than as 40,000 objects. Nothing from the environment
-and no credential ever goes into it: only the summary, the desired-state identity and the
-machine name.
+pictures (``reconciler.results.plots``), and it is committed every pass, so it must be stable,
+versioned and small. Per-task data therefore travels as compact parallel arrays (one
+character per task state, keys factored into their axes) rather than as 40,000 objects.
+Nothing from the environment and no credential ever goes into it: only the summary, the
+desired-state identity and the machine name.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from itertools import product
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler import __version__
-from reconciler.core.status import STATES
+from reconciler.core.states import UNKNOWN_CODE, TaskState
 
 SCHEMA_VERSION = 1
-STATUS_FILE = "status.json"
-HISTORY_FILE = "history.jsonl"
-STATUS_MD = "STATUS.md"
-PRODUCTIONS = "productions"
 
-# One character per state: a 40,000-task production costs 40 kB, and the string diffs well.
-LEGEND: dict[str, str] = {
-    "C": "complete",
-    "A": "adopted",
-    "R": "running",
-    "Q": "queued",
-    "T": "retrying",
-    "F": "failed",
-    "S": "stale",
-    "M": "missing",
-    "?": "unknown",
-}
-CODE = {state: code for code, state in LEGEND.items()}
-assert set(STATES) <= set(CODE), "every summarize() state needs a code"
+UNKNOWN = "unknown"
+"""The state of a task whose code a reader does not know (written by a newer reconciler)."""
+LEGEND: dict[str, str] = {s.code: s.value for s in TaskState} | {UNKNOWN_CODE: UNKNOWN}
+"""State code -> state, as every status.json carries it (TaskState.code: one character per task)."""
+_CODE = {s.value: s.code for s in TaskState}
 
 MAX_LISTED = 1000
 """Failures and stale keys listed by name at most; the per-task codes hold the rest."""
-MAX_HISTORY_LINES = 20_000
-"""history.jsonl keeps this many passes (two weeks at one pass a minute): it is rewritten each pass."""
 
 
 class _Doc(BaseModel):
@@ -95,8 +77,8 @@ class TaskTable(_Doc):
 
     legend: dict[str, str] = Field(default_factory=lambda: dict(LEGEND), description="state code -> state")
     states: str = Field(description="one legend code per task, in task index order")
-    keys: list[str] | None = Field(None, description="task keys, when they are not a grid")
-    grid: list[list[str]] | None = Field(None, description="distinct key parts per position; keys are their product minus holes")
+    keys: list[str] | None = Field(default=None, description="task keys, when they are not a grid")
+    grid: list[list[str]] | None = Field(default=None, description="distinct key parts per position; keys are their product minus holes")
     holes: list[int] = Field(default_factory=list, description="positions in the grid product that are not tasks")
     attempts: list[int | None] = Field(default_factory=list, description="submissions per task; null when unknown")
     runtime_s: list[int | float | None] = Field(default_factory=list, description="run time of the latest attempt in seconds; null when unknown")
@@ -117,7 +99,7 @@ class StatusDoc(_Doc):
     counts: dict[str, int] = Field(description="tasks per state")
     total: int
     progress: float = Field(description="(complete + adopted) / total")
-    success_rate: float | None = Field(None, description="done / (done + failed); null before anything finished")
+    success_rate: float | None = Field(default=None, description="done / (done + failed); null before anything finished")
     done: bool
     failures: list[Failure] = Field(default_factory=list)
     failures_omitted: int = 0
@@ -127,6 +109,7 @@ class StatusDoc(_Doc):
     stale_omitted: int = 0
     adopted: int = 0
     plots: list[str] = Field(default_factory=list, description="picture files next to this one, e.g. progress.png")
+    error: str | None = Field(default=None, description="why the latest pass failed, the counts being those of the last pass that did not; null when it succeeded")
     tasks: TaskTable
 
 
@@ -179,13 +162,13 @@ def task_keys(tasks: Mapping[str, Any]) -> list[str]:
 def task_states(tasks: Mapping[str, Any]) -> list[str]:
     """Per-task state names, in task order."""
     legend = tasks.get("legend") or LEGEND
-    return [legend.get(c, "unknown") for c in tasks.get("states", "")]
+    return [legend.get(c, UNKNOWN) for c in tasks.get("states", "")]
 
 
 # ---------------------------------------------------------------- building
 
 
-def _iso(now: float) -> str:
+def iso_time(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds")
 
 
@@ -223,10 +206,11 @@ def build_status(
     runtimes = runtimes or {}
     counts = {s: int(n) for s, n in summary.get("counts", {}).items()}
     failures = list(summary.get("failures", []))
-    stale = [k for k in order if states.get(k) == "stale"]
+    stale_word = TaskState.STALE.value
+    stale = [k for k in order if states.get(k) == stale_word]
     table = {
         "legend": dict(LEGEND),
-        "states": "".join(CODE.get(states.get(k, "unknown"), "?") for k in order),
+        "states": "".join(_CODE.get(states.get(k, UNKNOWN), UNKNOWN_CODE) for k in order),
         **encode_keys(order),
         "attempts": [attempts.get(k) for k in order],
         "runtime_s": [_runtime(runtimes.get(k)) for k in order],
@@ -239,7 +223,7 @@ def build_status(
         ref=ref,
         machine=machine,
         reconciler_version=__version__,
-        updated=_iso(now),
+        updated=iso_time(now),
         counts=counts,
         total=int(summary.get("total", len(order))),
         progress=float(summary.get("progress", 0.0)),
@@ -254,7 +238,7 @@ def build_status(
         excluded=[ExcludedTask(**e) for e in summary.get("excluded", [])],
         stale=stale[:MAX_LISTED],
         stale_omitted=max(0, len(stale) - MAX_LISTED),
-        adopted=counts.get("adopted", 0),
+        adopted=counts.get(TaskState.ADOPTED, 0),
         plots=list(plots),
         tasks=TaskTable(**table),
     )
@@ -264,7 +248,7 @@ def build_status(
 def history_line(summary: Mapping[str, Any], actions: Mapping[str, int], now: float) -> dict[str, Any]:
     """One line of history.jsonl: when, how many tasks in each state, what the pass did."""
     return {
-        "time": _iso(now),
+        "time": iso_time(now),
         "t": round(now, 3),
         "total": int(summary.get("total", 0)),
         "counts": {s: int(n) for s, n in summary.get("counts", {}).items()},
@@ -294,131 +278,3 @@ def parse_history(data: bytes | None) -> list[dict[str, Any]]:
         if isinstance(line, dict):
             out.append(line)
     return out
-
-
-# ---------------------------------------------------------------- STATUS.md
-
-
-def _md(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
-
-
-def render_status_md(statuses: Sequence[Mapping[str, Any]], plots: Mapping[str, str]) -> str:
-    """The top-level STATUS.md: one row per production, then each production's progress picture.
-
-    ``plots`` maps a production name to the branch-relative path of its progress picture
-    (productions without one get no image).
-    """
-    rows = sorted(statuses, key=lambda s: str(s.get("production", "")))
-    lines = [
-        "# Production status",
-        "",
-        "Written by the reconciler on every pass; do not edit (the next pass overwrites it).",
-        "",
-        "| production | version | progress | complete / total | failed | running | queued | last pass | details |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
-    ]
-    for s in rows:
-        name = str(s.get("production", "?"))
-        counts = s.get("counts") or {}
-        complete = int(counts.get("complete", 0)) + int(counts.get("adopted", 0))
-        total = int(s.get("total", 0))
-        pct = 100.0 * float(s.get("progress", 0.0))
-        mark = " (done)" if s.get("done") else ""
-        links = [f"[status.json]({PRODUCTIONS}/{name}/{STATUS_FILE})"]
-        if name in plots:
-            links.append(f"[progress]({plots[name]})")
-        lines.append(
-            f"| {_md(name)} | {_md(s.get('version', ''))} | {pct:.1f}%{mark} | {complete} / {total} | "
-            f"{int(counts.get('failed', 0))} | {int(counts.get('running', 0))} | {int(counts.get('queued', 0))} | "
-            f"{_md(s.get('updated', ''))} | {' · '.join(links)} |"
-        )
-    if not rows:
-        lines.append("| (no productions yet) | | | | | | | | |")
-    for s in rows:
-        name = str(s.get("production", "?"))
-        if name in plots:
-            lines += ["", f"## {_md(name)}", "", f"![progress of {_md(name)}]({plots[name]})"]
-    return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------- files on the branch
-
-
-class BranchReader(Protocol):
-    """Read access to the results branch tree a commit is being built on."""
-
-    def read(self, path: str) -> bytes | None: ...
-
-    def list(self, directory: str) -> list[str]: ...
-
-
-def status_path(name: str, file: str = STATUS_FILE) -> str:
-    return f"{PRODUCTIONS}/{name}/{file}"
-
-
-def files_for(
-    status: Mapping[str, Any],
-    history_jsonl_prev: bytes | None,
-    line: Mapping[str, Any] | None,
-    other_statuses: Sequence[Mapping[str, Any]],
-    plots: Mapping[str, bytes],
-    *,
-    max_history: int = MAX_HISTORY_LINES,
-) -> dict[str, bytes]:
-    """The files one production publishes: its status.json, history.jsonl (+ ``line``), plots, STATUS.md.
-
-    ``other_statuses`` are the status documents of the other productions already on the
-    branch (STATUS.md covers them all); a document of this production among them is ignored.
-    ``max_history`` keeps history.jsonl bounded, dropping the oldest lines.
-    """
-    name = str(status["production"])
-    doc = dict(status)
-    doc["plots"] = sorted(set(doc.get("plots") or ()) | set(plots))
-    out: dict[str, bytes] = {status_path(name): dumps_status(doc)}
-    if line is not None:
-        prev = (history_jsonl_prev or b"").splitlines()
-        prev = [ln for ln in prev if ln.strip()]
-        prev.append(json.dumps(dict(line), sort_keys=True, separators=(",", ":")).encode())
-        out[status_path(name, HISTORY_FILE)] = b"\n".join(prev[-max_history:]) + b"\n"
-    for fname, data in plots.items():
-        out[status_path(name, fname)] = data
-    everyone = [s for s in other_statuses if s.get("production") != name] + [doc]
-    links = {str(s["production"]): status_path(str(s["production"]), "progress.png") for s in everyone if "progress.png" in (s.get("plots") or ())}
-    out[STATUS_MD] = render_status_md(everyone, links).encode()
-    return out
-
-
-def read_statuses(branch: BranchReader) -> list[dict[str, Any]]:
-    """Every production's status document on the branch (unreadable ones are skipped)."""
-    out = []
-    for name in branch.list(PRODUCTIONS):
-        data = branch.read(status_path(name))
-        if data is None:
-            continue
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and doc.get("production") == name:
-            out.append(doc)
-    return out
-
-
-def builder(
-    status: Mapping[str, Any],
-    line: Mapping[str, Any] | None,
-    plots: Mapping[str, bytes] | None = None,
-) -> Callable[[BranchReader], dict[str, bytes]]:
-    """A file builder for ``results.publish``: recomputed on whatever tree the commit lands on.
-
-    History is appended to, and STATUS.md rebuilt from, the branch as it is when the commit
-    is made (after a fetch or a lost race), so a concurrent publisher is never overwritten.
-    """
-    name = str(status["production"])
-
-    def build(branch: BranchReader) -> dict[str, bytes]:
-        prev = branch.read(status_path(name, HISTORY_FILE))
-        return files_for(status, prev, line, read_statuses(branch), plots or {})
-
-    return build

@@ -1,0 +1,144 @@
+"""Completion markers: their names, and writing and reading them.
+
+A task is complete when its outputs are present *and* a completion marker carrying the
+task's fingerprint sits beside its first output. The fingerprint is in the marker's *name*
+(``.<output>.<fingerprint>.done``, or ``.adopted`` for outputs adopted from an earlier
+system), so one directory listing answers complete / stale / unmarked / missing for every
+task in that directory (``reconciler.outputs`` does that).
+
+The task wrapper writes markers on compute nodes, once per task, so this module imports
+nothing but the standard library and ``reconciler.atomic``: it must start fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Protocol
+
+from reconciler.atomic import atomic_write
+
+DONE = "done"
+ADOPTED = "adopted"
+_HEX = frozenset("0123456789abcdef")
+
+
+class TaskLike(Protocol):
+    """What markers and the output tree need of a task (reconciler.spec.expand.Task satisfies it)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def outputs(self) -> tuple[str, ...]: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+
+def _split(rel: str) -> tuple[str, str]:
+    """``"a/b/c.h5"`` -> ``("a/b", "c.h5")``; string ops, because this runs 10^5 times a pass."""
+    head, _sep, tail = rel.rpartition("/")
+    return head, tail
+
+
+def _marker_name(base: str, fingerprint: str, adopted: bool) -> str:
+    return f".{base}.{fingerprint}.{ADOPTED if adopted else DONE}"
+
+
+def parse_marker_name(name: str) -> tuple[str, str, str] | None:
+    """``".c.h5.<fp>.done"`` -> ``("c.h5", fp, "done")``; None for any other name."""
+    if not name.startswith("."):
+        return None
+    if name.endswith("." + DONE):
+        kind = DONE
+    elif name.endswith("." + ADOPTED):
+        kind = ADOPTED
+    else:
+        return None
+    stem = name[1 : -len(kind) - 1]
+    base, sep, fp = stem.rpartition(".")
+    if not sep or not base or not fp or not set(fp) <= _HEX:
+        return None
+    return base, fp, kind
+
+
+def marker_path(production_dir: Path, task: TaskLike, adopted: bool = False) -> Path:
+    """Where the task's completion marker lives: beside its first output."""
+    head, base = _split(task.outputs[0])
+    return production_dir / head / _marker_name(base, task.fingerprint, adopted)
+
+
+def _task_markers(directory: Path, base: str) -> list[Path]:
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        parsed = parse_marker_name(name)
+        if parsed is not None and parsed[0] == base:
+            out.append(directory / name)
+    return out
+
+
+def write_marker(
+    production_dir: Path,
+    task: TaskLike,
+    *,
+    attempt: int,
+    exit_code: int,
+    start: float,
+    end: float,
+    token: str = "",
+    adopted: bool = False,
+    host: str | None = None,
+) -> Path:
+    """Certify the task complete (atomically), then drop its markers of other fingerprints.
+
+    The new marker is in place before the old ones go, so a crash in between leaves a tree
+    that still reads COMPLETE. Any other marker of the same output is removed, including one
+    of the same fingerprint but the other kind, so a task never reads both adopted and done.
+    """
+    path = marker_path(production_dir, task, adopted)
+    doc: dict[str, Any] = {
+        "key": task.key,
+        "index": task.index,
+        "fingerprint": task.fingerprint,
+        "attempt": attempt,
+        "exit_code": exit_code,
+        "start": start,
+        "end": end,
+        "host": host if host is not None else socket.gethostname(),
+        "token": token,
+        "adopted": adopted,
+    }
+    atomic_write(path, json.dumps(doc, sort_keys=True) + "\n")
+    for other in _task_markers(path.parent, _split(task.outputs[0])[1]):
+        if other.name != path.name:
+            try:
+                other.unlink()
+            except FileNotFoundError:
+                pass
+    return path
+
+
+def read_marker(production_dir: Path, task: TaskLike) -> dict[str, Any] | None:
+    """The marker with the task's current fingerprint (.done preferred), or None."""
+    for adopted in (False, True):
+        try:
+            text = marker_path(production_dir, task, adopted).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            # The name already certifies completion; an unreadable body carries no more news.
+            return {}
+        return doc if isinstance(doc, dict) else {}
+    return None

@@ -1,0 +1,156 @@
+"""Where status lives on the results branch, and the files one production publishes there.
+
+Layout on the results branch (paths relative to the branch root)::
+
+    STATUS.md                              one table over every production on the branch
+    productions/<name>/status.json         the StatusDoc (reconciler.results.document), rewritten every pass
+    productions/<name>/history.jsonl       one line per pass: time, counts, actions taken
+    productions/<name>/progress.png ...    pictures from reconciler.results.plots, when available
+
+``builder`` gives ``reconciler.results.branch.publish`` the files of one production,
+recomputed from whatever tree the commit lands on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from reconciler.results.document import dumps_status
+
+STATUS_FILE = "status.json"
+HISTORY_FILE = "history.jsonl"
+STATUS_MD = "STATUS.md"
+PRODUCTIONS = "productions"
+
+MAX_HISTORY_LINES = 20_000
+"""history.jsonl keeps this many passes (two weeks at one pass a minute): it is rewritten each pass."""
+
+
+# ---------------------------------------------------------------- STATUS.md
+
+
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
+
+
+def render_status_md(statuses: Sequence[Mapping[str, Any]], plots: Mapping[str, str]) -> str:
+    """The top-level STATUS.md: one row per production, then each production's progress picture.
+
+    ``plots`` maps a production name to the branch-relative path of its progress picture
+    (productions without one get no image).
+    """
+    rows = sorted(statuses, key=lambda s: str(s.get("production", "")))
+    lines = [
+        "# Production status",
+        "",
+        "Written by the reconciler on every pass; do not edit (the next pass overwrites it).",
+        "",
+        "| production | version | progress | complete / total | failed | running | queued | last pass | details |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for s in rows:
+        name = str(s.get("production", "?"))
+        counts = s.get("counts") or {}
+        complete = int(counts.get("complete", 0)) + int(counts.get("adopted", 0))
+        total = int(s.get("total", 0))
+        pct = 100.0 * float(s.get("progress", 0.0))
+        mark = " (done)" if s.get("done") else ""
+        links = [f"[status.json]({PRODUCTIONS}/{name}/{STATUS_FILE})"]
+        if name in plots:
+            links.append(f"[progress]({plots[name]})")
+        lines.append(
+            f"| {_md(name)} | {_md(s.get('version', ''))} | {pct:.1f}%{mark} | {complete} / {total} | "
+            f"{int(counts.get('failed', 0))} | {int(counts.get('running', 0))} | {int(counts.get('queued', 0))} | "
+            f"{_md(s.get('updated', ''))} | {' · '.join(links)} |"
+        )
+    if not rows:
+        lines.append("| (no productions yet) | | | | | | | | |")
+    for s in rows:
+        name = str(s.get("production", "?"))
+        if name in plots:
+            lines += ["", f"## {_md(name)}", "", f"![progress of {_md(name)}]({plots[name]})"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- files on the branch
+
+
+class BranchReader(Protocol):
+    """Read access to the results branch tree a commit is being built on."""
+
+    def read(self, path: str) -> bytes | None: ...
+
+    def list(self, directory: str) -> list[str]: ...
+
+
+def status_path(name: str, file: str = STATUS_FILE) -> str:
+    return f"{PRODUCTIONS}/{name}/{file}"
+
+
+def files_for(
+    status: Mapping[str, Any],
+    history_jsonl_prev: bytes | None,
+    line: Mapping[str, Any] | None,
+    other_statuses: Sequence[Mapping[str, Any]],
+    plots: Mapping[str, bytes],
+    *,
+    max_history: int = MAX_HISTORY_LINES,
+) -> dict[str, bytes]:
+    """The files one production publishes: its status.json, history.jsonl (+ ``line``), plots, STATUS.md.
+
+    ``other_statuses`` are the status documents of the other productions already on the
+    branch (STATUS.md covers them all); a document of this production among them is ignored.
+    ``max_history`` keeps history.jsonl bounded, dropping the oldest lines.
+    """
+    name = str(status["production"])
+    doc = dict(status)
+    doc["plots"] = sorted(set(doc.get("plots") or ()) | set(plots))
+    out: dict[str, bytes] = {status_path(name): dumps_status(doc)}
+    if line is not None:
+        prev = (history_jsonl_prev or b"").splitlines()
+        prev = [ln for ln in prev if ln.strip()]
+        prev.append(json.dumps(dict(line), sort_keys=True, separators=(",", ":")).encode())
+        out[status_path(name, HISTORY_FILE)] = b"\n".join(prev[-max_history:]) + b"\n"
+    for fname, data in plots.items():
+        out[status_path(name, fname)] = data
+    everyone = [s for s in other_statuses if s.get("production") != name] + [doc]
+    links = {str(s["production"]): status_path(str(s["production"]), "progress.png") for s in everyone if "progress.png" in (s.get("plots") or ())}
+    out[STATUS_MD] = render_status_md(everyone, links).encode()
+    return out
+
+
+def read_statuses(branch: BranchReader) -> list[dict[str, Any]]:
+    """Every production's status document on the branch (unreadable ones are skipped)."""
+    out = []
+    for name in branch.list(PRODUCTIONS):
+        data = branch.read(status_path(name))
+        if data is None:
+            continue
+        try:
+            doc = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and doc.get("production") == name:
+            out.append(doc)
+    return out
+
+
+def builder(
+    status: Mapping[str, Any],
+    line: Mapping[str, Any] | None,
+    plots: Mapping[str, bytes] | None = None,
+) -> Callable[[BranchReader], dict[str, bytes]]:
+    """A file builder for ``branch.publish``: recomputed on whatever tree the commit lands on.
+
+    History is appended to, and STATUS.md rebuilt from, the branch as it is when the commit
+    is made (after a fetch or a lost race), so a concurrent publisher is never overwritten.
+    """
+    name = str(status["production"])
+
+    def build(branch: BranchReader) -> dict[str, bytes]:
+        prev = branch.read(status_path(name, HISTORY_FILE))
+        return files_for(status, prev, line, read_statuses(branch), plots or {})
+
+    return build

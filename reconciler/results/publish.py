@@ -1,0 +1,93 @@
+"""Publish one pass's status to the results branch: the last step of every pass, run once.
+
+A pass that changed nothing (same counts, same per-task states, same tag, same error)
+commits nothing: the document is compared with the branch's without its timestamp. A pass
+that failed (the scheduler did not answer, say) republishes the last good counts with the
+error, so the people reading STATUS.md see that the loop is stuck, and why.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from reconciler.errors import ReconcilerError
+from reconciler.results.branch import DEFAULT_BRANCH, publish, read_branch_file
+from reconciler.results.document import build_status, history_line, iso_time, parse_history
+from reconciler.results.layout import HISTORY_FILE, builder, status_path
+from reconciler.results.plots import plots_bytes
+from reconciler.spec.load import Loaded
+
+COMPARE_IGNORED = ("updated", "plots")
+__all__ = ["DEFAULT_BRANCH", "publish_status"]
+
+
+class PassOutcome(Protocol):
+    summary: dict[str, Any]
+    applied: dict[str, int]
+
+
+def publish_status(
+    repo_root: Path,
+    *,
+    loaded: Loaded,
+    commit: str,
+    ref: str,
+    tag: str | None,
+    result: PassOutcome | None,
+    attempts: Mapping[str, int],
+    runtimes: Mapping[str, float],
+    error: str | None,
+    branch: str,
+    remote: str | None,
+    on_warning: Callable[[str], None],
+) -> str | None:
+    """Commit this pass's status (or, when the pass failed before it had one, the previous
+    status with ``error``) when it differs from the branch's. ``attempts`` and ``runtimes``
+    are per task, from the ledger's latest attempts. Returns the commit, or None."""
+    name = loaded.name
+    prev_raw = read_branch_file(repo_root, status_path(name), branch)
+    try:
+        prev = json.loads(prev_raw) if prev_raw is not None else None
+    except ValueError:
+        prev = None
+    now = time.time()
+    if result is None:
+        if not isinstance(prev, dict) or prev.get("error") == error:
+            return None
+        doc = {**prev, "error": error, "updated": iso_time(now)}
+        return publish(repo_root, builder(doc, None, {}), f"status: {name}: pass failed: {error}", branch=branch, remote=remote)
+    doc = build_status(
+        result.summary,
+        production=name,
+        version=loaded.spec.production.version,
+        tag=tag,
+        commit=commit,
+        ref=ref,
+        machine=loaded.machine.machine.name,
+        now=now,
+        keys=[t.key for t in loaded.expansion().tasks],
+        attempts=attempts,
+        runtimes=runtimes,
+    )
+    doc["error"] = error
+    if isinstance(prev, dict) and _comparable(prev) == _comparable(doc):
+        return None
+    history = parse_history(read_branch_file(repo_root, status_path(name, HISTORY_FILE), branch))
+    line = history_line(result.summary, result.applied, now)
+    try:
+        plots = plots_bytes(doc, [*history, line])
+    except ReconcilerError as exc:  # matplotlib missing: status without pictures
+        on_warning(f"{name}: no pictures on the status branch: {exc}")
+        plots = {}
+    applied = ", ".join(f"{k} {v}" for k, v in sorted(result.applied.items())) or "nothing to do"
+    c = result.summary["counts"]
+    message = f"status: {name}: {applied} | {c['complete'] + c['adopted']}/{result.summary['total']} complete"
+    return publish(repo_root, builder(doc, line, plots), message, branch=branch, remote=remote)
+
+
+def _comparable(doc: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in COMPARE_IGNORED and not (k == "error" and v is None)}
