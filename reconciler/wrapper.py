@@ -26,6 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from reconciler.process import killpg, wait_group
 from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
 
 EXIT_USAGE = 2
@@ -56,11 +57,6 @@ def _say(msg: str) -> None:
     print(f"reconciler: {msg}", file=sys.stderr, flush=True)
 
 
-def _signal_exit(returncode: int) -> int:
-    """Popen's -N (killed by signal N) as a shell would report it: 128+N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
 def resolve_argv(argv: list[str], production_dir: str) -> list[str]:
     """Substitute the symbolic ``${PRODUCTION_DIR}`` and ``${PYTHON}`` textually.
 
@@ -71,13 +67,6 @@ def resolve_argv(argv: list[str], production_dir: str) -> list[str]:
     the task's PATH, which is the user's own.
     """
     return [a.replace(SYMBOLIC_DIR, production_dir).replace(SYMBOLIC_PYTHON, sys.executable) for a in argv]
-
-
-def _killpg(pid: int, sig: int) -> None:
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run(manifest_path: Path, array_index: str) -> int:
@@ -124,7 +113,7 @@ def run(manifest_path: Path, array_index: str) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         terminated.append(signum)
         if child:
-            _killpg(child[0].pid, signal.SIGTERM)
+            killpg(child[0].pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -140,36 +129,21 @@ def run(manifest_path: Path, array_index: str) -> int:
         return EXIT_NOT_EXECUTABLE
     child.append(proc)
     if terminated:  # a signal that arrived between the handler's install and Popen
-        _killpg(proc.pid, signal.SIGTERM)
+        killpg(proc.pid, signal.SIGTERM)
 
-    started = time.monotonic()
-    term_sent_at: float | None = None
-    timed_out = False
-    while True:
-        try:
-            rc = proc.wait(timeout=POLL_S)
-            break
-        except subprocess.TimeoutExpired:
-            pass
-        now = time.monotonic()
-        if terminated and term_sent_at is None:
-            term_sent_at = now  # the handler already sent SIGTERM
-        if not timed_out and not terminated and now - started > timeout_s:
-            timed_out = True
-            _killpg(proc.pid, signal.SIGTERM)
-            term_sent_at = now
-        if term_sent_at is not None and now - term_sent_at > KILL_GRACE_S:
-            _killpg(proc.pid, signal.SIGKILL)
+    # A forwarded signal already sent SIGTERM (on_signal): wait_group only escalates to SIGKILL.
+    ending = wait_group(
+        proc, timeout_s=timeout_s, kill_grace_s=KILL_GRACE_S, poll_s=POLL_S, stop_requested=lambda: bool(terminated)
+    )
     end = time.time()
-    _killpg(proc.pid, signal.SIGKILL)  # leftovers of the command's group die with the task
-    code = _signal_exit(rc)
+    code, rc = ending.exit_code, ending.returncode
     took = f"{end - start:.1f} s"
 
     if terminated:
         sig = terminated[0]
         _say(f"task {task.key} cancelled by {signal.Signals(sig).name} after {took} (command exit {code})")
         return 128 + sig
-    if timed_out:
+    if ending.timed_out:
         _say(f"task {task.key}: timeout after {timeout_s:g} s")
         return EXIT_TIMEOUT
     if code != 0:

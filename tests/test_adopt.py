@@ -35,11 +35,11 @@ from .test_loop_local import env_for, reconcile, sent_to_scheduler
 def wait_quiet(spool: Path, timeout: float = 60) -> None:
     """Until no task of the spool is pending or running, as the local backend reports them
     (a task killed without an exit code stays RUNNING in its file but reads NODE_FAIL)."""
-    from reconciler.scheduler.local import _to_sched
+    from reconciler.scheduler.local import to_sched
 
     end = time.time() + timeout
     while time.time() < end:
-        states = [_to_sched(json.loads(p.read_text())).state for p in spool.glob("jobs/*/tasks/*.json")]
+        states = [to_sched(json.loads(p.read_text())).state for p in spool.glob("jobs/*/tasks/*.json")]
         if not any(s.in_flight for s in states):
             return
         time.sleep(0.2)

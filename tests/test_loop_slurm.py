@@ -295,7 +295,7 @@ def accounted(p: Prod) -> list[Rec]:
         if m:
             recs.append(Rec(m[1], int(m[2]), batch, comment, state))
         elif "_[" in job_id:  # a folded pending range: expand it
-            from reconciler.scheduler.slurm_cli import expand_array
+            from reconciler.scheduler.slurm_parse import expand_array
 
             base = job_id.split("_", 1)[0]
             recs.extend(Rec(base, i, batch, comment, state) for i in expand_array(job_id))

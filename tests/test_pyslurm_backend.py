@@ -26,9 +26,11 @@ from typing import Any
 import pytest
 
 from reconciler.core.states import SchedState
-from reconciler.errors import TransientError, UsageError
+from reconciler.errors import SubmitRejected, TransientError, UsageError
+from reconciler.scheduler import make_scheduler, slurm_cli
 from reconciler.scheduler.base import ArrayJob, JobRef, TaskSched
-from reconciler.scheduler.slurm_cli import SubmitRejected, merge_view, parse_sacct, parse_squeue
+from reconciler.scheduler.slurm_cli import SlurmCLI
+from reconciler.scheduler.slurm_parse import parse_sacct, parse_squeue
 from reconciler.scheduler.slurm_pyslurm import (
     PyslurmScheduler,
     available,
@@ -40,6 +42,8 @@ from reconciler.scheduler.slurm_pyslurm import (
     parse_version,
     view_from_jobs,
 )
+from reconciler.scheduler.slurm_view import merge_view
+from reconciler.spec.models import Machine, MachineDefaults
 
 S = SchedState
 DATA = Path(__file__).parent / "data" / "slurm"
@@ -216,9 +220,34 @@ def test_choose_backend_name() -> None:
         choose_backend_name("pyslurm", check=no)
 
 
-def test_constructor_refuses_a_mismatch() -> None:
+def test_factory_refuses_a_mismatch() -> None:
+    """The factory probes pyslurm (the constructor, handed the module, does no I/O)."""
+    machine = MachineDefaults(machine=Machine(name="m", scheduler="pyslurm"))
     with pytest.raises(UsageError, match="use scheduler: slurm"):
-        PyslurmScheduler()  # pyslurm does not import on this machine
+        make_scheduler(machine)  # pyslurm does not import on this machine
+    with pytest.raises(UsageError, match="use scheduler: slurm"):
+        make_scheduler(MachineDefaults(machine=Machine(name="m")), "pyslurm")
+
+
+def test_factory_auto_falls_back_to_the_cli() -> None:
+    assert isinstance(make_scheduler(MachineDefaults(machine=Machine(name="m", scheduler="auto"))), SlurmCLI)
+
+
+def test_constructors_do_no_io(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user is looked up on first use, not when the backend is built."""
+    looked_up: list[str] = []
+
+    def current_user() -> str:
+        looked_up.append("x")
+        return "someone"
+
+    monkeypatch.setattr(slurm_cli, "_current_user", current_user)
+    cli = SlurmCLI()
+    b = PyslurmScheduler(FakePyslurm([], []))
+    assert looked_up == [] and b.calls == [] and cli.calls == []
+    assert b.user == "someone" and cli.user == "someone"
+    assert len(looked_up) == 2  # once per backend, then remembered
+    assert cli.user == "someone" and len(looked_up) == 2
 
 
 # ---------------------------------------------------------------- the backend on a fake module

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.states import SchedState
-from reconciler.errors import TransientError
+from reconciler.errors import SubmitRejected, TransientError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
 from reconciler.scheduler.script import array_spec, render_script
-from reconciler.scheduler.slurm_cli import SlurmCLI, SubmitRejected
+from reconciler.scheduler.slurm_cli import SlurmCLI
 from reconciler.spec.load import WorkTree, load
 
 from .conftest import ROOT, SLURM_CLUSTER_SCRIPT
@@ -172,7 +172,7 @@ def test_cancel_some_indices(tmp_path: Path) -> None:
     backend.cancel(job_id, [1, 3])
     assert backend.calls[-1] == ["scancel", f"{job_id}_[1,3]"]
     # a task cancelled while still pending leaves no record at all: it is reported once
-    # the job has left squeue (see slurm_cli.merge_view)
+    # the job has left squeue (see slurm_view.merge_view)
     tasks = wait_finished(backend, JobRef(job.token, job_id, t0, (0, 1, 2, 3)), range(4))
     assert {i: t.state for i, t in tasks.items()} == {
         0: S.COMPLETED,

@@ -1,4 +1,4 @@
-"""Parsers of the Slurm CLI backend, on tables of output captured from a real cluster.
+"""Parsers of Slurm's output (slurm_parse, slurm_view) and the CLI backend, on tables of output captured from a real cluster.
 
 Pure: no cluster, no subprocess. The captures and the commands that made them are in
 tests/data/slurm (see its README.md); job ids are those of the capture runs.
@@ -12,20 +12,14 @@ from pathlib import Path
 import pytest
 
 from reconciler.core.states import SchedState
-from reconciler.errors import NotSubmitted, TransientError
+from reconciler.errors import NotSubmitted, SubmitRejected, TransientError
 from reconciler.scheduler.base import ArrayJob, JobRef, TaskSched
-from reconciler.scheduler.slurm_cli import (
-    CANCELLED_UNRECORDED,
+from reconciler.scheduler.slurm_cli import SlurmCLI
+from reconciler.scheduler.slurm_parse import (
     SQUEUE_FIELDS,
-    STATE_MAP,
-    SlurmCLI,
     SlurmRecord,
-    SubmitRejected,
     expand_array,
     is_transient,
-    map_state,
-    merge_view,
-    needs_accounting,
     parse_exit_code,
     parse_job_id,
     parse_max_array_size,
@@ -38,6 +32,13 @@ from reconciler.scheduler.slurm_cli import (
     parse_time,
     sacct_time,
     split_wait_status,
+)
+from reconciler.scheduler.slurm_view import (
+    CANCELLED_UNRECORDED,
+    STATE_MAP,
+    map_state,
+    merge_view,
+    needs_accounting,
     task_sched,
 )
 

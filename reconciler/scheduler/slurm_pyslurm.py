@@ -8,8 +8,13 @@ both versions; ``scheduler: auto`` quietly falls back to the CLI backend.
 
 The mapping from pyslurm's job objects to task states is kept in pure functions taking
 plain objects with pyslurm's attribute names (tested on SimpleNamespace records shaped after
-pyslurm's ``pyslurm/core/job/job.pyx`` and ``pyslurm/db/job.pyx``). They reuse the CLI
-backend's state table and merge rules, so both backends read Slurm the same way.
+pyslurm's ``pyslurm/core/job/job.pyx`` and ``pyslurm/db/job.pyx``). They reuse the state
+table and merge rules of :mod:`~reconciler.scheduler.slurm_view` and the read strategy of
+:mod:`~reconciler.scheduler.slurm_query`, so both backends read Slurm the same way.
+
+Whether pyslurm is usable here (it imports, and matches the running Slurm) is probed by
+:func:`choose_backend_name`, which the factory ``make_scheduler`` calls; the backend itself
+is handed the imported module and does no I/O until it is used.
 """
 
 from __future__ import annotations
@@ -22,20 +27,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
 
-from reconciler.errors import TransientError, UsageError
+from reconciler.errors import SubmitRejected, TransientError, UsageError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView
-from reconciler.scheduler.slurm_cli import (
-    SACCT_MARGIN_S,
-    SlurmCLI,
-    SlurmRecord,
-    SubmitRejected,
-    _Unanswered,
-    expand_array,
-    is_transient,
-    merge_view,
-    needs_accounting,
-    until_answered,
-)
+from reconciler.scheduler.slurm_cli import SlurmCLI
+from reconciler.scheduler.slurm_parse import SlurmRecord, expand_array, is_transient
+from reconciler.scheduler.slurm_query import _Unanswered, observe_in_two_reads, until_answered
+from reconciler.scheduler.slurm_view import merge_view
 
 T = TypeVar("T")
 
@@ -206,7 +203,7 @@ def view_from_jobs(
     """The view of these refs from slurmctld's jobs and (optionally) slurmdbd's.
 
     slurmctld plays squeue's part (fresher, wins) and slurmdbd sacct's: see
-    slurm_cli.merge_view for the rules.
+    slurm_view.merge_view for the rules.
     """
     acct = records(db_jobs, user) if db_jobs is not None else None
     return merge_view(refs, records(ctld_jobs, user), acct)
@@ -239,25 +236,24 @@ class PyslurmScheduler:
 
     def __init__(
         self,
+        module: Any,
         *,
-        module: Any | None = None,
-        check_version: bool = True,
         retry_seconds: float = 60.0,
         env: Mapping[str, str] | None = None,
         user: str | None = None,
     ) -> None:
-        if module is None:
-            if check_version:
-                ok, why = available()
-                if not ok:
-                    raise UsageError(f"scheduler: pyslurm is not usable here: {why}; use scheduler: slurm")
-            module = import_pyslurm()
+        """``module`` is pyslurm, imported by the caller once it checked that it matches the
+        running Slurm (see make_scheduler), or a stand-in in tests."""
         self.pyslurm = module
         self.retry_seconds = retry_seconds
         self.env = dict(env) if env is not None else None
         self.cli = SlurmCLI(env=env, retry_seconds=retry_seconds, user=user)
-        self.user = self.cli.user
         self.calls: list[list[str]] = []  # one entry per API call, like SlurmCLI.calls
+
+    @property
+    def user(self) -> str:
+        """Whose jobs are read (the CLI backend's, resolved on first use)."""
+        return self.cli.user
 
     def _read(self, what: list[str], fn: Callable[[], T]) -> T:
         """Run one read API call; retry while Slurm does not answer, then TransientError."""
@@ -303,30 +299,24 @@ class PyslurmScheduler:
 
     def observe(self, refs: Sequence[JobRef]) -> SchedulerView:
         """``pyslurm.Jobs.load()`` once, then ``pyslurm.db.Jobs.load()`` once if needed."""
-        if not refs:
-            return SchedulerView()
+        return observe_in_two_reads(refs, self._read_queue, self._read_accounting)
+
+    def _read_queue(self, _job_ids: list[str]) -> list[SlurmRecord]:
+        """slurmctld's jobs: ``Jobs.load()`` has no job filter, so all of them, then ours."""
         ps = self.pyslurm
-        ctld = self._read(["pyslurm.Jobs.load"], lambda: jobs_of(ps.Jobs.load()))
-        queued = records(ctld, self.user)
-        first = merge_view(refs, queued, None)
-        tokens = {r.token for r in refs if not r.job_id}
-        missing_tokens = tokens - set(first.found)
-        need: set[str] = set()
-        for ref in refs:
-            job_id = ref.job_id or first.found.get(ref.token)
-            if job_id and needs_accounting(ref, job_id, queued):
-                need.add(job_id)
-        if not need and not missing_tokens:
-            return first
-        since = int(min(r.submitted_at for r in refs) - SACCT_MARGIN_S)
-        kwargs: dict[str, Any] = {"users": [self.user], "start_time": since}
-        if not missing_tokens:
-            kwargs["ids"] = sorted(int(i) for i in need if i.isdigit())
+        return records(self._read(["pyslurm.Jobs.load"], lambda: jobs_of(ps.Jobs.load())), self.user)
+
+    def _read_accounting(self, job_ids: list[str], since: float) -> list[SlurmRecord]:
+        """slurmdbd's records of our jobs since ``since`` (of these ids, when given)."""
+        ps = self.pyslurm
+        kwargs: dict[str, Any] = {"users": [self.user], "start_time": int(since)}
+        if job_ids:
+            kwargs["ids"] = sorted(int(i) for i in job_ids if i.isdigit())
         db = self._read(
             ["pyslurm.db.Jobs.load", *(f"{k}={v}" for k, v in sorted(kwargs.items()))],
             lambda: jobs_of(ps.db.Jobs.load(ps.db.JobFilter(**kwargs))),
         )
-        return merge_view(refs, queued, records(db, self.user))
+        return records(db, self.user)
 
     def cancel(self, job_id: str, array_indices: Sequence[int] | None = None) -> None:
         """Cancel a whole job through pyslurm, some indices with one ``scancel``."""
