@@ -202,9 +202,11 @@ def test_plan_submits_exactly_the_missing_and_the_truncated(seeds: tuple[Path, P
     rc, plan = plan_json(repo, env)
     assert rc == 1
     assert planned(plan) == sorted(MISSING + TRUNCATED)
-    assert [a["kind"] for a in plan["actions"]] == ["submit"]
+    assert [a["kind"] for a in plan["actions"]] == ["quarantine", "submit"]
+    # the truncated outputs are moved aside first, and the plan says so
+    assert sorted(plan["actions"][0]["keys"]) == sorted(TRUNCATED) and plan["actions"][0]["reason"] == "partial_output"
     # nothing else is planned or waited for: the valid ones are adopted
-    assert sorted(k for a in plan["actions"] for k in a["keys"]) == sorted(MISSING + TRUNCATED)
+    assert sorted(k for a in plan["actions"][1:] for k in a["keys"]) == sorted(MISSING + TRUNCATED)
     # before `adopt`, status already shows them as adopted (not as complete, not as missing)
     st = status_json(repo, env)
     assert st["counts"]["adopted"] == len(VALID)
@@ -388,8 +390,9 @@ def test_a_killed_task_of_ours_is_rerun_and_its_partial_output_kept(repo: Path, 
     assert out.exists() and not partial_files(pdir, key)  # moved aside only right before the rerun
     # it is never adopted, even though its output is present and unmarked
     rc, plan = plan_json(repo, env)
-    assert [(a["kind"], a["keys"]) for a in plan["actions"]] in ([("wait", [key])], [("resubmit", [key])]), plan
-    assert rc == (1 if plan["actions"][0]["kind"] == "resubmit" else 0)
+    # (resubmitted once its backoff elapsed, the partial output moved aside first: both planned)
+    assert [(a["kind"], a["keys"]) for a in plan["actions"]] in ([("wait", [key])], [("quarantine", [key]), ("resubmit", [key])]), plan
+    assert rc == (1 if plan["actions"][-1]["kind"] == "resubmit" else 0)
 
     r = reconcile(repo, env, "watch", NAME, "--until-done", "--interval", "0.5")
     assert r.returncode == 0, r.stderr

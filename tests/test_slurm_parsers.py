@@ -19,7 +19,6 @@ from reconciler.scheduler.slurm_parse import (
     SQUEUE_FIELDS,
     SlurmRecord,
     expand_array,
-    is_transient,
     parse_exit_code,
     parse_job_id,
     parse_max_array_size,
@@ -33,6 +32,7 @@ from reconciler.scheduler.slurm_parse import (
     sacct_time,
     split_wait_status,
 )
+from reconciler.scheduler.slurm_query import is_transient
 from reconciler.scheduler.slurm_view import (
     CANCELLED_UNRECORDED,
     STATE_MAP,

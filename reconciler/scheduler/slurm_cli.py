@@ -35,14 +35,18 @@ from reconciler.scheduler.slurm_parse import (
     SACCT_FIELDS,
     SQUEUE_FORMAT,
     SlurmRecord,
-    is_transient,
     parse_max_array_size,
     parse_sacct,
     parse_sbatch_parsable,
     parse_squeue_text,
     sacct_time,
 )
-from reconciler.scheduler.slurm_query import _Unanswered, observe_in_two_reads, until_answered
+from reconciler.scheduler.slurm_query import (
+    _Unanswered,
+    is_transient,
+    observe_in_two_reads,
+    until_answered,
+)
 
 COMMAND_TIMEOUT_S = 30.0
 

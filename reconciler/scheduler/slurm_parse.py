@@ -49,28 +49,6 @@ SACCT_FIELDS: tuple[str, ...] = (
 )
 """The ``sacct --format`` fields the backend asks for; Comment last for the same reason."""
 
-TRANSIENT_PATTERNS: tuple[str, ...] = (
-    "socket timed out",
-    "resource temporarily unavailable",
-    "connection refused",
-    "connection reset",
-    "connection timed out",
-    "unable to contact slurm controller",
-    "slurmdbd",
-    "transport endpoint",
-    "zero bytes were transmitted",
-    "communication connection failure",
-    "unable to connect",
-    "persistent connection",
-    "problem talking to the database",
-    "slurm controller in standby",
-    "temporarily unable to accept job",
-    "timed out",
-    "protocol authentication error",
-    "munge",
-)
-"""Lower-case fragments of stderr that mean "the scheduler did not answer, ask again later"."""
-
 INVALID_JOB_ID = "invalid job id specified"
 """squeue and scancel say this for a job slurmctld has already forgotten: not an error here."""
 
@@ -103,12 +81,6 @@ class SlurmRecord:
         if self.comment.startswith(COMMENT_PREFIX):
             return self.comment[len(COMMENT_PREFIX) :]
         return None
-
-
-def is_transient(stderr: str) -> bool:
-    """Whether a command's stderr says the scheduler was unreachable or busy, not "no"."""
-    low = stderr.lower()
-    return any(p in low for p in TRANSIENT_PATTERNS)
 
 
 def parse_sbatch_parsable(stdout: str) -> str:

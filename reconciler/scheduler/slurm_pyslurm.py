@@ -30,8 +30,13 @@ from typing import Any, TypeVar
 from reconciler.errors import SubmitRejected, TransientError, UsageError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView
 from reconciler.scheduler.slurm_cli import SlurmCLI
-from reconciler.scheduler.slurm_parse import SlurmRecord, expand_array, is_transient
-from reconciler.scheduler.slurm_query import _Unanswered, observe_in_two_reads, until_answered
+from reconciler.scheduler.slurm_parse import SlurmRecord, expand_array
+from reconciler.scheduler.slurm_query import (
+    _Unanswered,
+    is_transient,
+    observe_in_two_reads,
+    until_answered,
+)
 from reconciler.scheduler.slurm_view import merge_view
 
 T = TypeVar("T")

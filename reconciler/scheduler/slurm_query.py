@@ -51,6 +51,35 @@ ReadAccounting = Callable[[list[str], float], list[SlurmRecord]]
 since this epoch time."""
 
 
+TRANSIENT_PATTERNS: tuple[str, ...] = (
+    "socket timed out",
+    "resource temporarily unavailable",
+    "connection refused",
+    "connection reset",
+    "connection timed out",
+    "unable to contact slurm controller",
+    "slurmdbd",
+    "transport endpoint",
+    "zero bytes were transmitted",
+    "communication connection failure",
+    "unable to connect",
+    "persistent connection",
+    "problem talking to the database",
+    "slurm controller in standby",
+    "temporarily unable to accept job",
+    "timed out",
+    "protocol authentication error",
+    "munge",
+)
+"""Lower-case fragments of stderr that mean "the scheduler did not answer, ask again later"."""
+
+
+def is_transient(stderr: str) -> bool:
+    """Whether a command's stderr says the scheduler was unreachable or busy, not "no"."""
+    low = stderr.lower()
+    return any(p in low for p in TRANSIENT_PATTERNS)
+
+
 class _Unanswered(Exception):
     """One attempt of a read did not get an answer; tenacity retries it."""
 
