@@ -28,9 +28,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q
 
+## ruff, mypy, and the import contract (core is pure, imports run cli -> session -> engine -> core).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check reconciler tests benchmarks
 	$(BIN)/mypy reconciler
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 schema: $(VENV)/.installed
 	$(BIN)/reconcile schema

@@ -78,3 +78,27 @@ def test_watch_fetch_picks_up_a_merged_change(repo: Path, tmp_path: Path) -> Non
     assert "/40 complete" in r.stdout  # 8 x 5 tasks: the merged change is what runs
     assert git(repo, "rev-parse", "HEAD") == git(other, "rev-parse", "HEAD")
     wait_quiet(tmp_path / "spool")
+
+
+def test_a_failed_pass_publishes_its_error_and_the_next_good_one_clears_it(repo: Path, tmp_path: Path) -> None:
+    """Publishing is the last step of every pass, even one that fails: people reading the
+    results branch see the loop is stuck, and why, with the last counts it had."""
+    env = env_for(tmp_path)
+    r = reconcile(repo, env, "once", "demo")
+    assert r.returncode == 0, r.stderr
+    first = json.loads(branch_file(repo, "productions/demo/status.json", BRANCH))
+    assert first["error"] is None and first["counts"]["queued"] + first["counts"]["running"] + first["counts"]["complete"] == 32
+    wait_quiet(tmp_path / "spool")
+    broken = tmp_path / "not-a-spool"
+    broken.write_text("a file where the local scheduler's spool should be\n")
+    r = reconcile(repo, {**env, "RECONCILER_LOCAL_SPOOL": str(broken)}, "once", "demo")
+    assert r.returncode == 4, r.stderr  # transient: nothing was marked failed
+    failed = json.loads(branch_file(repo, "productions/demo/status.json", BRANCH))
+    assert "local scheduler" in failed["error"] and failed["counts"] == first["counts"]
+    md = branch_file(repo, "STATUS.md", BRANCH).decode()
+    assert "Passes that failed" in md and "**demo**" in md and "local scheduler" in md
+    r = reconcile(repo, env, "once", "demo")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(branch_file(repo, "productions/demo/status.json", BRANCH))["error"] is None
+    assert "Passes that failed" not in branch_file(repo, "STATUS.md", BRANCH).decode()
+    wait_quiet(tmp_path / "spool")

@@ -40,7 +40,7 @@ from reconciler.scheduler.slurm_pyslurm import (
     job_record,
     jobs_of,
     parse_version,
-    view_from_jobs,
+    records,
 )
 from reconciler.scheduler.slurm_view import merge_view
 from reconciler.spec.models import Machine, MachineDefaults
@@ -126,7 +126,7 @@ def test_job_indices(job: SimpleNamespace, expected: tuple[str, tuple[int, ...],
 
 def test_ctld_jobs_map_like_squeue() -> None:
     refs = [JobRef("tok-mixed", "15", 0.0, tuple(range(10)))]
-    ours = view_from_jobs(refs, CTLD_MIXED, None, user="root")
+    ours = merge_view(refs, records(CTLD_MIXED, "root"), None)
     cli = merge_view(refs, parse_squeue((DATA / "squeue_mixed.json").read_text()), None)
     assert summary(ours.tasks["15"]) == summary(cli.tasks["15"])
     assert summary(ours.tasks["15"])[3] == (S.FAILED, 137, "signal 9 (JobLaunchFailure)")
@@ -135,7 +135,7 @@ def test_ctld_jobs_map_like_squeue() -> None:
 
 def test_db_jobs_map_like_sacct() -> None:
     refs = [JobRef("tok-mixed", "15", 0.0, tuple(range(10))), JobRef("tok-timeout", "24", 0.0)]
-    ours = view_from_jobs(refs, [], DB_FINAL, user="root")
+    ours = merge_view(refs, [], records(DB_FINAL, "root"))
     cli = merge_view(refs, [], parse_sacct((DATA / "sacct_final.txt").read_text()))
     assert {i: (t.state, t.exit_code) for i, t in ours.tasks["15"].items()} == {
         i: (t.state, t.exit_code) for i, t in cli.tasks["15"].items()
@@ -146,7 +146,7 @@ def test_db_jobs_map_like_sacct() -> None:
 
 def test_token_lookup_and_other_users() -> None:
     refs = [JobRef("tok-timeout", None, 0.0)]
-    view = view_from_jobs(refs, CTLD_MIXED, None, user="root")
+    view = merge_view(refs, records(CTLD_MIXED, "root"), None)
     assert view.found == {"tok-timeout": "24"}
     assert "99" not in view.tasks  # another user's job with a look-alike comment
 

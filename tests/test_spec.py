@@ -146,10 +146,34 @@ def test_init_twice_creates_one_tag(repo: Path) -> None:
     # a changed configuration makes a new tag; a dirty one is marked
     demo = repo / "productions/demo.yaml"
     demo.write_text(demo.read_text().replace("count: 8", "count: 9"))
-    time.sleep(1.1)
     assert main(["init", "demo", "--repo", str(repo), "--allow-dirty"]) == 0
     tags = git(repo, "tag", "-l", "production/*").split()
     assert len(tags) == 2 and any("_allow_dirty_" in t for t in tags)
+
+
+def test_init_at_a_ref_tags_that_commit_and_tags_of_one_second_coexist(repo: Path) -> None:
+    from datetime import UTC, datetime
+
+    from reconciler import gitops
+
+    first = git(repo, "rev-parse", "HEAD").strip()
+    demo = repo / "productions/demo.yaml"
+    demo.write_text(demo.read_text().replace("count: 8", "count: 9"))
+    git(repo, "commit", "-qam", "nine realizations")
+    assert main(["init", "demo", "--repo", str(repo), "--ref", first]) == 0
+    (tag,) = git(repo, "tag", "-l", "production/*").split()
+    assert git(repo, "rev-list", "-n", "1", tag).strip() == first  # not HEAD
+    msg = git(repo, "tag", "-l", "--format=%(contents)", tag)
+    assert json.loads(msg[msg.index("{") :])["commit"] == first
+    assert json.loads((repo / "work/productions/demo/metadata/version_info.json").read_text())["commit"] == first
+    # two configurations tagged within the same second: the second gets a suffix, no crash
+    repo_ = gitops.open_repo(repo)
+    now = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    names = []
+    for ref in (first, "HEAD"):
+        loaded = load(gitops.GitTree(repo_, ref), "demo", repo_root=repo)
+        names.append(gitops.ensure_tag(repo_, loaded, "v9", [], commit=repo_.commit(ref).hexsha, now=now))
+    assert names == [("production/demo_v9_20260102_030405", True), ("production/demo_v9_20260102_030405_2", True)]
 
 
 def test_committed_schemas_are_current() -> None:
@@ -218,27 +242,35 @@ def test_expansion_ignores_yaml_order_and_comments(redshifts: list[float], data:
     order = data.draw(st.permutations(range(3)))
     text_a = "".join(sections)
     text_b = "# a comment\n" + "".join(sections[i] + "# another\n" for i in order)
-    base = "science:\n  redshifts: " + json.dumps(redshifts) + "\n  realizations: {start: 7, count: 3}\n"
+    # the redshifts in their drawn order, and the mapping's keys the other way round
+    unshuffled = "science:\n  redshifts: " + json.dumps(redshifts) + "\n  realizations: {start: 7, count: 3}\n"
+    text_c = sections[0] + unshuffled + sections[2]
     a = expand(Production.model_validate(parse(text_a, "a").data))
     b = expand(Production.model_validate(parse(text_b, "b").data))
+    c = expand(Production.model_validate(parse(text_c, "c").data))
     assert [(t.index, t.key, t.fingerprint) for t in a.tasks] == [(t.index, t.key, t.fingerprint) for t in b.tasks]
-    assert base  # the canonical order sorts redshifts, so list order does not matter either
+    # the canonical order sorts redshifts, so the list's order does not matter either
+    assert [(t.index, t.key, t.fingerprint) for t in c.tasks] == [(t.index, t.key, t.fingerprint) for t in a.tasks]
+    assert len(a.tasks) == 3 * len(redshifts)
 
 
-CHANGES = {
-    "version": (dict(version="v2"), True),
-    "command": (dict(command="gen {realization} {redshift:.4f}"), True),
-    "unrelated realizations": (dict(), False),
+CHANGES: dict[str, tuple[dict, dict, bool]] = {
+    "version": ({"count": 3}, dict(version="v2"), True),
+    "command": ({"count": 3}, dict(command="gen {realization} {redshift:.4f}"), True),
+    # more realizations: new tasks, and the existing ones keep their fingerprints
+    "unrelated realizations": ({"count": 5}, dict(), False),
 }
 
 
 @pytest.mark.parametrize("change", sorted(CHANGES))
 def test_fingerprint_changes_exactly_with_result_deciding_fields(change: str) -> None:
     base = expand(_production({"count": 3}, [0.5, 1.0]))
-    kwargs, changes = CHANGES[change]
-    other = expand(_production({"count": 3}, [0.5, 1.0], **kwargs))
+    realizations, kwargs, changes = CHANGES[change]
+    other = expand(_production(realizations, [0.5, 1.0], **kwargs))
     fp = {t.key: t.fingerprint for t in base.tasks}
-    assert all((fp[t.key] != t.fingerprint) is changes for t in other.tasks)
+    shared = [t for t in other.tasks if t.key in fp]
+    assert len(shared) == len(base.tasks) == 6
+    assert all((fp[t.key] != t.fingerprint) is changes for t in shared)
 
 
 def test_fingerprint_ignores_resources_but_not_env_or_validator() -> None:

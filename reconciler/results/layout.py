@@ -67,6 +67,10 @@ def render_status_md(statuses: Sequence[Mapping[str, Any]], plots: Mapping[str, 
         )
     if not rows:
         lines.append("| (no productions yet) | | | | | | | | |")
+    failing = [s for s in rows if s.get("error")]
+    if failing:
+        lines += ["", "Passes that failed (the counts above are from the last pass that did not):", ""]
+        lines += [f"- **{_md(s.get('production', '?'))}**, {_md(s.get('updated', ''))}: {_md(s['error'])}" for s in failing]
     for s in rows:
         name = str(s.get("production", "?"))
         if name in plots:

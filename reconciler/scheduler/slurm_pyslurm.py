@@ -37,7 +37,6 @@ from reconciler.scheduler.slurm_query import (
     observe_in_two_reads,
     until_answered,
 )
-from reconciler.scheduler.slurm_view import merge_view
 
 T = TypeVar("T")
 
@@ -200,18 +199,6 @@ def records(jobs: Iterable[Any], user: str | None = None) -> list[SlurmRecord]:
             continue
         out.append(job_record(j))
     return out
-
-
-def view_from_jobs(
-    refs: Sequence[JobRef], ctld_jobs: Iterable[Any], db_jobs: Iterable[Any] | None, user: str | None = None
-) -> SchedulerView:
-    """The view of these refs from slurmctld's jobs and (optionally) slurmdbd's.
-
-    slurmctld plays squeue's part (fresher, wins) and slurmdbd sacct's: see
-    slurm_view.merge_view for the rules.
-    """
-    acct = records(db_jobs, user) if db_jobs is not None else None
-    return merge_view(refs, records(ctld_jobs, user), acct)
 
 
 def exported_environment(script: str, environ: Mapping[str, str]) -> dict[str, str]:
