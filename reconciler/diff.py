@@ -96,8 +96,8 @@ def compare(name: str, old: Loaded | None, new: Loaded | None) -> ProductionDiff
     """The task-level difference of one production between two loaded states (None: absent)."""
     if old is None and new is None:
         raise ValueError(f"production {name} exists at neither ref")
-    before = old.expansion().by_key() if old else {}
-    after = new.expansion().by_key() if new else {}
+    before = old.expansion().by_key if old else {}
+    after = new.expansion().by_key if new else {}
     status = "added" if old is None else "removed" if new is None else "changed"
     d = ProductionDiff(name, status, len(before), len(after))
     d.added = [k for k in after if k not in before]

@@ -33,10 +33,7 @@ from reconciler.errors import ReconcilerError, UsageError
 from reconciler.ledger import Ledger, default_path, rebuild
 from reconciler.lock import ProductionLock
 from reconciler.production_dir import init_production_dir
-from reconciler.results import publish as results_publish
-from reconciler.results.branch import read_branch_file
-from reconciler.results.document import parse_history
-from reconciler.results.layout import HISTORY_FILE, status_path
+from reconciler.results import DEFAULT_BRANCH
 from reconciler.scheduler import make_scheduler
 from reconciler.spec.load import (
     DEFAULTS_DIR,
@@ -70,7 +67,7 @@ class Options:
     allow_dirty: bool = False
     overrides: tuple[str, ...] = ()  # --set KEY=VALUE
     scheduler: str | None = None  # --scheduler: overrides the machine defaults' backend
-    status_branch: str = results_publish.DEFAULT_BRANCH
+    status_branch: str = DEFAULT_BRANCH
     publish: bool = False  # commit status to the results branch after each pass
     push: str | None = None  # remote to push the results branch to
 
@@ -210,9 +207,11 @@ def run_pass(opts: Options, name: str, *, stage: bool = False, retry: bool = Fal
 
 def _publish(opts: Options, prod: Production, result: PassResult | None, error: ReconcilerError | None, on_warning: Warn) -> str | None:
     """Publish this pass's status; a failure to publish is reported, never fatal to the pass."""
+    from reconciler.results.publish import publish_status  # only passes that publish pay for it
+
     latest = prod.ledger.latest_attempts()
     try:
-        return results_publish.publish_status(
+        return publish_status(
             prod.desired.root,
             loaded=prod.desired.loaded,
             commit=prod.desired.commit,
@@ -283,6 +282,10 @@ def adopt(opts: Options, name: str) -> tuple[list[str], list[str]]:
 
 def load_report_inputs(opts: Options, name: str, branch: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(status.json, history lines) of production ``name`` from the results branch."""
+    from reconciler.results.branch import read_branch_file
+    from reconciler.results.document import parse_history
+    from reconciler.results.layout import HISTORY_FILE, status_path
+
     if not re.match(NAME_PATTERN, name):
         raise UsageError(f"{name!r} is not a production name")
     repo = gitops.open_repo(opts.repo)

@@ -64,7 +64,9 @@ class Settled:
 
     def views(self, world: World) -> tuple[Mapping[str, TaskObs], Mapping[str, TaskHistory]]:
         """World.tasks and World.history as this pass's decisions leave them (for status)."""
-        return Overlay(self.tasks, world.tasks), Overlay(self.history, world.history)
+        tasks = Overlay(self.tasks, world.tasks) if self.tasks else world.tasks
+        history = Overlay(self.history, world.history) if self.history else world.history
+        return tasks, history
 
 
 class Overlay(Mapping[K, V]):
@@ -308,8 +310,10 @@ def _quarantine(sends: list[Action], settled: Settled, world: World) -> list[Act
     validation) are moved aside before a rerun writes the same paths: evidence, never deleted."""
     out: list[Action] = []
     sources = [*sends, *(a for a in settled.actions if a.kind is ActionKind.SEND)]
+    unmarked, invalid = OutputState.UNMARKED, OutputState.INVALID  # OutputState.partial, inlined: 10^5 keys a pass
     for a in sources:
-        keys = tuple(k for k in a.keys if (settled.tasks.get(k) or world.tasks.get(k, EMPTY_OBS)).output.partial)
+        outs = ((settled.tasks.get(k) or world.tasks.get(k, EMPTY_OBS)).output for k in a.keys)
+        keys = tuple(k for k, o in zip(a.keys, outs, strict=True) if o is unmarked or o is invalid)
         if keys:
             out.append(Action(ActionKind.QUARANTINE, Reason.PARTIAL_OUTPUT, keys, batch=a.batch, token=a.token))
     return out

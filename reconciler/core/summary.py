@@ -10,24 +10,31 @@ from reconciler.core.model import Desired, TaskHistory, TaskObs
 from reconciler.core.outcome import adoptable
 from reconciler.core.states import OutputState, SchedState, TaskState
 
+_COMPLETE, _ADOPTED, _RUNNING, _QUEUED, _RETRYING, _FAILED, _STALE, _MISSING = (s.value for s in (
+    TaskState.COMPLETE, TaskState.ADOPTED, TaskState.RUNNING, TaskState.QUEUED,
+    TaskState.RETRYING, TaskState.FAILED, TaskState.STALE, TaskState.MISSING,
+))
+"""TaskState's values as plain strings: hashing an enum member runs Python code (Enum.__hash__),
+and the summary of 10^6 tasks counts each one."""
 
-def task_state(obs: TaskObs, hist: TaskHistory, max_retries: int, adopt: bool) -> TaskState:
-    """One state per task, in the order a person asks: done? running? broken?"""
+
+def task_state(obs: TaskObs, hist: TaskHistory, max_retries: int, adopt: bool) -> str:
+    """One state per task (a TaskState value), in the order a person asks: done? running? broken?"""
     if obs.output is OutputState.COMPLETE:
-        return TaskState.COMPLETE
+        return _COMPLETE
     if obs.output is OutputState.ADOPTED or (adopt and adoptable(obs.output, hist.submissions)):
-        return TaskState.ADOPTED
+        return _ADOPTED
     if obs.sched is SchedState.RUNNING:
-        return TaskState.RUNNING
+        return _RUNNING
     if obs.sched is SchedState.PENDING:
-        return TaskState.QUEUED
+        return _QUEUED
     if obs.output is OutputState.STALE:
-        return TaskState.STALE
+        return _STALE
     if hist.failures > max_retries:
-        return TaskState.FAILED
+        return _FAILED
     if hist.failures > 0:
-        return TaskState.RETRYING
-    return TaskState.MISSING
+        return _RETRYING
+    return _MISSING
 
 
 def summarize(
@@ -40,30 +47,28 @@ def summarize(
     """Counts, progress, failures and each task's state; states as plain strings (TaskState values)."""
     pol = desired.policy
     empty_obs, empty_hist = TaskObs(), TaskHistory()
-    counts: Counter[TaskState] = Counter()
+    counts: Counter[str] = Counter()
     states: dict[str, str] = {}
     failures = []
     retried = []
-    word = {s: s.value for s in TaskState}  # plain strings out; looked up once per task
-    complete, failed, retrying = TaskState.COMPLETE, TaskState.FAILED, TaskState.RETRYING
     for task in desired.tasks:
         hist = history.get(task.key, empty_hist)
         st = task_state(observation.get(task.key, empty_obs), hist, pol.max_retries, pol.adopt_existing)
         counts[st] += 1
-        states[task.key] = word[st]
-        if st is failed or (st is retrying and hist.failures):
-            failures.append({"key": task.key, "state": word[st], "failures": hist.failures, "reason": hist.last_reason, "log": (logs or {}).get(task.key, "")})
-        if hist.failures and st is complete:
+        states[task.key] = st
+        if st == _FAILED or (st == _RETRYING and hist.failures):
+            failures.append({"key": task.key, "state": st, "failures": hist.failures, "reason": hist.last_reason, "log": (logs or {}).get(task.key, "")})
+        if hist.failures and st == _COMPLETE:
             retried.append({"key": task.key, "failures": hist.failures, "last_reason": hist.last_reason})
     total = len(desired.tasks)
-    done = counts[TaskState.COMPLETE] + counts[TaskState.ADOPTED]
-    finished = done + counts[TaskState.FAILED]
+    done = counts[_COMPLETE] + counts[_ADOPTED]
+    finished = done + counts[_FAILED]
     return {
         "total": total,
-        "counts": {s.value: counts[s] for s in TaskState},
+        "counts": {s.value: counts[s.value] for s in TaskState},
         "progress": (done / total) if total else 1.0,
         "success_rate": (done / finished) if finished else None,
-        "done": finished + (0 if pol.rerun_on_change else counts[TaskState.STALE]) == total,
+        "done": finished + (0 if pol.rerun_on_change else counts[_STALE]) == total,
         "failures": failures,
         "retried": retried,
         "excluded": [{"key": k, "reason": r} for k, r in excluded],

@@ -55,7 +55,7 @@ class Actor:
         self.loaded = loaded
         self.spec = loaded.spec
         self.production_dir = loaded.production_dir
-        self.by_key = {t.key: t for t in loaded.expansion().tasks}
+        self.by_key = loaded.expansion().by_key
         self.scheduler = scheduler
         self.ledger = ledger
         self.outputs = outputs

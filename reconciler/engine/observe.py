@@ -20,7 +20,7 @@ from reconciler.core.outcome import validate_deeply
 from reconciler.core.states import OutputState, SchedState, SubmissionState
 from reconciler.ledger import Attempt, Ledger, Seen, Submission
 from reconciler.scheduler.base import JobRef, Scheduler, SchedulerView, TaskSched
-from reconciler.spec.expand import Task
+from reconciler.spec.expand import Expansion, Task
 
 SITE_PROBE_KEY = "site_max_array_size"
 SITE_PROBE_EVERY_S = 86400.0
@@ -68,10 +68,10 @@ class Observed:
 class Observer:
     """Reads one production's world through its adapters."""
 
-    def __init__(self, desired: Desired, tasks: Sequence[Task], validator_kind: str, scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float]) -> None:
+    def __init__(self, desired: Desired, expansion: Expansion, validator_kind: str, scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float]) -> None:
         self.desired = desired
-        self.tasks = tasks
-        self.by_key = {t.key: t for t in tasks}
+        self.tasks = expansion.tasks
+        self.by_key = expansion.by_key
         self.validator_kind = validator_kind
         self.scheduler = scheduler
         self.ledger = ledger

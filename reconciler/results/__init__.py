@@ -7,3 +7,6 @@ branch, what one production publishes there, STATUS.md; ``plots``: the pictures;
 Import the submodule you need: this package imports nothing itself, so reading a file from
 the branch (``branch``) loads neither pydantic nor matplotlib.
 """
+
+DEFAULT_BRANCH = "reconciler/status"
+"""The results branch every pass publishes to, unless told another (``--status-branch``)."""

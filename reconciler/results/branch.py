@@ -30,8 +30,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from reconciler.errors import TransientError, UsageError
 from reconciler.git_identity import fallback_identity
+from reconciler.results import DEFAULT_BRANCH
 
-DEFAULT_BRANCH = "reconciler/status"
 ZERO = "0" * 40
 FETCH_NS = "refs/reconciler/fetched/"
 """Private namespace the remote branch is fetched into (not refs/remotes: ``remote`` may be a URL)."""

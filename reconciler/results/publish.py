@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from reconciler.errors import ReconcilerError
-from reconciler.results.branch import DEFAULT_BRANCH, publish, read_branch_file
+from reconciler.results.branch import publish, read_branch_file
 from reconciler.results.document import build_status, history_line, iso_time, parse_history
 from reconciler.results.layout import HISTORY_FILE, builder, status_path
 from reconciler.results.plots import plots_bytes
 from reconciler.spec.load import Loaded
 
 COMPARE_IGNORED = ("updated", "plots")
-__all__ = ["DEFAULT_BRANCH", "publish_status"]
 
 
 class PassOutcome(Protocol):

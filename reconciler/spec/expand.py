@@ -18,6 +18,7 @@ import shlex
 import string
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import product
 from typing import Any
 
@@ -56,7 +57,9 @@ class Expansion:
     total: int  # size of the full product, exclusions included
     batch_size: int
 
+    @cached_property
     def by_key(self) -> dict[str, Task]:
+        """Tasks by key, built once per expansion (the engine's observe and apply share it)."""
         return {t.key: t for t in self.tasks}
 
 
