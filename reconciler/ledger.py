@@ -1,19 +1,18 @@
 """SQLite journal of submissions, attempts, per-task history and events.
 
 The ledger is a journal and a cache: everything in it can be rebuilt from the scheduler and
-the output tree (see engine.rebuild). A submission's token is written here, committed,
+the output tree (see ``recovery.rebuild``). A submission's token is written here, committed,
 *before* the scheduler is called; a token without a job id is resolved next pass by
 looking it up in the scheduler, never by submitting again.
 
 Two kinds of writes, kept apart: the *journal* of what a pass saw (the scheduler's answer per
-attempt, job ids found by token, submissions whose attempts all ended), and the *decisions*
-of its plan (a failure counted, a submission abandoned, a give-up). The ledger applies no
-policy of its own: retries, backoff and give-ups are the planner's.
+attempt, submissions whose attempts all ended), and the *decisions* of its plan (a job
+recovered by token, a failure counted, a submission abandoned, a waiver, a give-up). The
+ledger decides nothing: retries, backoff and give-ups are the planner's.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import subprocess
@@ -74,13 +73,21 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 MIGRATE_0_TO_1 = (
-    # version 0 kept the seed tool's task states in attempts.state and an unused stage column
-    "ALTER TABLE attempts ADD COLUMN failure_recorded INTEGER NOT NULL DEFAULT 0",
-    "UPDATE attempts SET failure_recorded = 1 WHERE state = 'FAILED'",
-    "ALTER TABLE attempts DROP COLUMN state",
-    "ALTER TABLE attempts DROP COLUMN stage",
-    "ALTER TABLE submissions DROP COLUMN stage",
-    "ALTER TABLE tasks DROP COLUMN stage",
+    # Version 0 kept the seed tool's task states in attempts.state and an unused stage column.
+    # Each table is rebuilt and copied rather than altered: ALTER TABLE ... DROP COLUMN needs
+    # SQLite 3.35, older than the system Python of many login nodes (RHEL 8 has 3.26).
+    "ALTER TABLE submissions RENAME TO submissions_v0",
+    "ALTER TABLE attempts RENAME TO attempts_v0",
+    "ALTER TABLE tasks RENAME TO tasks_v0",
+    "DROP INDEX IF EXISTS attempts_key",
+    SCHEMA,
+    "INSERT INTO submissions SELECT token, batch, kind, state, job_id, backend, script, manifest, created, submitted FROM submissions_v0",
+    "INSERT INTO attempts SELECT token, array_index, key, attempt, sched_state, exit_code, reason, start, end, "
+    "CASE WHEN state = 'FAILED' THEN 1 ELSE 0 END FROM attempts_v0",
+    "INSERT INTO tasks SELECT key, submissions, failures, last_end, last_reason, given_up, latest_token FROM tasks_v0",
+    "DROP TABLE submissions_v0",
+    "DROP TABLE attempts_v0",
+    "DROP TABLE tasks_v0",
 )
 
 
@@ -137,27 +144,43 @@ def network_filesystem(path: Path) -> str | None:
 class Ledger:
     """One production's journal. Use as a context manager; every write commits at once."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        """Open (or create) the ledger at ``path``.
+
+        ``read_only``: for verbs that only look (plan, status, monitor), which run without the
+        production's lock: a ledger of an earlier version is migrated in a copy in memory,
+        never in place under a loop that may be writing it.
+        """
         self.path = path
         self.existed = path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.network_fs = network_filesystem(path.parent)
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=" + ("DELETE" if self.network_fs else "WAL"))
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.network_fs: str | None = None
+        if read_only and self.existed:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            if self._version() < SCHEMA_VERSION:
+                memory = sqlite3.connect(":memory:", isolation_level=None)
+                self.db.backup(memory)
+                self.db.close()
+                self.db = memory
+        else:
+            if str(path) != ":memory:":
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self.network_fs = network_filesystem(path.parent)
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=" + ("DELETE" if self.network_fs else "WAL"))
+            self.db.execute("PRAGMA synchronous=FULL")
         self._migrate()
+
+    def _version(self) -> int:
+        return int(self.db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
         """Bring a ledger written by an earlier version to this schema, in one transaction."""
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version >= SCHEMA_VERSION:
+        if self._version() >= SCHEMA_VERSION:
             return
         with self.transaction() as db:
             columns = {row[1] for row in db.execute("PRAGMA table_info(attempts)")}
-            if "stage" in columns:
-                for statement in MIGRATE_0_TO_1:
-                    db.execute(statement)
-            for statement in SCHEMA.split(";"):
+            statements = [*MIGRATE_0_TO_1] if "stage" in columns else [SCHEMA]
+            for statement in (part for text in statements for part in text.split(";")):
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -224,25 +247,28 @@ class Ledger:
             )
         }
 
-    def events(self, limit: int = 50) -> list[tuple[float, str, str | None, str]]:
-        return list(self.db.execute("SELECT ts, kind, key, message FROM events ORDER BY rowid DESC LIMIT ?", (limit,)))
-
     def get_meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
         return row[0] if row else None
 
     # ------------------------------------------------------------ the journal: what a pass saw
 
-    def journal(self, seen: Sequence[Seen], finished: Iterable[str]) -> None:
-        """This pass's scheduler answers and the submissions whose attempts all ended, in one
-        transaction: facts, not decisions (the plan's decisions are the methods below)."""
+    def journal(self, seen: Sequence[Seen]) -> None:
+        """This pass's scheduler answers, in one transaction: facts, not decisions."""
         with self.transaction() as db:
             db.executemany(
                 "UPDATE attempts SET sched_state = ?, exit_code = ?, reason = ?, start = COALESCE(?, start), end = COALESCE(?, end) "
                 "WHERE token = ? AND array_index = ?",
                 [(s.state.value, s.exit_code, s.reason, s.start, s.end, s.token, s.array_index) for s in seen],
             )
-            db.executemany("UPDATE submissions SET state = ? WHERE token = ?", [(SubmissionState.FINISHED.value, t) for t in sorted(finished)])
+
+    def finish(self, tokens: Iterable[str]) -> None:
+        """Close submissions whose attempts all ended: later passes no longer ask about them."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE submissions SET state = ? WHERE token = ? AND state = ?",
+                [(SubmissionState.FINISHED.value, t, SubmissionState.SUBMITTED.value) for t in sorted(tokens)],
+            )
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (key, value))
@@ -277,19 +303,27 @@ class Ledger:
                 )
 
     def set_submitted(self, token: str, job_id: str, when: float) -> None:
+        """The scheduler's job id for ``token`` (sbatch's answer, or found by token)."""
         with self.transaction() as db:
-            db.execute("UPDATE submissions SET job_id = ?, state = ?, submitted = ? WHERE token = ?", (job_id, SubmissionState.SUBMITTED.value, when, token))
+            db.execute(
+                "UPDATE submissions SET job_id = ?, submitted = ?, state = CASE WHEN state = ? THEN state ELSE ? END WHERE token = ?",
+                (job_id, when, SubmissionState.FINISHED.value, SubmissionState.SUBMITTED.value, token),
+            )
 
-    def set_state(self, token: str, state: SubmissionState) -> None:
+    def unstage(self, token: str, now: float) -> None:
+        """A staged submission is about to be sent: from now on it is journaled like any other,
+        and the lookup grace of a lost sbatch answer counts from this moment, not from staging."""
         with self.transaction() as db:
-            db.execute("UPDATE submissions SET state = ? WHERE token = ?", (state.value, token))
+            db.execute("UPDATE submissions SET state = ?, created = ? WHERE token = ?", (SubmissionState.RECORDED.value, now, token))
 
     # ------------------------------------------------------------ the plan's decisions
 
     def abandon(self, token: str, reason: str, now: float) -> None:
         """A journaled submission that will never run: its tasks become plannable again."""
         with self.transaction() as db:
-            db.execute("UPDATE submissions SET state = ? WHERE token = ?", (SubmissionState.ABANDONED.value, token))
+            cur = db.execute("UPDATE submissions SET state = ? WHERE token = ? AND state != ?", (SubmissionState.ABANDONED.value, token, SubmissionState.ABANDONED.value))
+            if not cur.rowcount:
+                return  # already abandoned (a pass killed after this write): nothing to undo twice
             keys = [r[0] for r in db.execute("SELECT key FROM attempts WHERE token = ?", (token,))]
             db.execute("UPDATE attempts SET reason = ? WHERE token = ?", (reason, token))
             for key in keys:
@@ -317,6 +351,15 @@ class Ledger:
                     db.execute("UPDATE tasks SET failures = failures + 1, last_end = ?, last_reason = ? WHERE key = ?", (end, reason, key))
                     db.execute("INSERT INTO events VALUES (?, 'failed', ?, ?)", (now, key, reason))
 
+    def waive(self, keys: Sequence[str], max_retries: int, now: float) -> None:
+        """`reconcile retry`: the backoff of these failed tasks is over and each has one more
+        attempt left, until it is used (the waiver is journaled, so tasks the queue cap defers
+        keep it for the next pass)."""
+        with self.transaction() as db:
+            for key in keys:
+                db.execute("UPDATE tasks SET last_end = 0, given_up = 0, failures = MIN(failures, ?) WHERE key = ?", (max_retries, key))
+            db.execute("INSERT INTO events VALUES (?, 'retry', NULL, ?)", (now, f"manual retry of {len(keys)} task(s)"))
+
     def give_up(self, keys: Sequence[str], reason: str, now: float) -> None:
         with self.transaction() as db:
             for key in keys:
@@ -340,32 +383,3 @@ def _sub(row: tuple) -> Submission:
 def default_path(production_dir: Path) -> Path:
     override = os.environ.get("RECONCILER_LEDGER")
     return Path(override) if override else production_dir / "metadata" / "production.db"
-
-
-def rebuild(ledger: Ledger, production_dir: Path, backend: str, now: float) -> int:
-    """Refill a lost ledger from the manifests in logs/: each becomes a submission with no job
-    id, which the planner recovers by its token in the scheduler next pass (or abandons after
-    the lookup grace, so its tasks are planned again). Returns the submissions recovered."""
-    logs = production_dir / "logs"
-    manifests = sorted(logs.glob("batch_*.json"), key=lambda p: (p.stat().st_mtime, p.name)) if logs.is_dir() else []
-    n = 0
-    for path in manifests:
-        try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            token = str(doc["token"])
-            tasks = [(int(i), str(t["key"])) for i, t in doc["tasks"].items()]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            continue
-        sub = Submission(
-            token, int(doc.get("batch", 0)), SubmissionKind.REBUILT, SubmissionState.RECORDED, None, backend,
-            str(path.with_suffix(".sh")), str(path), path.stat().st_mtime, None,
-        )
-        try:
-            ledger.record_submission(sub, sorted(tasks))
-        except sqlite3.IntegrityError:  # a duplicate token: already recovered
-            continue
-        n += 1
-    ledger.set_meta("rebuilt_at", str(now))
-    if n:
-        ledger.event("rebuild", f"ledger was missing; recovered {n} submission(s) from {logs}", now)
-    return n

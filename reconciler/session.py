@@ -29,10 +29,11 @@ from reconciler.core.outcome import adoptable
 from reconciler.core.plan import Plan
 from reconciler.core.states import OutputState
 from reconciler.engine import Engine, PassResult
-from reconciler.errors import ReconcilerError, UsageError
-from reconciler.ledger import Ledger, default_path, rebuild
+from reconciler.errors import UsageError
+from reconciler.ledger import Ledger, default_path
 from reconciler.lock import ProductionLock
 from reconciler.production_dir import init_production_dir
+from reconciler.recovery import rebuild
 from reconciler.results import DEFAULT_BRANCH
 from reconciler.scheduler import make_scheduler
 from reconciler.spec.load import (
@@ -163,14 +164,15 @@ def open_production(opts: Options, name: str, *, write: bool, init: bool | None 
             tag = gitops.latest_tag(desired.repo, loaded.name)
         path = default_path(pdir)
         existed = path.exists()
-        ledger = Ledger(path if init or existed else Path(":memory:"))
+        ledger = Ledger(path if init or existed else Path(":memory:"), read_only=not init)
         try:
             if ledger.network_fs:
                 on_warning(f"the ledger {path} is on a network file system ({ledger.network_fs}); using rollback journal mode, not WAL")
-            if init and not existed and any((pdir / "logs").glob("batch_*.json")):
+            if not existed and any((pdir / "logs").glob("batch_*.json")):
+                # a read-only open rebuilds in memory, so `plan` shows what `once` would do
                 n = rebuild(ledger, pdir, scheduler.name, time.time())
-                on_warning(f"ledger {path} was missing: rebuilt {n} submission(s) from the manifests in logs/; "
-                           "retry counts restart at what the markers and logs show")
+                on_warning(f"ledger {path} was missing: {'rebuilt' if init else 'read (in memory)'} {n} submission(s) "
+                           "from the manifests in logs/; their jobs are looked up by token, and retry counts restart")
             yield Production(desired, Engine(loaded, scheduler, ledger), ledger, tag)
         finally:
             ledger.close()
@@ -194,23 +196,24 @@ def run_pass(opts: Options, name: str, *, stage: bool = False, retry: bool = Fal
     """One pass: lock, observe, plan, apply; then publish status, even when the pass failed."""
     with open_production(opts, name, write=True, on_warning=on_warning) as prod:
         result: PassResult | None = None
-        error: ReconcilerError | None = None
+        error: str | None = None
         try:
             result = prod.engine.run_pass(stage=stage, retry=retry)
-        except ReconcilerError as exc:
-            error = exc
+        except BaseException as exc:  # whatever stopped the pass is what status must say
+            error = str(exc) or type(exc).__name__
             raise
         finally:
             commit = _publish(opts, prod, result, error, on_warning) if opts.publish else None
         return PassReport(name, prod.directory, prod.tag, result, commit)
 
 
-def _publish(opts: Options, prod: Production, result: PassResult | None, error: ReconcilerError | None, on_warning: Warn) -> str | None:
-    """Publish this pass's status; a failure to publish is reported, never fatal to the pass."""
+def _publish(opts: Options, prod: Production, result: PassResult | None, error: str | None, on_warning: Warn) -> str | None:
+    """Publish this pass's status; a failure to publish is reported, never fatal to the pass
+    (nor does it hide the error that stopped the pass: it runs in that error's ``finally``)."""
     from reconciler.results.publish import publish_status  # only passes that publish pay for it
 
-    latest = prod.ledger.latest_attempts()
     try:
+        latest = prod.ledger.latest_attempts()
         return publish_status(
             prod.desired.root,
             loaded=prod.desired.loaded,
@@ -220,12 +223,12 @@ def _publish(opts: Options, prod: Production, result: PassResult | None, error: 
             result=result,
             attempts={k: a.attempt for k, a in latest.items()},
             runtimes={k: a.end - a.start for k, a in latest.items() if a.start is not None and a.end is not None},
-            error=str(error) if error else None,
+            error=error,
             branch=opts.status_branch,
             remote=opts.push,
             on_warning=on_warning,
         )
-    except ReconcilerError as exc:
+    except Exception as exc:  # noqa: BLE001 - publishing is reporting; it must never stop or mask a pass
         on_warning(f"{prod.name}: status not published: {exc}")
         return None
 

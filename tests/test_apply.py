@@ -14,7 +14,7 @@ import random
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reconciler.core.plan import ActionKind, Plan
+from reconciler.core.reasons import Reason
 from reconciler.core.states import OutputState, SchedState, SubmissionState
 from reconciler.engine import Engine
+from reconciler.errors import TransientError
 from reconciler.ledger import Ledger
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
 from reconciler.spec.expand import Task
@@ -132,10 +134,11 @@ def check_apply(eng: Engine, sched: RecordingScheduler, outs: RecordingOutputs, 
             assert key in keys_of(p, ActionKind.GIVE_UP), key
         if old[4] and not new[4]:
             assert sent[key], key  # a new attempt resets the give-up
+    new_tokens = set(after["submissions"]) - set(before["submissions"])
+    assert len(new_tokens) == len(p.of(ActionKind.SUBMIT, ActionKind.RESUBMIT, ActionKind.STAGE))  # one per action
     for token, (state, job) in after["submissions"].items():
         old = before["submissions"].get(token)
         if old is None:
-            assert sent, token  # a new submission comes from a SUBMIT/RESUBMIT/STAGE action
             continue
         if state == "abandoned" and old[0] != "abandoned":
             assert token in tokens_of(p, ActionKind.ABANDON), (token, p.dumps())
@@ -204,7 +207,7 @@ def test_a_plan_lists_the_abandon_the_send_and_the_quarantine(tmp_path: Path) ->
         tokens = {s.batch: s.token for s in ledger.all_submissions()}
         # batch 0 was sent and its node died mid-write; batch 2's sbatch never answered
         ledger.set_submitted(tokens[0], "7", clock.t)
-        ledger.set_state(tokens[2], SubmissionState.RECORDED)
+        ledger.unstage(tokens[2], clock.t)
     sim.jobs["7"] = {0: TaskSched(SchedState.NODE_FAIL, None, "NODE_FAIL", clock.t, clock.t)}
     sim.keys["7"] = {0: keys[0]}
     sim.tokens[tokens[0]] = "7"
@@ -224,3 +227,81 @@ def test_a_plan_lists_the_abandon_the_send_and_the_quarantine(tmp_path: Path) ->
     assert (by_kind["resubmit"]["keys"], by_kind["submit"]["keys"]) == ([keys[0]], [keys[2]])  # planned again at once
     order = [a["kind"] for a in doc["actions"]]
     assert order == ["record_failure", "abandon", "quarantine", "send", "resubmit", "submit"], order
+
+
+def _world_with_one_failed_attempt(tmp: Path, retries: int = 2) -> tuple[Any, SimScheduler, SimOutputs, Clock, Path]:
+    loaded = _production(tmp, 1, 1, 1, retries)
+    sim, outs, clock = SimScheduler(random.Random(3)), SimOutputs(), Clock()
+    ledger_path = tmp / "ledger.db"
+    with Ledger(ledger_path) as ledger:
+        Engine(loaded, sim, ledger, outs, clock=clock).run_pass()  # type: ignore[arg-type]
+    sim.step(outs, {}, 1.0, clock.t)  # every task fails
+    return loaded, sim, outs, clock, ledger_path
+
+
+def test_a_pass_killed_after_its_journal_still_counts_the_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The submission is closed only after the failure is counted: a pass that dies between
+    the journal and the plan's actions leaves it open, and the next pass counts it."""
+    loaded, sim, outs, clock, ledger_path = _world_with_one_failed_attempt(tmp_path)
+
+    def die(*_args: object) -> None:
+        raise Crash("killed between the journal and record_failure")
+
+    with Ledger(ledger_path) as ledger:
+        eng = Engine(loaded, sim, ledger, outs, clock=clock)  # type: ignore[arg-type]
+        monkeypatch.setattr(ledger, "record_failures", die)
+        with pytest.raises(Crash):
+            eng.run_pass()
+    monkeypatch.undo()
+    with Ledger(ledger_path) as ledger:
+        assert [s.state for s in ledger.all_submissions()] == [SubmissionState.SUBMITTED]  # still open
+        eng = Engine(loaded, sim, ledger, outs, clock=clock)  # type: ignore[arg-type]
+        p = eng.plan(eng.observe())
+        assert [a.kind for a in p.actions] == [ActionKind.RECORD_FAILURE, ActionKind.WAIT], p.dumps()
+        eng.apply(p, eng.observe())
+        (h,) = ledger.history().values()
+        assert h.failures == 1 and h.last_end is not None
+        clock.t += 3600.0  # past the backoff: retried, not waiting forever
+        kinds = [a.kind for a in eng.plan(eng.observe()).actions]
+        assert kinds[-1] is ActionKind.RESUBMIT and ActionKind.WAIT not in kinds, kinds
+
+
+def test_a_sent_staged_submission_gets_its_lookup_grace_from_the_send(tmp_path: Path) -> None:
+    """Staged yesterday, sent today, sbatch's answer lost: the token is looked for during the
+    grace that starts at the send, not abandoned (and sent twice) at once."""
+
+    class LostAnswer(SimScheduler):
+        def submit(self, job: ArrayJob) -> str:
+            raise TransientError("sbatch outcome unknown (no answer within 30 s)")
+
+    loaded = _production(tmp_path, 1, 1, 1, 2)
+    sim, outs, clock = LostAnswer(random.Random(0), lookup_grace_s=300.0), SimOutputs(), Clock()
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        Engine(loaded, sim, ledger, outs, clock=clock).run_pass(stage=True)  # type: ignore[arg-type]
+        clock.t += 86400.0
+        with pytest.raises(TransientError):
+            Engine(loaded, sim, ledger, outs, clock=clock).run_pass()  # type: ignore[arg-type]
+        clock.t += 5.0
+        eng = Engine(loaded, sim, ledger, outs, clock=clock)  # type: ignore[arg-type]
+        p = eng.plan(eng.observe())
+        assert [(a.kind, a.reason) for a in p.actions] == [(ActionKind.WAIT, Reason.LOOKUP_GRACE)], p.dumps()
+        clock.t += 300.0
+        assert [a.kind for a in eng.plan(eng.observe()).actions] == [ActionKind.ABANDON, ActionKind.SUBMIT]
+
+
+def test_retry_waives_every_failed_task_even_those_the_queue_cap_defers(tmp_path: Path) -> None:
+    loaded = _production(tmp_path, 3, 1, 1, 0)  # three tasks, no retries: each gives up at once
+    sim, outs, clock = SimScheduler(random.Random(0)), SimOutputs(), Clock()
+    with Ledger(tmp_path / "ledger.db") as ledger:
+        Engine(loaded, sim, ledger, outs, clock=clock).run_pass()  # type: ignore[arg-type]
+        sim.step(outs, {}, 1.0, clock.t)
+        Engine(loaded, sim, ledger, outs, clock=clock).run_pass()  # type: ignore[arg-type]
+        assert all(h.given_up for h in ledger.history().values())
+        eng = Engine(loaded, sim, ledger, outs, clock=clock)  # type: ignore[arg-type]
+        eng.limits = replace(eng.limits, max_queued_tasks=1)
+        result = eng.run_pass(retry=True)
+        assert [(a.kind, len(a.keys)) for a in result.plan.actions] == [(ActionKind.WAIVE, 3), (ActionKind.RESUBMIT, 1), (ActionKind.WAIT, 2)]
+        sim.step(outs, {t.key: t.fingerprint for t in loaded.expansion().tasks}, 0.0, clock.t)  # type: ignore[attr-defined]
+        nxt = eng.run_pass()  # an ordinary pass: the waiver was journaled, the deferred two go now
+        assert nxt.plan.count(ActionKind.RESUBMIT) == 1 and nxt.plan.count(ActionKind.WAIT) == 1
+        assert not nxt.plan.of(ActionKind.GIVE_UP)

@@ -110,14 +110,13 @@ def test_planner_invariants(drawn: tuple[Desired, World, float, Limits]) -> None
                 if o.output is OutputState.STALE:
                     assert pol.rerun_on_change
                 if a.kind is ActionKind.RESUBMIT:  # invariant 3
-                    fails = max(h.failures, 1)
-                    assert fails <= pol.max_retries
-                    assert now >= (h.last_end if h.last_end is not None else now) + pol.delay(fails)
+                    assert h.failures <= pol.max_retries
+                    assert now >= (h.last_end if h.last_end is not None else 0.0) + pol.delay(max(h.failures, 1))
                     assert o.sched is not None
         if a.kind is ActionKind.CANCEL:
             assert pol.prune and all(k not in by_key for k in a.keys)
         if a.kind is ActionKind.GIVE_UP:
-            assert all(max(hist[k].failures, 1) > pol.max_retries and not hist[k].given_up for k in a.keys)
+            assert all(hist[k].failures > pol.max_retries and not hist[k].given_up for k in a.keys)
     cancelled = sum(len(a.keys) for a in p.actions if a.kind is ActionKind.CANCEL)
     if queued <= limits.max_queued_tasks:
         assert queued - cancelled + sent <= limits.max_queued_tasks  # invariant 4

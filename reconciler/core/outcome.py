@@ -34,14 +34,15 @@ def validate_deeply(validator_kind: str, submissions: int, adopt_existing: bool,
     """Whether an unmarked task's outputs must be opened and validated this pass.
 
     Listing a directory answers complete/stale/unmarked/missing for every task in it; opening
-    files costs a metadata round trip each on a parallel filesystem, so only tasks that may
-    be *adopted* need it: never submitted by us (or whose only submission may be abandoned
-    this pass, ``unresolved``), or every unmarked task when adoption is off (a partial write
-    is then told from a complete one before the rerun moves it aside).
+    files costs a metadata round trip each on a parallel filesystem. Only the adoption rule
+    reads the difference between valid and invalid unmarked outputs, so only tasks that may
+    be adopted are validated: never submitted by us, or whose only submission may be
+    abandoned this pass (``unresolved``). With adoption off, or for our own attempts, an
+    unmarked output is moved aside before the rerun whether it is valid or not.
     """
-    if validator_kind == "exists":
+    if validator_kind == "exists" or not adopt_existing:
         return False
-    return submissions == 0 or unresolved or not adopt_existing
+    return submissions == 0 or unresolved
 
 
 def failure_text(attempt: AttemptObs, why: Reason) -> str:

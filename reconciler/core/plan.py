@@ -25,6 +25,7 @@ class ActionKind(StrEnum):
     RECOVER = "recover"  # a lost sbatch answer found by token: take the job as this submission's
     RECORD_FAILURE = "record_failure"  # attempts that ended without a valid output count against retries
     ABANDON = "abandon"  # a journaled submission that will never run: its tasks are planned again
+    WAIVE = "waive"  # `reconcile retry`: failed tasks' backoff is over and each gets one more attempt
     GIVE_UP = "give_up"  # retries exhausted: the tasks stay FAILED
     CANCEL = "cancel"  # in-flight tasks that left the desired state (prune: true)
     QUARANTINE = "quarantine"  # move partial outputs to qa/partial/ before their rerun

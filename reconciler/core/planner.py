@@ -19,9 +19,11 @@ Then per task, in this order of precedence:
   submitted, outcome unknown    -> WAIT (a lost sbatch answer is resolved by token, not resent)
   failed, retries left          -> RESUBMIT after initial * multiplier**(failures-1), else WAIT
   failed, retries exhausted     -> GIVE_UP once, then nothing
+  failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
 A task (re)submitted over outputs that are present but not certified gets them moved aside
 first (QUARANTINE). Submissions are grouped by batch (index // batch_size) with batch-local
-array indices, and queued tasks never exceed ``limits.max_queued_tasks``.
+array indices, and queued tasks (counting those whose submission's answer is still unknown)
+never exceed ``limits.max_queued_tasks``.
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
 
     submit: list[DesiredTask] = []
     resubmit: list[DesiredTask] = []
-    retried: list[DesiredTask] = []
+    waived: list[DesiredTask] = []
     rerun: list[DesiredTask] = []
     give_up: list[str] = []
     backoff: list[str] = []
@@ -229,7 +231,10 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             queued += 1  # counts against the queue cap even if its outputs are already there
             continue
         output = obs.output
-        if output is OutputState.COMPLETE or output is OutputState.ADOPTED or key in held:
+        if key in held:
+            queued += 1  # its submission's answer was lost: it may well be in the queue
+            continue
+        if output is OutputState.COMPLETE or output is OutputState.ADOPTED:
             continue
         hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
         if pol.adopt_existing and adoptable(output, hist.submissions):
@@ -245,16 +250,18 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             continue
         if sched is None:
             unknown.append(key)  # submitted, but no scheduler answer yet: never resend blindly
+            queued += 1
             continue
-        failures = max(hist.failures, 1)
-        if retry:
-            retried.append(task)
+        if retry and hist.failures:
+            waived.append(task)  # the waiver is journaled; the task is resubmitted with the others
             continue
-        if failures > pol.max_retries:
+        if hist.failures > pol.max_retries:
             if not hist.given_up:
                 give_up.append(key)
             continue
-        deadline = (hist.last_end if hist.last_end is not None else now) + pol.delay(failures)
+        # the backoff runs from the end of the latest failure; with no failure on record (an
+        # output deleted after its task completed, a waived one) there is nothing to wait for
+        deadline = (hist.last_end if hist.last_end is not None else 0.0) + pol.delay(max(hist.failures, 1))
         if now < deadline:
             backoff.append(key)
             backoff_until = deadline if backoff_until is None else min(backoff_until, deadline)
@@ -272,8 +279,10 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
 
     actions = list(settled.actions)
     notes = list(settled.notes)
+    if waived:
+        actions.append(Action(ActionKind.WAIVE, Reason.MANUAL_RETRY, tuple(t.key for t in waived), note=f"max_retries={pol.max_retries}"))
     if give_up:
-        actions.append(Action(ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED, tuple(give_up), note=f"failed {pol.max_retries + 1} times, max_retries={pol.max_retries}"))
+        actions.append(Action(ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED, tuple(give_up), note=f"max_retries={pol.max_retries}"))
     if removed_in_flight:
         if pol.prune:
             actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))
@@ -281,7 +290,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         else:
             notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
     wanted = (
-        _batches(ActionKind.RESUBMIT, Reason.MANUAL_RETRY, retried, batch_size)
+        _batches(ActionKind.RESUBMIT, Reason.MANUAL_RETRY, waived, batch_size)
         + _batches(ActionKind.RESUBMIT, Reason.BACKOFF_ELAPSED, resubmit, batch_size)
         + _batches(ActionKind.SUBMIT, Reason.STALE_RERUN, rerun, batch_size)
         + _batches(ActionKind.SUBMIT, Reason.NEVER_SUBMITTED, submit, batch_size)

@@ -20,6 +20,7 @@ from pathlib import Path
 from reconciler.atomic import atomic_write
 from reconciler.core.outcome import failure_text
 from reconciler.core.plan import SENDS, Action, ActionKind, Plan
+from reconciler.core.reasons import Reason
 from reconciler.core.states import SubmissionKind, SubmissionState
 from reconciler.engine.observe import SITE_PROBE_KEY, Observed, OutputTree
 from reconciler.errors import NotSubmitted, SubmitRejected
@@ -36,6 +37,7 @@ from reconciler.spec.expand import SYMBOLIC_DIR, Renderer
 from reconciler.spec.load import Loaded
 
 CRASH_ENV = "RECONCILER_FAILPOINT"
+RETRIES = frozenset({Reason.BACKOFF_ELAPSED, Reason.MANUAL_RETRY})
 
 
 def failpoint(name: str) -> None:
@@ -61,17 +63,22 @@ class Actor:
         self.outputs = outputs
         self.clock = clock
         self.python = python
+        self.max_retries = loaded.spec.execution.retry_policy.max_retries
+        self._abandoned: dict[str, int] = {}
 
     def apply(self, p: Plan, obs: Observed) -> tuple[dict[str, int], list[str]]:
-        """Journal what ``obs`` saw, then perform exactly ``p``'s actions, in order.
+        """Journal what ``obs`` saw, perform exactly ``p``'s actions in order, then close the
+        submissions whose attempts all ended (last: a submission closed before its failures
+        were counted would never be settled again, if the pass died in between).
 
         Returns (tasks per action kind, events for the person watching). Scheduler errors
         stop the pass (TransientError) and lose nothing.
         """
         now = self.clock()
-        self.ledger.journal(obs.seen, obs.finished)
+        self.ledger.journal(obs.seen)
         if obs.probed and obs.world.site_max_array_size is not None:  # unknown (slurmctld down): ask again next pass
             self.ledger.set_meta(SITE_PROBE_KEY, f"{now}:{obs.world.site_max_array_size}")
+        self._abandoned = {}
         applied: dict[str, int] = {}
         events: list[str] = []
         for a in p.actions:
@@ -81,9 +88,15 @@ class Actor:
             if event:
                 events.append(event)
             applied[a.kind.value] = applied.get(a.kind.value, 0) + len(a.keys)
+        self.ledger.finish(obs.finished)
         if applied:
             self.ledger.event("pass", json.dumps(applied, sort_keys=True), self.clock())
         return applied, events
+
+    def _attempts_so_far(self, key: str, obs: Observed) -> int:
+        """Submissions of ``key`` that count, after the abandons this pass already applied."""
+        history = obs.world.history
+        return (history[key].submissions if key in history else 0) - self._abandoned.get(key, 0)
 
     def _act(self, a: Action, obs: Observed) -> str | None:
         now = self.clock()
@@ -101,7 +114,11 @@ class Actor:
             self.ledger.record_failures(rows, now)
         elif a.kind is ActionKind.ABANDON:
             self.ledger.abandon(_token(a), a.message, now)
+            for key in a.keys:
+                self._abandoned[key] = self._abandoned.get(key, 0) + 1
             return f"submission {a.token} abandoned: {a.message}"
+        elif a.kind is ActionKind.WAIVE:
+            self.ledger.waive(a.keys, self.max_retries, now)
         elif a.kind is ActionKind.GIVE_UP:
             self.ledger.give_up(a.keys, a.message, now)
         elif a.kind is ActionKind.CANCEL:
@@ -110,15 +127,15 @@ class Actor:
             self._quarantine(a, obs)
         elif a.kind is ActionKind.SEND:
             sub = obs.subs[_token(a)]
-            self.ledger.set_state(sub.token, SubmissionState.RECORDED)
-            self._send(replace(sub, state=SubmissionState.RECORDED), a.array_indices)
+            self.ledger.unstage(sub.token, now)
+            self._send(replace(sub, state=SubmissionState.RECORDED, created=now), a.array_indices)
         elif a.kind in SENDS:
             self._submit(a, obs)
         return None
 
     def _cancel(self, a: Action, obs: Observed) -> None:
         per_job: dict[str, list[int]] = {}
-        jobs = {t: s.job_id for t, s in obs.subs.items()}
+        jobs = {s.token: s.job_id or s.found for s in obs.world.submissions}
         for key in a.keys:
             att = obs.latest.get(key)
             job = jobs.get(att.token) if att else None
@@ -131,8 +148,7 @@ class Actor:
     def _quarantine(self, a: Action, obs: Observed) -> None:
         now = self.clock()
         for key in a.keys:
-            submissions = obs.world.history[key].submissions if key in obs.world.history else 0
-            moved = self.outputs.move_partial(self.by_key[key], f"attempt{submissions:02d}-{now:.0f}")
+            moved = self.outputs.move_partial(self.by_key[key], f"attempt{self._attempts_so_far(key, obs):02d}-{now:.0f}")
             if moved:
                 self.ledger.event("partial", f"moved {len(moved)} partial output(s) aside before rerun: {moved[0]}", now, key)
 
@@ -142,12 +158,10 @@ class Actor:
         token = f"{now:.0f}-{secrets.token_hex(6)}"
         renderer = Renderer(self.spec)
         tasks: dict[int, ManifestTask] = {}
-        history = obs.world.history
         for key, idx in zip(a.keys, a.array_indices, strict=True):
             t = self.by_key[key]
-            done = history[key].submissions if key in history else 0
             argv = renderer.argv(t.params, t.index, t.key, SYMBOLIC_DIR, t.outputs)
-            tasks[idx] = ManifestTask(t.key, t.index, argv, t.outputs, t.fingerprint, done + 1)
+            tasks[idx] = ManifestTask(t.key, t.index, argv, t.outputs, t.fingerprint, self._attempts_so_far(key, obs) + 1)
         base = self.production_dir / "logs" / f"batch_{a.batch:04d}_{token}"
         script_path, manifest_path = base.with_suffix(".sh"), base.with_suffix(".json")
         manifest = render_manifest(self.spec, batch=a.batch, token=token, production_dir=self.production_dir, tasks=tasks)
@@ -157,7 +171,7 @@ class Actor:
         )
         atomic_write(manifest_path, manifest)
         atomic_write(script_path, script)
-        kind = SubmissionKind.RESUBMIT if a.kind is ActionKind.RESUBMIT else SubmissionKind.SUBMIT
+        kind = SubmissionKind.RESUBMIT if a.reason in RETRIES else SubmissionKind.SUBMIT  # staged retries too
         state = SubmissionState.STAGED if a.kind is ActionKind.STAGE else SubmissionState.RECORDED
         sub = Submission(token, a.batch, kind, state, None, self.scheduler.name, str(script_path), str(manifest_path), now, None)
         failpoint("before_record")

@@ -123,15 +123,11 @@ class Observer:
         out = self.outputs.observe(self.tasks, deep)
 
         tasks: dict[str, TaskObs] = {}
-        open_tokens = {s.token for s in open_subs}
         for key, att in latest.items():
+            # this pass's answer, else the journal's; None (staged, or no answer yet) is for
+            # the planner to read
             ts = current.get((att.token, att.array_index))
-            if ts is not None:
-                state: SchedState | None = ts.state
-            elif att.token in open_tokens and att.sched_state is None:
-                state = None  # staged, or no answer yet: the planner decides what that means
-            else:
-                state = SchedState(att.sched_state) if att.sched_state else None
+            state = ts.state if ts is not None else (SchedState(att.sched_state) if att.sched_state else None)
             tasks[key] = TaskObs(out.get(key, OutputState.MISSING), state)
         unsubmitted = {st: TaskObs(st, None) for st in OutputState}  # shared: 1M tasks, a handful of values
         for key, st in out.items():

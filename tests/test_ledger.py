@@ -1,0 +1,117 @@
+"""The ledger's schema migration: a ledger written before the vocabulary was cleaned up.
+
+Productions run for weeks; a reconciler upgraded in the middle of one must read the ledger
+the old one wrote, keep every count, and never migrate in place from a read-only verb.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
+from reconciler.ledger import SCHEMA_VERSION, Ledger
+
+V0_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
+CREATE TABLE IF NOT EXISTS submissions (
+    token TEXT PRIMARY KEY,
+    stage TEXT NOT NULL DEFAULT 'default',
+    batch INTEGER NOT NULL,
+    kind TEXT NOT NULL,             -- submit | resubmit
+    state TEXT NOT NULL,            -- staged | recorded | submitted | finished | abandoned
+    job_id TEXT,
+    backend TEXT NOT NULL,
+    script TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    created REAL NOT NULL,
+    submitted REAL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    token TEXT NOT NULL,
+    array_index INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT 'default',
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,            -- QUEUED | RUNNING | COMPLETED | FAILED | CANCELLED
+    sched_state TEXT,
+    exit_code INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    start REAL,
+    end REAL,
+    PRIMARY KEY (token, array_index)
+);
+CREATE INDEX IF NOT EXISTS attempts_key ON attempts (key);
+CREATE TABLE IF NOT EXISTS tasks (
+    key TEXT PRIMARY KEY,
+    stage TEXT NOT NULL DEFAULT 'default',
+    submissions INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    last_end REAL,
+    last_reason TEXT NOT NULL DEFAULT '',
+    given_up INTEGER NOT NULL DEFAULT 0,
+    latest_token TEXT
+);
+CREATE TABLE IF NOT EXISTS events (
+    ts REAL NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT,
+    message TEXT NOT NULL
+);
+"""
+"""The schema of commit eb48876 (user_version 0), verbatim."""
+
+
+def v0_ledger(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.executescript(V0_SCHEMA)
+    db.execute("INSERT INTO submissions VALUES ('tok1', 'default', 0, 'submit', 'finished', '41', 'slurm', 's.sh', 'm.json', 100.0, 101.0)")
+    db.execute("INSERT INTO submissions VALUES ('tok2', 'default', 0, 'resubmit', 'submitted', '42', 'slurm', 's2.sh', 'm2.json', 200.0, 201.0)")
+    rows = [
+        ("tok1", 0, "r1/z0.5", "default", 1, "COMPLETED", "COMPLETED", 0, "", 110.0, 120.0),
+        ("tok1", 1, "r2/z0.5", "default", 1, "FAILED", "FAILED", 1, "exit 1", 110.0, 130.0),
+        ("tok2", 1, "r2/z0.5", "default", 2, "RUNNING", "RUNNING", None, "", 210.0, None),
+    ]
+    db.executemany("INSERT INTO attempts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    db.execute("INSERT INTO tasks VALUES ('r1/z0.5', 'default', 1, 0, NULL, '', 0, 'tok1')")
+    db.execute("INSERT INTO tasks VALUES ('r2/z0.5', 'default', 2, 1, 130.0, 'exit 1', 0, 'tok2')")
+    db.execute("INSERT INTO events VALUES (130.0, 'failed', 'r2/z0.5', 'attempt 1: exit 1')")
+    db.commit()
+    db.close()
+
+
+def test_a_v0_ledger_is_migrated_keeping_every_count(tmp_path: Path) -> None:
+    path = tmp_path / "production.db"
+    v0_ledger(path)
+    with Ledger(path) as ledger:
+        subs = {s.token: s for s in ledger.all_submissions()}
+        assert subs["tok1"].state is SubmissionState.FINISHED and subs["tok2"].kind is SubmissionKind.RESUBMIT
+        assert [s.token for s in ledger.submissions()] == ["tok2"]  # the open one
+        history = ledger.history()
+        assert (history["r2/z0.5"].submissions, history["r2/z0.5"].failures, history["r2/z0.5"].last_reason) == (2, 1, "exit 1")
+        recorded = {(a.token, a.array_index): a.failure_recorded for a in ledger.attempts_of(["tok1", "tok2"])}
+        assert recorded == {("tok1", 0): False, ("tok1", 1): True, ("tok2", 1): False}  # FAILED was counted
+        latest = ledger.latest_attempts()
+        assert latest["r2/z0.5"].token == "tok2" and SchedState(latest["r2/z0.5"].sched_state) is SchedState.RUNNING
+        # and it is a ledger like any other: the old failure is not counted twice
+        ledger.record_failures([("tok1", 1, "r2/z0.5", "exit 1", 130.0)], 300.0)
+        assert ledger.history()["r2/z0.5"].failures == 1
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    columns = {t: {r[1] for r in db.execute(f"PRAGMA table_info({t})")} for t in ("submissions", "attempts", "tasks")}
+    assert not any("stage" in c for c in columns.values()) and "state" not in columns["attempts"]
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'attempts_key'").fetchone()
+    db.close()
+
+
+def test_a_read_only_open_migrates_a_copy_and_leaves_the_file_alone(tmp_path: Path) -> None:
+    path = tmp_path / "production.db"
+    v0_ledger(path)
+    before = path.read_bytes()
+    with Ledger(path, read_only=True) as ledger:
+        assert ledger.history()["r2/z0.5"].failures == 1
+        assert [s.token for s in ledger.submissions()] == ["tok2"]
+    assert path.read_bytes() == before  # a loop of the old version may still be writing it
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    db.close()
