@@ -76,8 +76,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     """Retry failed tasks now: backoff waived, and tasks that gave up get one more attempt."""
     r = _pass(options(args), args.name, retry=True)
-    n = sum(len(a.keys) for a in r.result.plan.of(ActionKind.RESUBMIT) if a.reason is Reason.MANUAL_RETRY)
-    print(f"{args.name}: {n} failed task(s) retried now", file=sys.stderr)
+    waived = r.result.plan.count(ActionKind.WAIVE)
+    now = sum(len(a.keys) for a in r.result.plan.of(ActionKind.RESUBMIT) if a.reason is Reason.MANUAL_RETRY)
+    later = f" ({waived - now} when the queue cap allows)" if waived > now else ""
+    print(f"{args.name}: {waived} failed task(s) given one more attempt, {now} resubmitted now{later}", file=sys.stderr)
     print(f"{args.name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}")
     return EXIT_OK
 
