@@ -163,7 +163,7 @@ def _record_failures(s: Settled, world: World, sub: SubmissionObs, now: float) -
         by_reason.setdefault(why, []).append(att)
         h = _hist(s, world, att.key)
         s.history[att.key] = replace(h, failures=h.failures + 1, last_end=att.end if att.end is not None else now, last_reason=failure_text(att, why))
-    for why, atts in sorted(by_reason.items()):
+    for why, atts in by_reason.items():  # plan() orders every action by kind, batch, token, reason
         s.actions.append(_of(ActionKind.RECORD_FAILURE, why, sub, atts))
 
 
