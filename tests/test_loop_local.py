@@ -165,6 +165,14 @@ def test_deleted_ledger_is_rebuilt_without_resubmitting(repo: Path, tmp_path: Pa
     (repo / "work/productions/demo/metadata/production.db").unlink()
     for suffix in ("-wal", "-shm"):
         Path(f"{repo}/work/productions/demo/metadata/production.db{suffix}").unlink(missing_ok=True)
+    # `plan` shows what `once` will do: the jobs found again by their tokens, nothing sent as
+    # new (a fail-once task past its 3 s backoff may be resubmitted: that is a retry); and,
+    # being read-only, it rebuilds in memory and writes no ledger
+    r = reconcile(repo, env, "plan", "demo", "--json")
+    assert r.returncode == 1, r.stderr
+    kinds = {a["kind"] for a in json.loads(r.stdout)["actions"]}
+    assert "recover" in kinds and not kinds & {"submit", "abandon"}, r.stdout
+    assert not (repo / "work/productions/demo/metadata/production.db").exists()
     r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")
     assert r.returncode == 0, r.stderr
     assert "rebuilt" in r.stderr
