@@ -233,11 +233,10 @@ def _publish(opts: Options, prod: Production, result: PassResult | None, error: 
         return None
 
 
-def read_plan(opts: Options, name: str, *, retry: bool = False) -> tuple[Plan, dict[str, Any]]:
-    """The plan the next pass would carry out, and the status it would leave; writes nothing."""
+def read_plan(opts: Options, name: str) -> Plan:
+    """The plan the next pass would carry out; writes nothing."""
     with open_production(opts, name, write=False) as prod:
-        obs = prod.engine.observe()
-        return prod.engine.plan(obs, retry=retry), prod.engine.summary(obs)
+        return prod.engine.plan(prod.engine.observe())
 
 
 def read_status(opts: Options, name: str) -> tuple[dict[str, Any], Path, str | None]:

@@ -21,7 +21,7 @@ EXAMPLES = {
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    p, _summary = read_plan(options(args), args.name)
+    p = read_plan(options(args), args.name)
     print(p.dumps() if args.json else plan_text(args.name, p))
     return EXIT_OK if p.is_empty else EXIT_CHANGES
 
