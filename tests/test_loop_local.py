@@ -109,7 +109,7 @@ def test_killed_at_a_failpoint_never_submits_twice(repo: Path, tmp_path: Path, p
     r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")
     assert r.returncode == 0, r.stderr
     if point == "after_submit":
-        assert "adopted submission" in r.stderr  # found by its token, not sent again
+        assert "recovered submission" in r.stderr  # found by its token, not sent again
     counts = sent_to_scheduler(tmp_path / "spool")
     assert counts == Counter({k: 2 if k in FAIL_ONCE else 1 for k in counts}) and len(counts) == n
     wait_quiet(tmp_path / "spool")

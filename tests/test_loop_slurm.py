@@ -553,7 +553,7 @@ def wait_node_idle(node: str, timeout: float = 60) -> None:
 # ---------------------------------------------------------------- 5. sbatch that reports a timeout after submitting
 
 
-def test_sbatch_timeout_after_submitting_is_adopted_not_resubmitted(make_prod: Callable[..., Prod], tmp_path: Path) -> None:
+def test_sbatch_timeout_after_submitting_is_recovered_not_resubmitted(make_prod: Callable[..., Prod], tmp_path: Path) -> None:
     real = shutil.which("sbatch")
     assert real
     wrap = tmp_path / "wrap"
@@ -574,7 +574,7 @@ def test_sbatch_timeout_after_submitting_is_adopted_not_resubmitted(make_prod: C
     # the pass stopped at its first sbatch: one job exists, batch 0
     assert len({row[1] for row in queued(p.name)} | {x.job for x in accounted(p)}) == 1
     passes = p.converge(timeout=300)
-    assert "adopted submission" in passes[0].stderr, passes[0].stderr
+    assert "recovered submission" in passes[0].stderr, passes[0].stderr
     st = p.status()
     assert_all_outputs(p, st)
     keys = keys_by_position(p, 3)

@@ -104,7 +104,7 @@ class Actor:
             job = obs.submission(_token(a)).found
             assert job is not None
             self.ledger.set_submitted(_token(a), job, now)
-            return f"adopted submission {a.token} as job {job} (its sbatch answer was lost)"
+            return f"recovered submission {a.token} as job {job}: its sbatch answer was lost, the job was found by its token"
         if a.kind is ActionKind.RECORD_FAILURE:
             atts = {x.array_index: x for x in obs.submission(_token(a)).attempts}
             rows = []

@@ -181,6 +181,7 @@ class Observer:
                 return (int(raw) if raw else None), False
         return self.scheduler.max_array_size(), True
 
+
 def _all_ended(atts: Sequence[Attempt], current: dict[tuple[str, int], TaskSched]) -> bool:
     """Whether every attempt of a submission has ended, by this pass's answers or the journal's."""
     if not atts:
