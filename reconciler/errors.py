@@ -2,7 +2,8 @@
 
 Exit codes are part of the command-line contract:
 0 ok / nothing to do, 1 there is something to do (plan, diff), 2 invalid input,
-3 another reconciler holds the lock, 4 the scheduler or filesystem failed transiently.
+3 another reconciler holds the lock, 4 the scheduler or filesystem failed transiently,
+5 `watch --until-done` ended with tasks that gave up (or are stale and not rerun).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ EXIT_CHANGES = 1
 EXIT_INVALID = 2
 EXIT_LOCKED = 3
 EXIT_TRANSIENT = 4
+EXIT_INCOMPLETE = 5  # `watch --until-done`: nothing left to do, but some tasks gave up or are stale
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,3 +178,36 @@ def test_deleted_ledger_is_rebuilt_without_resubmitting(repo: Path, tmp_path: Pa
     assert "rebuilt" in r.stderr
     counts = sent_to_scheduler(tmp_path / "spool")
     assert counts == Counter({k: 2 if k in FAIL_ONCE else 1 for k in counts}) and len(counts) == n
+
+
+def test_until_done_ends_nonzero_when_tasks_gave_up_and_says_why(repo: Path, tmp_path: Path) -> None:
+    """Honest endings: nothing left to do is not success when tasks gave up."""
+    demo = repo / "productions" / "demo.yaml"
+    text = demo.read_text().replace("    start: 0\n    count: 8\n", "    start: 0\n    count: 1\n").replace("redshifts: [0.5, 1.0, 1.5, 2.0]", "redshifts: [0.5, 1.0]")
+    text = text.replace("max_retries: 2", "max_retries: 0").replace("{python} -m reconciler.demo_generator", "{python} -c 'import sys; sys.exit(3)' {python} -m reconciler.demo_generator")
+    demo.write_text(text)
+    git(repo, "commit", "-qam", "a command that always fails")
+    env = env_for(tmp_path)
+    r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5", "--no-status")
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "demo: nothing left to do, but 2 task(s) gave up (2: exit 3)" in r.stdout, r.stdout
+    assert "every task is complete" not in r.stdout
+    st = reconcile(repo, env, "status", "demo")
+    assert "(ended: 2 task(s) gave up" in st.stdout and "(done)" not in st.stdout, st.stdout
+    wait_quiet(tmp_path / "spool")
+
+
+def test_a_deleted_finished_output_is_rerun_and_until_done_ends_0(repo: Path, tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    shrink_demo(repo)
+    assert reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5", "--no-status").returncode == 0
+    out = repo / "work/productions/demo/catalogs/r0004/mock_z0.500.hdf5"
+    out.unlink()
+    r = reconcile(repo, env, "plan", "demo", "--json")
+    assert r.returncode == 1
+    (a,) = json.loads(r.stdout)["actions"]
+    assert (a["kind"], a["reason"], a["keys"]) == ("resubmit", "output_lost", ["r0004/z0.500"])
+    r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5", "--no-status")
+    assert r.returncode == 0 and "every task is complete" in r.stdout, r.stdout + r.stderr
+    assert out.exists()
+    wait_quiet(tmp_path / "spool")

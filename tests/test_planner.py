@@ -27,6 +27,7 @@ from reconciler.core.model import (
 )
 from reconciler.core.plan import ActionKind
 from reconciler.core.planner import plan
+from reconciler.core.reasons import Reason
 from reconciler.core.states import OutputState, SchedState
 from reconciler.engine import Engine
 from reconciler.ledger import Ledger
@@ -110,9 +111,11 @@ def test_planner_invariants(drawn: tuple[Desired, World, float, Limits]) -> None
                 if o.output is OutputState.STALE:
                     assert pol.rerun_on_change
                 if a.kind is ActionKind.RESUBMIT:  # invariant 3
-                    assert h.failures <= pol.max_retries
-                    assert now >= (h.last_end if h.last_end is not None else 0.0) + pol.delay(max(h.failures, 1))
-                    assert o.sched is not None
+                    assert h.failures <= pol.max_retries and o.sched is not None
+                    if a.reason is Reason.OUTPUT_LOST:
+                        assert h.failures == 0  # nothing failed: no backoff to wait for
+                    else:
+                        assert now >= (h.last_end if h.last_end is not None else 0.0) + pol.delay(max(h.failures, 1))
         if a.kind is ActionKind.CANCEL:
             assert pol.prune and all(k not in by_key for k in a.keys)
         if a.kind is ActionKind.GIVE_UP:
@@ -303,3 +306,15 @@ def test_engine_converges_under_failures_and_crashes(
         for _key, h in ledger.history().items():
             assert h.failures <= retries + 1  # invariant 3: at most max_retries retries
             assert h.submissions <= retries + 1
+
+
+def test_a_completed_task_whose_output_vanished_is_planned_again_at_once() -> None:
+    """Its history has no failure and no end: it must not wait for a backoff that never ends."""
+    tasks = [T("t0", 0), T("t1", 1)]
+    desired = Desired(tasks, Policy(batch_size=10, max_retries=0, initial_delay_s=600.0))
+    world = World(
+        {"t0": TaskObs(OutputState.MISSING, SchedState.COMPLETED), "t1": TaskObs(OutputState.COMPLETE, SchedState.COMPLETED)},
+        {"t0": TaskHistory(1), "t1": TaskHistory(1)},
+    )
+    (a,) = plan(desired, world, 1000.0, Limits()).actions
+    assert (a.kind, a.reason, a.keys, a.array_indices) == (ActionKind.RESUBMIT, Reason.OUTPUT_LOST, ("t0",), (0,))

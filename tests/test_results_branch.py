@@ -343,3 +343,13 @@ def test_builder_recomputes_status_md_from_the_branch(repo: Path) -> None:
     assert "| alpha |" in md and "| demo |" in md
     assert len(parse_history(read_branch_file(repo, "productions/demo/history.jsonl"))) == 2
     assert read_branch_file(repo, "productions/nothing/status.json") is None
+
+
+def test_status_md_says_done_only_when_every_task_is_complete() -> None:
+    def row(failed: int, stale: int) -> dict:
+        counts = {"complete": 10 - failed - stale, "failed": failed, "stale": stale}
+        return {"production": "p", "version": "v", "counts": counts, "total": 10, "progress": counts["complete"] / 10, "done": True}
+
+    assert "(done)" in render_status_md([row(0, 0)], {})
+    ended = render_status_md([row(2, 1)], {})
+    assert "(done)" not in ended and "(ended: 2 failed, 1 stale)" in ended

@@ -1,7 +1,8 @@
 """The `reconcile` command line: one module per family of verbs, each going through session.
 
 Exit codes: 0 ok / nothing to do, 1 something to do (plan, diff), 2 invalid input,
-3 another reconciler holds the lock, 4 transient scheduler/filesystem failure.
+3 another reconciler holds the lock, 4 transient scheduler/filesystem failure, 5 `watch
+--until-done` ended with tasks that gave up or are stale.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reconcile",
         description="Make a SLURM cluster (or this machine) converge to the productions committed in git.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Exit codes: 0 ok, 1 changes pending (plan/diff), 2 invalid input, 3 locked, 4 transient failure.",
+        epilog="Exit codes: 0 ok, 1 changes pending (plan/diff), 2 invalid input, 3 locked, 4 transient failure, 5 ended incomplete (watch --until-done).",
     )
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -14,7 +14,8 @@ from reconciler.cli.options import add_publishing, add_scheduler, add_source, op
 from reconciler.cli.render import applied_line, counts_line, public
 from reconciler.core.plan import ActionKind
 from reconciler.core.reasons import Reason
-from reconciler.errors import EXIT_OK, EXIT_TRANSIENT, LockHeld, TransientError
+from reconciler.core.summary import shortfall
+from reconciler.errors import EXIT_INCOMPLETE, EXIT_OK, EXIT_TRANSIENT, LockHeld, TransientError
 from reconciler.session import Options, PassReport, fetch_desired, production_names, run_pass, warn
 
 EXAMPLES = {
@@ -118,6 +119,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     with Stop() as stop:
         while not stop.requested:
             all_done = True
+            short: dict[str, str] = {}  # production -> why it ended incomplete
             if args.fetch:
                 fetch_desired(opts, args.fetch)
             for name in production_names(opts, args.names):
@@ -138,9 +140,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 stamp = time.strftime("%H:%M:%S")
                 print(f"[{stamp}] {name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}", flush=True)
                 all_done = all_done and r.result.summary["done"]
+                if r.result.summary["done"] and not r.result.summary["all_complete"]:
+                    short[name] = shortfall(r.result.summary)
             if args.until_done and all_done:
-                print("every task is complete or has given up", flush=True)
-                return EXIT_OK
+                if not short:
+                    print("every task is complete", flush=True)
+                    return EXIT_OK
+                for name, why in short.items():
+                    print(f"{name}: nothing left to do, but {why}", flush=True)
+                print(f"ended incomplete (exit {EXIT_INCOMPLETE}): `reconcile status NAME` shows each failure and its log", flush=True)
+                return EXIT_INCOMPLETE
             stop.sleep(args.interval * (1 + random.uniform(-args.jitter, args.jitter)))
     return rc
 
@@ -155,7 +164,7 @@ def register(add: Any) -> None:
         if name == "watch":
             p.add_argument("--interval", type=float, default=300.0, help="seconds between passes (default 300, with jitter)")
             p.add_argument("--jitter", type=float, default=0.1, help="fraction of the interval to vary by (default 0.1)")
-            p.add_argument("--until-done", action="store_true", help="exit once every task is complete or has given up")
+            p.add_argument("--until-done", action="store_true", help=f"exit once nothing is left to do: 0 if every task is complete, {EXIT_INCOMPLETE} if some gave up or are stale")
         add_source(p)
         add_scheduler(p)
         add_publishing(p)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.plan import Plan
+from reconciler.core.summary import shortfall
 from reconciler.scheduler.script import array_spec
 
 
@@ -43,7 +44,8 @@ def public(summary: Mapping[str, Any], verbose: bool) -> dict[str, Any]:
 def status_text(name: str, summary: Mapping[str, Any], verbose: bool, pdir: Path, tag: str | None) -> str:
     lines = [f"production {name}: {counts_line(summary)}"]
     rate = summary["success_rate"]
-    lines.append(f"  progress {summary['progress']:.1%}" + (f", success rate {rate:.1%}" if rate is not None else "") + (" (done)" if summary["done"] else ""))
+    ending = " (done)" if summary["all_complete"] else f" (ended: {shortfall(summary)})" if summary["done"] else ""
+    lines.append(f"  progress {summary['progress']:.1%}" + (f", success rate {rate:.1%}" if rate is not None else "") + ending)
     lines.append(f"  directory {pdir}" + (f"; desired state tag {tag}" if tag else ""))
     if summary["failures"]:
         lines.append("  failures:")

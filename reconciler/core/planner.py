@@ -20,6 +20,7 @@ Then per task, in this order of precedence:
   failed, retries left          -> RESUBMIT after initial * multiplier**(failures-1), else WAIT
   failed, retries exhausted     -> GIVE_UP once, then nothing
   failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
+  ended, no failure, no outputs -> RESUBMIT at once (its outputs were deleted after it completed)
 A task (re)submitted over outputs that are present but not certified gets them moved aside
 first (QUARANTINE). Submissions are grouped by batch (index // batch_size) with batch-local
 array indices, and queued tasks (counting those whose submission's answer is still unknown)
@@ -213,6 +214,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     submit: list[DesiredTask] = []
     resubmit: list[DesiredTask] = []
     waived: list[DesiredTask] = []
+    lost: list[DesiredTask] = []
     rerun: list[DesiredTask] = []
     give_up: list[str] = []
     backoff: list[str] = []
@@ -255,12 +257,14 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         if retry and hist.failures:
             waived.append(task)  # the waiver is journaled; the task is resubmitted with the others
             continue
+        if not hist.failures:
+            lost.append(task)  # it ended without a failure on record, yet its outputs are gone
+            continue
         if hist.failures > pol.max_retries:
             if not hist.given_up:
                 give_up.append(key)
             continue
-        # the backoff runs from the end of the latest failure; with no failure on record (an
-        # output deleted after its task completed, a waived one) there is nothing to wait for
+        # the backoff runs from the end of the latest failure (0 once `reconcile retry` waived it)
         deadline = (hist.last_end if hist.last_end is not None else 0.0) + pol.delay(max(hist.failures, 1))
         if now < deadline:
             backoff.append(key)
@@ -292,6 +296,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     wanted = (
         _batches(ActionKind.RESUBMIT, Reason.MANUAL_RETRY, waived, batch_size)
         + _batches(ActionKind.RESUBMIT, Reason.BACKOFF_ELAPSED, resubmit, batch_size)
+        + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_LOST, lost, batch_size)
         + _batches(ActionKind.SUBMIT, Reason.STALE_RERUN, rerun, batch_size)
         + _batches(ActionKind.SUBMIT, Reason.NEVER_SUBMITTED, submit, batch_size)
     )

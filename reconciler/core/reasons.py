@@ -15,6 +15,7 @@ class Reason(StrEnum):
     NEVER_SUBMITTED = "never_submitted"
     STALE_RERUN = "stale_rerun"
     BACKOFF_ELAPSED = "backoff_elapsed"
+    OUTPUT_LOST = "output_lost"
     MANUAL_RETRY = "manual_retry"
     PARTIAL_OUTPUT = "partial_output"
     # submissions already journaled
@@ -43,6 +44,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.NEVER_SUBMITTED: "missing: never submitted",
     Reason.STALE_RERUN: "stale: fingerprint changed (execution.rerun_on_change: true)",
     Reason.BACKOFF_ELAPSED: "failed; backoff elapsed, retries left",
+    Reason.OUTPUT_LOST: "outputs missing after the task completed (deleted or moved): planned again",
     Reason.MANUAL_RETRY: "failed; `reconcile retry` waived the backoff and gave one more attempt",
     Reason.PARTIAL_OUTPUT: "outputs present but not certified complete: moved to qa/partial/ before the rerun",
     Reason.STAGED_CURRENT: "staged by `reconcile stage`; every task still has the fingerprint it was staged with",

@@ -69,8 +69,25 @@ def summarize(
         "progress": (done / total) if total else 1.0,
         "success_rate": (done / finished) if finished else None,
         "done": finished + (0 if pol.rerun_on_change else counts[_STALE]) == total,
+        "all_complete": done == total,
         "failures": failures,
         "retried": retried,
         "excluded": [{"key": k, "reason": r} for k, r in excluded],
         "states": states,
     }
+
+
+def shortfall(summary: Mapping[str, Any]) -> str:
+    """Why a production with nothing left to do is not complete, for people: the tasks that
+    gave up, grouped by their last failure, and the stale ones left alone. "" when complete."""
+    if summary.get("all_complete", False):
+        return ""
+    c = summary["counts"]
+    parts = []
+    if c.get(_FAILED):
+        reasons = Counter(f["reason"] or "unknown" for f in summary["failures"] if f["state"] == _FAILED)
+        causes = "; ".join(f"{n}: {why}" for why, n in reasons.most_common(3))
+        parts.append(f"{c[_FAILED]} task(s) gave up ({causes})")
+    if c.get(_STALE):
+        parts.append(f"{c[_STALE]} stale task(s) not rerun (execution.rerun_on_change is off)")
+    return ", ".join(parts) or f"{summary['total'] - c.get(_COMPLETE, 0) - c.get(_ADOPTED, 0)} task(s) not complete"

@@ -37,7 +37,7 @@ from reconciler.spec.expand import SYMBOLIC_DIR, Renderer
 from reconciler.spec.load import Loaded
 
 CRASH_ENV = "RECONCILER_FAILPOINT"
-RETRIES = frozenset({Reason.BACKOFF_ELAPSED, Reason.MANUAL_RETRY})
+RETRIES = frozenset({Reason.BACKOFF_ELAPSED, Reason.MANUAL_RETRY, Reason.OUTPUT_LOST})
 
 
 def failpoint(name: str) -> None:

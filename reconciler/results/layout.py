@@ -56,7 +56,8 @@ def render_status_md(statuses: Sequence[Mapping[str, Any]], plots: Mapping[str, 
         complete = int(counts.get("complete", 0)) + int(counts.get("adopted", 0))
         total = int(s.get("total", 0))
         pct = 100.0 * float(s.get("progress", 0.0))
-        mark = " (done)" if s.get("done") else ""
+        failed, stale = int(counts.get("failed", 0)), int(counts.get("stale", 0))
+        mark = "" if not s.get("done") else " (done)" if not failed and not stale else f" (ended: {failed} failed, {stale} stale)"
         links = [f"[status.json]({PRODUCTIONS}/{name}/{STATUS_FILE})"]
         if name in plots:
             links.append(f"[progress]({plots[name]})")
