@@ -190,10 +190,10 @@ def test_until_done_ends_nonzero_when_tasks_gave_up_and_says_why(repo: Path, tmp
     env = env_for(tmp_path)
     r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5", "--no-status")
     assert r.returncode == 5, r.stdout + r.stderr
-    assert "demo: nothing left to do, but 2 task(s) gave up (2: exit 3)" in r.stdout, r.stdout
+    assert "demo: nothing left to do, but 2 task(s) gave up: exit 3 (2)" in r.stdout, r.stdout
     assert "every task is complete" not in r.stdout
     st = reconcile(repo, env, "status", "demo")
-    assert "(ended: 2 task(s) gave up" in st.stdout and "(done)" not in st.stdout, st.stdout
+    assert "(ended: 2 task(s) gave up: exit 3 (2))" in st.stdout and "(done)" not in st.stdout, st.stdout
     wait_quiet(tmp_path / "spool")
 
 

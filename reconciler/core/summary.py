@@ -86,8 +86,8 @@ def shortfall(summary: Mapping[str, Any]) -> str:
     parts = []
     if c.get(_FAILED):
         reasons = Counter(f["reason"] or "unknown" for f in summary["failures"] if f["state"] == _FAILED)
-        causes = "; ".join(f"{n}: {why}" for why, n in reasons.most_common(3))
-        parts.append(f"{c[_FAILED]} task(s) gave up ({causes})")
+        causes = "; ".join(f"{why} ({n})" for why, n in reasons.most_common(3))
+        parts.append(f"{c[_FAILED]} task(s) gave up: {causes}")
     if c.get(_STALE):
         parts.append(f"{c[_STALE]} stale task(s) not rerun (execution.rerun_on_change is off)")
     return ", ".join(parts) or f"{summary['total'] - c.get(_COMPLETE, 0) - c.get(_ADOPTED, 0)} task(s) not complete"
