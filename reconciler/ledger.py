@@ -351,14 +351,13 @@ class Ledger:
                     db.execute("UPDATE tasks SET failures = failures + 1, last_end = ?, last_reason = ? WHERE key = ?", (end, reason, key))
                     db.execute("INSERT INTO events VALUES (?, 'failed', ?, ?)", (now, key, reason))
 
-    def waive(self, keys: Sequence[str], max_retries: int, now: float) -> None:
-        """`reconcile retry`: the backoff of these failed tasks is over and each has one more
-        attempt left, until it is used (the waiver is journaled, so tasks the queue cap defers
-        keep it for the next pass)."""
+    def waive(self, failures: Sequence[tuple[str, int]], now: float) -> None:
+        """`reconcile retry`: these failed tasks' backoff is over and their failure counts are
+        set to the given values (the plan's decision, core.outcome.waived_failures); journaled,
+        so tasks the queue cap defers keep the waiver for the next pass."""
         with self.transaction() as db:
-            for key in keys:
-                db.execute("UPDATE tasks SET last_end = 0, given_up = 0, failures = MIN(failures, ?) WHERE key = ?", (max_retries, key))
-            db.execute("INSERT INTO events VALUES (?, 'retry', NULL, ?)", (now, f"manual retry of {len(keys)} task(s)"))
+            db.executemany("UPDATE tasks SET last_end = 0, given_up = 0, failures = ? WHERE key = ?", [(n, key) for key, n in failures])
+            db.execute("INSERT INTO events VALUES (?, 'retry', NULL, ?)", (now, f"manual retry of {len(failures)} task(s)"))
 
     def give_up(self, keys: Sequence[str], reason: str, now: float) -> None:
         with self.transaction() as db:

@@ -57,3 +57,9 @@ def adoptable(output: OutputState, submissions: int) -> bool:
     """Valid outputs this reconciler never produced (another tool's, or a run before the ledger):
     counted complete when ``execution.adopt_existing`` allows, and marked by `reconcile adopt`."""
     return output is OutputState.UNMARKED and submissions == 0
+
+
+def waived_failures(failures: int, max_retries: int) -> int:
+    """The failure count a task keeps after `reconcile retry` waives its give-up: at most
+    ``max_retries``, so exactly one more attempt is left if it had none."""
+    return min(failures, max_retries)

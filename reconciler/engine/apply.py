@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from reconciler.atomic import atomic_write
-from reconciler.core.outcome import failure_text
+from reconciler.core.outcome import failure_text, waived_failures
 from reconciler.core.plan import SENDS, Action, ActionKind, Plan
 from reconciler.core.reasons import Reason
 from reconciler.core.states import SubmissionKind, SubmissionState
@@ -118,7 +118,8 @@ class Actor:
                 self._abandoned[key] = self._abandoned.get(key, 0) + 1
             return f"submission {a.token} abandoned: {a.message}"
         elif a.kind is ActionKind.WAIVE:
-            self.ledger.waive(a.keys, self.max_retries, now)
+            history = obs.world.history
+            self.ledger.waive([(k, waived_failures(history[k].failures, self.max_retries)) for k in a.keys], now)
         elif a.kind is ActionKind.GIVE_UP:
             self.ledger.give_up(a.keys, a.message, now)
         elif a.kind is ActionKind.CANCEL:
