@@ -70,8 +70,23 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    args.names = [args.name]
-    return cmd_once(args)
+    """One pass, which sends what `reconcile stage` wrote; then says what became of it."""
+    r = _pass(options(args), args.name)
+    p = r.result.plan
+    sent = p.of(ActionKind.SEND)
+    outdated = [a for a in p.of(ActionKind.ABANDON) if a.reason is Reason.STAGED_OUTDATED]
+    if sent:
+        n = sum(len(a.keys) for a in sent)
+        print(f"{args.name}: sent {n} staged task(s) in {len(sent)} submission(s): {', '.join(a.token or '' for a in sent)}", file=sys.stderr)
+    for a in outdated:
+        print(f"{args.name}: staged submission {a.token} not sent: {a.message}; its {len(a.keys)} task(s) were planned again", file=sys.stderr)
+    if not sent and not outdated:
+        print(f"{args.name}: nothing was staged (`reconcile stage {args.name}` writes scripts without sending them); this pass did what `once` does", file=sys.stderr)
+    if args.json:
+        print(json.dumps([_as_json(r)], indent=2, sort_keys=True))
+    else:
+        print(f"{args.name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}")
+    return EXIT_OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -24,11 +24,9 @@ def emit(as_json: bool, data: Any, text: str) -> None:
 def counts_line(summary: Mapping[str, Any]) -> str:
     c = summary["counts"]
     parts = [f"{c['complete'] + c['adopted']}/{summary['total']} complete"]
-    for k in ("adopted", "running", "queued", "retrying", "failed", "stale"):
+    for k in ("adopted", "running", "queued", "staged", "retrying", "failed", "stale"):
         if c.get(k):
             parts.append(f"{c[k]} {k}")
-    if summary.get("staged"):
-        parts.append(f"{summary['staged']} staged")
     return ", ".join(parts)
 
 

@@ -9,7 +9,7 @@ in flight, or with a lost answer) are described attempt by attempt.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
@@ -71,7 +71,6 @@ class World:
     history: Mapping[str, TaskHistory]
     submissions: Sequence[SubmissionObs] = ()  # open ones only
     site_max_array_size: int | None = None  # what the scheduler reports, when it was asked
-    staged: int = field(default=0)  # tasks in staged submissions
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,7 @@ class TaskState(StrEnum):
     ADOPTED = "adopted"
     RUNNING = "running"
     QUEUED = "queued"
+    STAGED = "staged"  # written by `reconcile stage`, not sent: `reconcile submit` sends it
     RETRYING = "retrying"
     FAILED = "failed"
     STALE = "stale"
@@ -105,6 +106,7 @@ _CODES = {
     TaskState.ADOPTED: "A",
     TaskState.RUNNING: "R",
     TaskState.QUEUED: "Q",
+    TaskState.STAGED: "G",
     TaskState.RETRYING: "T",
     TaskState.FAILED: "F",
     TaskState.STALE: "S",

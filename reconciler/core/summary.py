@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from reconciler.core.model import Desired, TaskHistory, TaskObs
 from reconciler.core.outcome import adoptable
 from reconciler.core.states import OutputState, SchedState, TaskState
 
-_COMPLETE, _ADOPTED, _RUNNING, _QUEUED, _RETRYING, _FAILED, _STALE, _MISSING = (s.value for s in (
-    TaskState.COMPLETE, TaskState.ADOPTED, TaskState.RUNNING, TaskState.QUEUED,
+_COMPLETE, _ADOPTED, _RUNNING, _QUEUED, _STAGED, _RETRYING, _FAILED, _STALE, _MISSING = (s.value for s in (
+    TaskState.COMPLETE, TaskState.ADOPTED, TaskState.RUNNING, TaskState.QUEUED, TaskState.STAGED,
     TaskState.RETRYING, TaskState.FAILED, TaskState.STALE, TaskState.MISSING,
 ))
 """TaskState's values as plain strings: hashing an enum member runs Python code (Enum.__hash__),
@@ -43,8 +43,13 @@ def summarize(
     history: Mapping[str, TaskHistory],
     excluded: Sequence[tuple[str, str]] = (),
     logs: Mapping[str, str] | None = None,
+    staged: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Counts, progress, failures and each task's state; states as plain strings (TaskState values)."""
+    """Counts, progress, failures and each task's state; states as plain strings (TaskState values).
+
+    ``staged``: keys in submissions `reconcile stage` wrote and nothing sent; they are their
+    own state (the planner holds them as queued, so nothing submits them twice, but no
+    scheduler has them yet)."""
     pol = desired.policy
     empty_obs, empty_hist = TaskObs(), TaskHistory()
     counts: Counter[str] = Counter()
@@ -54,6 +59,8 @@ def summarize(
     for task in desired.tasks:
         hist = history.get(task.key, empty_hist)
         st = task_state(observation.get(task.key, empty_obs), hist, pol.max_retries, pol.adopt_existing)
+        if staged and task.key in staged and st in (_QUEUED, _MISSING, _RETRYING):
+            st = _STAGED
         counts[st] += 1
         states[task.key] = st
         if st == _FAILED or (st == _RETRYING and hist.failures):

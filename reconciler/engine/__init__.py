@@ -16,7 +16,7 @@ from typing import Any
 from reconciler.core.model import Desired, Limits, Policy, TaskObs
 from reconciler.core.plan import SENDS, ActionKind, Plan
 from reconciler.core.planner import plan, settle
-from reconciler.core.states import OutputState, SchedState
+from reconciler.core.states import OutputState, SchedState, SubmissionState
 from reconciler.core.summary import summarize
 from reconciler.engine.apply import Actor
 from reconciler.engine.observe import DiskOutputs, Observed, Observer, OutputTree
@@ -91,14 +91,15 @@ class Engine:
         """
         world = obs.world
         tasks, history = settle(obs.desired, world, self.clock(), self.limits).views(world)
-        latest, staged = obs.latest, world.staged
+        latest = obs.latest
+        staged = {a.key for sub in world.submissions if sub.state is SubmissionState.STAGED and sub.current for a in sub.attempts if a.latest}
         if applied is not None:
             sent = {k for a in applied.actions if a.kind in SENDS or a.kind is ActionKind.SEND for k in a.keys}
             queued = {k: TaskObs(tasks[k].output if k in tasks else OutputState.MISSING, SchedState.PENDING) for k in sent}
             tasks = {**tasks, **queued}  # a copy is cheaper than an overlay when a pass sent 10^4 tasks
             history = self.ledger.history()
             latest = self.ledger.latest_attempts()
-            staged += applied.count(ActionKind.STAGE) - applied.count(ActionKind.SEND)
+            staged = (staged - {k for a in applied.of(ActionKind.SEND) for k in a.keys}) | {k for a in applied.of(ActionKind.STAGE) for k in a.keys}
         subs = self.ledger.all_submissions() if latest else []
         jobs, batches = {s.token: s.job_id for s in subs}, {s.token: s.batch for s in subs}
         logs: dict[str, str] = {}
@@ -109,9 +110,7 @@ class Engine:
             if job and batch is not None:
                 logs[key] = f"{base}{batch:04d}_{job}_{att.array_index}.out"
         excluded = [(e.key, e.reason) for e in self.expansion.excluded]
-        s = summarize(obs.desired, tasks, history, excluded, logs)
-        s["staged"] = staged
-        return s
+        return summarize(obs.desired, tasks, history, excluded, logs, staged)
 
     def run_pass(self, *, apply: bool = True, stage: bool = False, retry: bool = False) -> PassResult:
         obs = self.observe()

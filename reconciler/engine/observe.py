@@ -136,8 +136,7 @@ class Observer:
 
         submissions = [self._submission_obs(s, by_token.get(s.token, []), view, current, latest) for s in open_subs]
         finished = [s.token for s in sent if _all_ended(by_token.get(s.token, []), current)]
-        staged = sum(len(by_token.get(s.token, [])) for s in open_subs if s.state is SubmissionState.STAGED)
-        world = World(tasks, history, tuple(submissions), site, staged)
+        world = World(tasks, history, tuple(submissions), site)
         return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed)
 
     def _submission_obs(
