@@ -2,7 +2,7 @@
 
 Exit codes are part of the command-line contract:
 0 ok / nothing to do, 1 there is something to do (plan, diff), 2 invalid input,
-3 another reconciler holds the lock, 4 the scheduler or filesystem failed transiently,
+3 another reconciler holds the production's lease, 4 the scheduler or filesystem failed transiently,
 5 `watch --until-done` ended with tasks that gave up (or are stale and not rerun).
 """
 
@@ -62,16 +62,27 @@ class UsageError(ReconcilerError):
     exit_code = EXIT_INVALID
 
 
-class LockHeld(ReconcilerError):
-    """Another reconciler is working on this production (exit 3)."""
+class LeaseHeld(ReconcilerError):
+    """Another reconciler holds this production's lease (exit 3)."""
 
     exit_code = EXIT_LOCKED
+
+
+class Deposed(LeaseHeld):
+    """This reconciler held the lease, and another took it over (it had gone quiet for the
+    lease's TTL, or was stolen): it must not act again on the production (exit 3)."""
 
 
 class TransientError(ReconcilerError):
     """The scheduler or filesystem failed in a way that may pass; nothing was lost (exit 4)."""
 
     exit_code = EXIT_TRANSIENT
+
+
+class DirectoryUnusable(TransientError):
+    """A production's directory is missing or cannot be written (a mount gone, permissions
+    changed): that production's error, said with what to do, never a traceback (exit 4: it
+    may come back, and the loop tries again next pass)."""
 
 
 class NotSubmitted(TransientError):

@@ -88,23 +88,16 @@ def dirty_files(repo: git.Repo, paths: list[str]) -> list[str]:
 
 
 def desired_tree(repo_path: Path | None, ref: str, allow_dirty: bool, names: list[str] | None = None) -> tuple[GitTree | WorkTree, git.Repo, list[str]]:
-    """The tree to read desired state from, refusing uncommitted production/defaults changes.
-
-    With ``allow_dirty`` the working tree is read instead (and the dirt is reported).
-    """
+    """The tree to read desired state from: the commit of ``ref`` (desired state is what is in
+    git), or with ``allow_dirty`` the working tree. Also returns the uncommitted changes to
+    productions/ and defaults/ (at HEAD), which callers report: ignored, or used."""
     repo = open_repo(repo_path)
     root = Path(repo.working_tree_dir or ".")
     watched = [PRODUCTIONS_DIR, DEFAULTS_DIR] if not names else [f"{PRODUCTIONS_DIR}/{n}.yaml" for n in names] + [DEFAULTS_DIR]
     dirt = dirty_files(repo, watched) if ref == "HEAD" else []
     if allow_dirty:
         return WorkTree(root, "working tree (--allow-dirty)"), repo, dirt
-    tree = GitTree(repo, ref)
-    if dirt:
-        raise UsageError(
-            "uncommitted changes to desired state: " + ", ".join(dirt)
-            + "\n  commit them (desired state is what is in git), or pass --allow-dirty for a development run"
-        )
-    return tree, repo, dirt
+    return GitTree(repo, ref), repo, dirt
 
 
 def _versions() -> dict[str, str]:
@@ -195,3 +188,25 @@ def version_info(loaded: Loaded, commit: str, tag: str, dirty: list[str]) -> dic
         "versions": _versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+LAST_GOOD_PREFIX = "refs/reconciler/last-good/"
+
+
+def last_good(repo: git.Repo, name: str) -> str | None:
+    """The last commit at which production ``name``'s desired state loaded for a pass, or None.
+
+    A ref per production in the config repository (``refs/reconciler/last-good/NAME``): when a
+    later commit makes the production invalid, the loop reconciles this revision instead (as
+    Argo CD and Flux keep applying the last good one), and a fixing commit moves it on.
+    """
+    try:
+        return git.Reference(repo, LAST_GOOD_PREFIX + name).commit.hexsha
+    except (ValueError, OSError, git.BadName):
+        return None
+
+
+def set_last_good(repo: git.Repo, name: str, commit: str) -> None:
+    """Record ``commit`` as production ``name``'s last good revision (no-op when it already is)."""
+    if last_good(repo, name) != commit:
+        git.Reference.create(repo, LAST_GOOD_PREFIX + name, commit, force=True, logmsg="reconciler: desired state loaded")

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,15 @@ from reconciler.core.outcome import adoptable
 from reconciler.core.plan import Plan
 from reconciler.core.states import OutputState
 from reconciler.engine import Engine, PassResult
-from reconciler.errors import UsageError
+from reconciler.engine.apply import UNFENCED
+from reconciler.errors import ConfigError, Deposed, DirectoryUnusable, UsageError
+from reconciler.lease import DEFAULT_TTL_S, Leases
 from reconciler.ledger import Ledger, default_path
-from reconciler.lock import ProductionLock
 from reconciler.production_dir import init_production_dir
 from reconciler.recovery import rebuild
 from reconciler.results import DEFAULT_BRANCH
 from reconciler.scheduler import make_scheduler
 from reconciler.spec.load import (
-    DEFAULTS_DIR,
-    PRODUCTIONS_DIR,
     Loaded,
     list_names,
     load,
@@ -71,6 +70,7 @@ class Options:
     status_branch: str = DEFAULT_BRANCH
     publish: bool = False  # commit status to the results branch after each pass
     push: str | None = None  # remote to push the results branch to
+    lease_ttl: float = DEFAULT_TTL_S  # seconds after its last renewal that our lease may be taken over
 
     @property
     def machine_name(self) -> str:
@@ -91,26 +91,20 @@ class DesiredState:
         return Path(self.repo.working_tree_dir or ".")
 
 
-def load_desired(opts: Options, name: str, *, read_only: bool, on_warning: Warn = warn) -> DesiredState:
+def load_desired(opts: Options, name: str, *, on_warning: Warn = warn) -> DesiredState:
     """Load production ``name`` at ``opts.ref`` (or from the working tree with ``allow_dirty``).
 
-    Read-only verbs show the committed state and warn about uncommitted changes; verbs that
-    act refuse them unless ``allow_dirty``.
+    Uncommitted changes never stop anything: desired state is what is in git, so they are
+    ignored, and said so (a loop says it once).
     """
     overrides = parse_set(opts.overrides)
-    if read_only and not opts.allow_dirty:
-        repo = gitops.open_repo(opts.repo)
-        tree: gitops.GitTree | Any = gitops.GitTree(repo, opts.ref)
-        dirt = gitops.dirty_files(repo, [f"{PRODUCTIONS_DIR}/{name}.yaml", DEFAULTS_DIR]) if opts.ref == "HEAD" else []
-        if dirt:
-            on_warning(f"reading committed state at {opts.ref}; uncommitted changes ignored: {', '.join(dirt)}")
-    else:
-        tree, repo, dirt = gitops.desired_tree(opts.repo, opts.ref, opts.allow_dirty, [name])
-        if dirt:
-            on_warning(f"--allow-dirty: using uncommitted changes: {', '.join(dirt)}")
+    tree, repo, dirt = gitops.desired_tree(opts.repo, opts.ref, opts.allow_dirty, [name])
+    if dirt:
+        how = "--allow-dirty: using" if opts.allow_dirty else f"reading committed state at {opts.ref}; ignored"
+        on_warning(f"{how} uncommitted changes: {', '.join(dirt)}")
     commit = tree.commit.hexsha if isinstance(tree, gitops.GitTree) else repo.head.commit.hexsha
     root = Path(repo.working_tree_dir or ".")
-    return DesiredState(load(tree, name, opts.machine_name, overrides, repo_root=root), repo, commit, dirt)
+    return DesiredState(load(tree, name, opts.machine_name, overrides, repo_root=root), repo, commit, dirt if opts.allow_dirty else [])
 
 
 def production_names(opts: Options, names: Sequence[str] = ()) -> list[str]:
@@ -139,27 +133,38 @@ class Production:
 
 
 @contextmanager
-def open_production(opts: Options, name: str, *, write: bool, init: bool | None = None, on_warning: Warn = warn) -> Iterator[Production]:
+def open_production(
+    opts: Options, name: str, *, write: bool, init: bool | None = None, on_warning: Warn = warn, leases: Leases | None = None,
+    desired: DesiredState | None = None,
+) -> Iterator[Production]:
     """Load ``name`` at the ref and open its ledger and scheduler.
 
-    ``write``: take the production's lock (refusing uncommitted desired state). ``init``
-    (default: ``write``): also create the directory tree and the provenance tag, and rebuild
-    a lost ledger from the manifests in logs/. Read-only opens use an in-memory ledger when
-    the production has none yet, so they create nothing.
+    ``write``: hold the production's lease (refusing uncommitted desired state): taken from
+    ``leases`` (a loop's, held across passes and renewed here) or for this call alone.
+    ``init`` (default: ``write``): also create the directory tree and the provenance tag,
+    and rebuild a lost ledger from the manifests in logs/. Read-only opens use an in-memory
+    ledger when the production has none yet, so they create nothing. ``desired``: already
+    loaded (at the last good revision, say) instead of at ``opts.ref``.
     """
     init = write if init is None else init
-    desired = load_desired(opts, name, read_only=not init, on_warning=on_warning)
+    desired = desired or load_desired(opts, name, on_warning=on_warning)
     loaded, pdir = desired.loaded, desired.loaded.production_dir
     scheduler = make_scheduler(loaded.machine, opts.scheduler)
-    lock = ProductionLock(pdir / "metadata" / "reconcile.lock").acquire() if write else None
+    keeper = leases if leases is not None else Leases(opts.lease_ttl)
+    lease = keeper.of(pdir / "metadata") if write else None
     tag: str | None
     try:
+        if lease is not None:
+            if lease.held:
+                lease.renew()
+            else:
+                lease.acquire()
+                if lease.took_over:
+                    on_warning(f"took over the lease of {name} from {lease.took_over}")
         if init:
             tag, created = gitops.ensure_tag(desired.repo, loaded, loaded.spec.production.version, desired.dirty, commit=desired.commit)
             if created or not (pdir / "metadata" / "version_info.json").exists():
                 init_production_dir(loaded, gitops.version_info(loaded, desired.commit, tag, desired.dirty))
-            if lock and lock.previous:
-                on_warning(f"took over the lock of a dead reconciler (pid {lock.previous.get('pid')} on {lock.previous.get('host')})")
         else:
             tag = gitops.latest_tag(desired.repo, loaded.name)
         path = default_path(pdir)
@@ -169,16 +174,18 @@ def open_production(opts: Options, name: str, *, write: bool, init: bool | None 
             if ledger.network_fs:
                 on_warning(f"the ledger {path} is on a network file system ({ledger.network_fs}); using rollback journal mode, not WAL")
             if not existed and any((pdir / "logs").glob("batch_*.json")):
+                if lease is not None:
+                    lease.check()  # the fence, before this ledger write as before every other
                 # a read-only open rebuilds in memory, so `plan` shows what `once` would do
                 n = rebuild(ledger, pdir, scheduler.name, time.time())
                 on_warning(f"ledger {path} was missing: {'rebuilt' if init else 'read (in memory)'} {n} submission(s) "
                            "from the manifests in logs/; their jobs are looked up by token, and retry counts restart")
-            yield Production(desired, Engine(loaded, scheduler, ledger), ledger, tag)
+            yield Production(desired, Engine(loaded, scheduler, ledger, fence=lease or UNFENCED), ledger, tag)
         finally:
             ledger.close()
     finally:
-        if lock:
-            lock.release()
+        if leases is None and lease is not None:
+            lease.release()
 
 
 @dataclass
@@ -190,21 +197,87 @@ class PassReport:
     tag: str | None
     result: PassResult
     status_commit: str | None = None
+    problem: str | None = None  # desired state at the ref did not load: the last good revision was reconciled
 
 
-def run_pass(opts: Options, name: str, *, stage: bool = False, retry: bool = False, on_warning: Warn = warn) -> PassReport:
-    """One pass: lock, observe, plan, apply; then publish status, even when the pass failed."""
-    with open_production(opts, name, write=True, on_warning=on_warning) as prod:
-        result: PassResult | None = None
-        error: str | None = None
-        try:
-            result = prod.engine.run_pass(stage=stage, retry=retry)
-        except BaseException as exc:  # whatever stopped the pass is what status must say
-            error = str(exc) or type(exc).__name__
-            raise
-        finally:
-            commit = _publish(opts, prod, result, error, on_warning) if opts.publish else None
-        return PassReport(name, prod.directory, prod.tag, result, commit)
+def run_pass(
+    opts: Options, name: str, *, stage: bool = False, retry: bool = False, on_warning: Warn = warn, leases: Leases | None = None,
+) -> PassReport:
+    """One pass: hold the lease, observe, plan, apply; then publish status, even when the pass
+    failed (but not when this reconciler was deposed: the production is another's now).
+
+    Isolation: a production whose desired state does not load at ``opts.ref`` is reconciled
+    at its last good revision (``report.problem`` says why), or, if it never loaded, raises
+    its ConfigError after saying so on the results branch; an unusable production directory
+    raises DirectoryUnusable. Either way the caller goes on with the other productions.
+    """
+    desired, problem = _desired_or_last_good(opts, name, on_warning)
+    try:
+        with open_production(opts, name, write=True, on_warning=on_warning, leases=leases, desired=desired) as prod:
+            result: PassResult | None = None
+            error: str | None = None
+            deposed = False
+            try:
+                result = prod.engine.run_pass(stage=stage, retry=retry)
+            except Deposed:
+                deposed = True
+                raise
+            except BaseException as exc:  # whatever stopped the pass is what status must say
+                error = str(exc) or type(exc).__name__
+                raise
+            finally:
+                if opts.publish and not deposed:
+                    commit = _publish(opts, prod, result, "; ".join(e for e in (problem, error) if e) or None, on_warning)
+                else:
+                    commit = None
+            return PassReport(name, prod.directory, prod.tag, result, commit, problem)
+    except (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError, OSError) as exc:
+        pdir = desired.loaded.production_dir
+        unusable = DirectoryUnusable(
+            f"production directory {pdir} cannot be used: {exc.strerror or exc}"
+            f"{f' ({exc.filename})' if getattr(exc, 'filename', None) else ''}; check that its file system is mounted "
+            "and that this user can write it (outputs.base_path in the production or machine defaults says where it is)"
+        )
+        _publish_problem(opts, name, desired.commit, str(unusable), on_warning)
+        raise unusable from None
+
+
+def _desired_or_last_good(opts: Options, name: str, on_warning: Warn) -> tuple[DesiredState, str | None]:
+    """``name``'s desired state at ``opts.ref``, recorded as its last good revision; or, when
+    that does not load, at its last good revision, with the problem (file:line: field:
+    message) to report. A production that never loaded raises its ConfigError (paused)."""
+    try:
+        desired = load_desired(opts, name, on_warning=on_warning)
+    except ConfigError as exc:
+        repo = gitops.open_repo(opts.repo)
+        head = gitops.GitTree(repo, opts.ref).commit.hexsha if not opts.allow_dirty else "working tree"
+        good = gitops.last_good(repo, name)
+        where = f"desired state of {name} at {opts.ref} ({head[:10]}) does not load: {'; '.join(str(p) for p in exc.problems)}"
+        if good is None or opts.allow_dirty:
+            problem = f"{where}; paused: it never loaded before, so there is no last good revision to reconcile"
+            _publish_problem(opts, name, head, problem, on_warning)
+            raise ConfigError([*exc.problems]) from None
+        return load_desired(replace(opts, ref=good, allow_dirty=False), name, on_warning=on_warning), (
+            f"{where}; reconciling its last good revision {good[:10]} until a commit fixes it"
+        )
+    if not opts.allow_dirty:
+        gitops.set_last_good(desired.repo, name, desired.commit)
+    return desired, None
+
+
+def _publish_problem(opts: Options, name: str, commit: str, problem: str, on_warning: Warn) -> None:
+    if not opts.publish:
+        return
+    from reconciler.results.publish import publish_problem
+
+    try:
+        root = Path(gitops.open_repo(opts.repo).working_tree_dir or ".")
+        publish_problem(
+            root, name=name, commit=commit, ref=opts.ref, machine=opts.machine_name, error=problem,
+            branch=opts.status_branch, remote=opts.push,
+        )
+    except Exception as exc:  # noqa: BLE001 - publishing is reporting; it must never stop the loop
+        on_warning(f"{name}: status not published: {exc}")
 
 
 def _publish(opts: Options, prod: Production, result: PassResult | None, error: str | None, on_warning: Warn) -> str | None:

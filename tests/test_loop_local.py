@@ -130,18 +130,18 @@ def test_sigkill_of_watch_at_many_points_never_submits_twice(repo: Path, tmp_pat
     wait_quiet(tmp_path / "spool")
 
 
-def test_lock_held_exits_3_and_names_the_holder(repo: Path, tmp_path: Path) -> None:
+def test_lease_held_exits_3_and_names_the_holder(repo: Path, tmp_path: Path) -> None:
     env = env_for(tmp_path)
     assert reconcile(repo, env, "init", "demo").returncode == 0
-    from reconciler.lock import ProductionLock
+    from reconciler.lease import Lease
 
-    lock = ProductionLock(repo / "work/productions/demo/metadata/reconcile.lock").acquire()
+    lease = Lease(repo / "work/productions/demo/metadata").acquire()
     try:
         r = reconcile(repo, env, "once", "demo")
         assert r.returncode == 3
         assert f"pid {os.getpid()}" in r.stderr
     finally:
-        lock.release()
+        lease.release()
 
 
 def test_plan_exit_codes_and_json(repo: Path, tmp_path: Path) -> None:

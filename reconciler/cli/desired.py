@@ -100,7 +100,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    loaded = load_desired(options(args), args.name, read_only=True).loaded
+    loaded = load_desired(options(args), args.name).loaded
     rows = provenance(loaded)
     exp = loaded.expansion()
     data = {
@@ -137,7 +137,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    desired = load_desired(options(args), args.name, read_only=False)
+    desired = load_desired(options(args), args.name)
     loaded = desired.loaded
     version = args.version or loaded.spec.production.version
     tag, created = gitops.ensure_tag(desired.repo, loaded, version, desired.dirty, commit=desired.commit)

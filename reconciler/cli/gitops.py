@@ -49,7 +49,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
     else:
-        desired = load_desired(opts, args.name, read_only=True)
+        desired = load_desired(opts, args.name)
         desired.repo.close()
         out = desired.loaded.production_dir / "qa" / "summary_plots"
     written = write_plots(out, status, history)

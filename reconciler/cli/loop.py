@@ -10,13 +10,30 @@ import sys
 import time
 from typing import Any
 
-from reconciler.cli.options import add_publishing, add_scheduler, add_source, options
+from reconciler.cli.options import add_lease, add_publishing, add_scheduler, add_source, options
 from reconciler.cli.render import applied_line, counts_line, public
 from reconciler.core.plan import ActionKind
 from reconciler.core.reasons import Reason
 from reconciler.core.summary import shortfall
-from reconciler.errors import EXIT_INCOMPLETE, EXIT_OK, EXIT_TRANSIENT, LockHeld, TransientError
-from reconciler.session import Options, PassReport, fetch_desired, production_names, run_pass, warn
+from reconciler.errors import (
+    EXIT_INCOMPLETE,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_TRANSIENT,
+    ConfigError,
+    LeaseHeld,
+    TransientError,
+)
+from reconciler.lease import Leases
+from reconciler.session import (
+    Options,
+    PassReport,
+    Warn,
+    fetch_desired,
+    production_names,
+    run_pass,
+    warn,
+)
 
 EXAMPLES = {
     "once": "reconcile once demo                     # one pass: observe, plan, apply, record",
@@ -27,8 +44,10 @@ EXAMPLES = {
 }
 
 
-def _pass(opts: Options, name: str, **kw: Any) -> PassReport:
-    report = run_pass(opts, name, **kw)
+def _pass(opts: Options, name: str, on_warning: Warn = warn, **kw: Any) -> PassReport:
+    report = run_pass(opts, name, on_warning=on_warning, **kw)
+    if report.problem:
+        on_warning(f"{name}: {report.problem}")
     for e in report.result.events:
         print(f"{name}: {e}", file=sys.stderr)
     for n in report.result.plan.notes:
@@ -43,17 +62,30 @@ def _as_json(r: PassReport) -> dict[str, Any]:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    """One pass over each production. An invalid one does not stop the others; the exit
+    code (2) says so once all of them are done."""
     opts = options(args)
     if getattr(args, "fetch", None):
         fetch_desired(opts, args.fetch)
     reports = []
+    invalid = []
     for name in production_names(opts, args.names):
-        r = _pass(opts, name)
+        try:
+            r = _pass(opts, name)
+        except ConfigError as exc:
+            print(f"{name}: not reconciled: its desired state does not load and never did:\n{exc}", file=sys.stderr)
+            invalid.append(name)
+            continue
         reports.append(r)
+        if r.problem:
+            invalid.append(name)
         if not args.json:
             print(f"{name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}", flush=True)
     if args.json:
         print(json.dumps([_as_json(r) for r in reports], indent=2, sort_keys=True))
+    if invalid:
+        print(f"invalid desired state (exit {EXIT_INVALID}): {', '.join(invalid)}", file=sys.stderr)
+        return EXIT_INVALID
     return EXIT_OK
 
 
@@ -128,44 +160,69 @@ class Stop:
             time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
 
+class SaidOnce:
+    """A loop's warnings: each text once per loop (an uncommitted edit, a held lease, a
+    production reconciled at its last good revision), not once every interval for a month."""
+
+    def __init__(self) -> None:
+        self.said: set[str] = set()
+
+    def __call__(self, msg: str) -> None:
+        if msg not in self.said:
+            self.said.add(msg)
+            warn(msg)
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
+    """Reconcile every --interval seconds. One production's trouble (invalid desired state, an
+    unusable directory, a held lease, a scheduler that does not answer) is that production's:
+    it is said, and the loop goes on with the others."""
     opts = options(args)
+    say = SaidOnce()
+    leases = Leases(opts.lease_ttl)  # held across passes: one loop per production, across hosts
     rc = EXIT_OK
-    with Stop() as stop:
-        while not stop.requested:
-            all_done = True
-            short: dict[str, str] = {}  # production -> why it ended incomplete
-            if args.fetch:
-                fetch_desired(opts, args.fetch)
-            for name in production_names(opts, args.names):
-                if stop.requested:
-                    break
-                try:
-                    r = _pass(opts, name)
-                except TransientError as exc:
-                    warn(f"{name}: {exc} (will retry next tick)")
-                    all_done = False
-                    rc = EXIT_TRANSIENT
-                    continue
-                except LockHeld as exc:
-                    warn(f"{name}: {exc}")
-                    all_done = False
-                    continue
-                rc = EXIT_OK
-                stamp = time.strftime("%H:%M:%S")
-                print(f"[{stamp}] {name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}", flush=True)
-                all_done = all_done and r.result.summary["done"]
-                if r.result.summary["done"] and not r.result.summary["all_complete"]:
-                    short[name] = shortfall(r.result.summary)
-            if args.until_done and all_done:
-                if not short:
-                    print("every task is complete", flush=True)
-                    return EXIT_OK
-                for name, why in short.items():
-                    print(f"{name}: nothing left to do, but {why}", flush=True)
-                print(f"ended incomplete (exit {EXIT_INCOMPLETE}): `reconcile status NAME` shows each failure and its log", flush=True)
-                return EXIT_INCOMPLETE
-            stop.sleep(args.interval * (1 + random.uniform(-args.jitter, args.jitter)))
+    try:
+        with Stop() as stop:
+            while not stop.requested:
+                all_done = True
+                short: dict[str, str] = {}  # production -> why it ended incomplete
+                if args.fetch:
+                    fetch_desired(opts, args.fetch)
+                for name in production_names(opts, args.names):
+                    if stop.requested:
+                        break
+                    try:
+                        r = _pass(opts, name, on_warning=say, leases=leases)
+                    except TransientError as exc:
+                        warn(f"{name}: {exc} (will retry next tick)")
+                        all_done = False
+                        rc = EXIT_TRANSIENT
+                        continue
+                    except LeaseHeld as exc:  # another loop has it, or took it from us: leave it alone
+                        say(f"{name}: {exc}")
+                        all_done = False
+                        continue
+                    except ConfigError as exc:
+                        say(f"{name}: paused: its desired state does not load and never did:\n{exc}")
+                        all_done = False
+                        continue
+                    rc = EXIT_OK
+                    stamp = time.strftime("%H:%M:%S")
+                    print(f"[{stamp}] {name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}", flush=True)
+                    all_done = all_done and r.result.summary["done"] and not r.problem
+                    if r.result.summary["done"] and not r.result.summary["all_complete"]:
+                        short[name] = shortfall(r.result.summary)
+                if args.until_done and all_done:
+                    if not short:
+                        print("every task is complete", flush=True)
+                        return EXIT_OK
+                    for name, why in short.items():
+                        print(f"{name}: nothing left to do, but {why}", flush=True)
+                    print(f"ended incomplete (exit {EXIT_INCOMPLETE}): `reconcile status NAME` shows each failure and its log", flush=True)
+                    return EXIT_INCOMPLETE
+                stop.sleep(args.interval * (1 + random.uniform(-args.jitter, args.jitter)))
+    finally:
+        leases.release_all()
     return rc
 
 
@@ -182,6 +239,7 @@ def register(add: Any) -> None:
             p.add_argument("--until-done", action="store_true", help=f"exit once nothing is left to do: 0 if every task is complete, {EXIT_INCOMPLETE} if some gave up or are stale")
         add_source(p)
         add_scheduler(p)
+        add_lease(p)
         add_publishing(p)
     for name, handler, help_ in (
         ("stage", cmd_stage, "write the sbatch scripts and manifests a pass would submit, into logs/; submit nothing"),
@@ -192,6 +250,7 @@ def register(add: Any) -> None:
         p.add_argument("name")
         add_source(p)
         add_scheduler(p)
+        add_lease(p)
         if name != "stage":
             add_publishing(p)
 

@@ -29,6 +29,14 @@ def add_scheduler(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", choices=["local", "slurm", "pyslurm", "auto"], default=None, help="override the machine's scheduler backend")
 
 
+def add_lease(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lease-ttl", type=float, default=Options().lease_ttl, metavar="SECONDS",
+        help="how long after this reconciler's last renewal another may take the production over "
+        f"(default {Options().lease_ttl:.0f}; renewed every third of it)",
+    )
+
+
 def add_publishing(p: argparse.ArgumentParser) -> None:
     """Where status goes: the results branch, and a remote to push it to."""
     p.add_argument("--status-branch", default=DEFAULT_STATUS_BRANCH, help=f"results branch for status.json, history and STATUS.md (default {DEFAULT_STATUS_BRANCH})")
@@ -49,4 +57,5 @@ def options(args: argparse.Namespace) -> Options:
         status_branch=getattr(args, "status_branch", DEFAULT_STATUS_BRANCH),
         publish=hasattr(args, "no_status") and not args.no_status,
         push=getattr(args, "push", None),
+        lease_ttl=float(getattr(args, "lease_ttl", Options().lease_ttl)),
     )

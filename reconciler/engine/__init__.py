@@ -18,7 +18,7 @@ from reconciler.core.plan import SENDS, ActionKind, Plan
 from reconciler.core.planner import plan, settle
 from reconciler.core.states import OutputState, SchedState, SubmissionState
 from reconciler.core.summary import summarize
-from reconciler.engine.apply import Actor
+from reconciler.engine.apply import UNFENCED, Actor, Fence
 from reconciler.engine.observe import DiskOutputs, Observed, Observer, OutputTree
 from reconciler.ledger import Ledger
 from reconciler.scheduler.base import Scheduler
@@ -59,6 +59,7 @@ class Engine:
         outputs: OutputTree | None = None,
         clock: Callable[[], float] = time.time,
         python: str | None = None,
+        fence: Fence = UNFENCED,
     ) -> None:
         self.loaded = loaded
         self.ledger = ledger
@@ -71,7 +72,7 @@ class Engine:
         self.limits = Limits(machine.max_array_size, machine.max_queued_tasks, scheduler.lookup_grace_s)
         kind = loaded.spec.task.validator.kind
         self.observer = Observer(self.desired, self.expansion, kind, scheduler, ledger, self.outputs, clock)
-        self.actor = Actor(loaded, scheduler, ledger, self.outputs, clock, python or sys.executable)
+        self.actor = Actor(loaded, scheduler, ledger, self.outputs, clock, python or sys.executable, fence)
 
     def observe(self) -> Observed:
         return self.observer.observe()

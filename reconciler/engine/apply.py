@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from reconciler.atomic import atomic_write
 from reconciler.core.outcome import failure_text, waived_failures
@@ -50,10 +51,36 @@ def failpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class Fence(Protocol):
+    """What apply checks before every sbatch and every ledger write: that this process still
+    holds the production. The session passes the production's lease (``lease.Lease``), whose
+    ``check`` raises ``errors.Deposed`` once another reconciler has taken it over."""
+
+    @property
+    def generation(self) -> int: ...
+
+    def check(self) -> None: ...
+
+
+class _Unfenced:
+    """For engines that never act (read-only verbs) and for tests of the engine alone."""
+
+    generation = 0
+
+    def check(self) -> None:
+        return None
+
+
+UNFENCED: Fence = _Unfenced()
+
+
 class Actor:
     """Carries out plans through one production's adapters."""
 
-    def __init__(self, loaded: Loaded, scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float], python: str) -> None:
+    def __init__(
+        self, loaded: Loaded, scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float], python: str,
+        fence: Fence = UNFENCED,
+    ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
         self.production_dir = loaded.production_dir
@@ -63,6 +90,7 @@ class Actor:
         self.outputs = outputs
         self.clock = clock
         self.python = python
+        self.fence = fence
         self.max_retries = loaded.spec.execution.retry_policy.max_retries
         self._abandoned: dict[str, int] = {}
 
@@ -75,6 +103,7 @@ class Actor:
         stop the pass (TransientError) and lose nothing.
         """
         now = self.clock()
+        self.fence.check()
         self.ledger.journal(obs.seen)
         if obs.probed and obs.world.site_max_array_size is not None:  # unknown (slurmctld down): ask again next pass
             self.ledger.set_meta(SITE_PROBE_KEY, f"{now}:{obs.world.site_max_array_size}")
@@ -84,10 +113,12 @@ class Actor:
         for a in p.actions:
             if a.kind is ActionKind.WAIT:
                 continue
+            self.fence.check()
             event = self._act(a, obs)
             if event:
                 events.append(event)
             applied[a.kind.value] = applied.get(a.kind.value, 0) + len(a.keys)
+        self.fence.check()
         self.ledger.finish(obs.finished)
         if applied:
             self.ledger.event("pass", json.dumps(applied, sort_keys=True), self.clock())
@@ -165,7 +196,9 @@ class Actor:
             tasks[idx] = ManifestTask(t.key, t.index, argv, t.outputs, t.fingerprint, self._attempts_so_far(key, obs) + 1)
         base = self.production_dir / "logs" / f"batch_{a.batch:04d}_{token}"
         script_path, manifest_path = base.with_suffix(".sh"), base.with_suffix(".json")
-        manifest = render_manifest(self.spec, batch=a.batch, token=token, production_dir=self.production_dir, tasks=tasks)
+        manifest = render_manifest(
+            self.spec, batch=a.batch, token=token, production_dir=self.production_dir, tasks=tasks, generation=self.fence.generation,
+        )
         script = render_script(
             self.spec, batch=a.batch, token=token, array_indices=sorted(tasks), manifest=manifest_path,
             production_dir=self.production_dir, python=self.python,
@@ -176,6 +209,7 @@ class Actor:
         state = SubmissionState.STAGED if a.kind is ActionKind.STAGE else SubmissionState.RECORDED
         sub = Submission(token, a.batch, kind, state, None, self.scheduler.name, str(script_path), str(manifest_path), now, None)
         failpoint("before_record")
+        self.fence.check()
         self.ledger.record_submission(sub, [(i, t.key) for i, t in sorted(tasks.items())])
         if state is SubmissionState.RECORDED:
             self._send(sub, sorted(tasks))
@@ -194,6 +228,7 @@ class Actor:
             log_err=err,
         )
         failpoint("after_record")
+        self.fence.check()
         try:
             job_id = self.scheduler.submit(job)
         except (NotSubmitted, SubmitRejected) as exc:
@@ -202,6 +237,7 @@ class Actor:
             self.ledger.abandon(sub.token, str(exc), self.clock())
             raise
         failpoint("after_submit")
+        self.fence.check()  # deposed now: the new holder finds this job by its token
         self.ledger.set_submitted(sub.token, job_id, self.clock())
         return job_id
 

@@ -90,3 +90,26 @@ def publish_status(
 
 def _comparable(doc: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k not in COMPARE_IGNORED and not (k == "error" and v is None)}
+
+
+def publish_problem(
+    repo_root: Path, *, name: str, commit: str, ref: str, machine: str, error: str, branch: str, remote: str | None,
+) -> str | None:
+    """Say on the results branch why production ``name`` could not be reconciled at all: its
+    desired state never loaded, or its directory cannot be used. The previous status keeps its
+    counts and gets ``error``; a production with no status yet gets one with no counts."""
+    prev_raw = read_branch_file(repo_root, status_path(name), branch)
+    try:
+        prev = json.loads(prev_raw) if prev_raw is not None else None
+    except ValueError:
+        prev = None
+    now = time.time()
+    if isinstance(prev, dict):
+        if prev.get("error") == error:
+            return None
+        doc = {**prev, "error": error, "updated": iso_time(now)}
+    else:
+        empty = {"total": 0, "counts": {}, "progress": 0.0, "success_rate": None, "done": False, "states": {}}
+        doc = build_status(empty, production=name, version="", tag=None, commit=commit, ref=ref, machine=machine, now=now, keys=[])
+        doc["error"] = error
+    return publish(repo_root, builder(doc, None, {}), f"status: {name}: not reconciled: {error.splitlines()[0]}", branch=branch, remote=remote)

@@ -154,13 +154,18 @@ def render_manifest(
     token: str,
     production_dir: Path,
     tasks: dict[int, ManifestTask],
+    generation: int = 0,
 ) -> str:
-    """JSON the wrapper reads: the submission's tasks by batch-local array index."""
+    """JSON the wrapper reads: the submission's tasks by batch-local array index.
+
+    ``generation``: of the production's lease this submission was made under (see lease.py),
+    so a submission can always be traced to the reconciler that made it."""
     doc: dict[str, Any] = {
         "format": 1,
         "production": prod.production.name,
         "batch": batch,
         "token": token,
+        "lease_generation": generation,
         "production_dir": str(production_dir),
         "timeout_s": prod.execution.timeout_hours * 3600.0,
         "env": dict(sorted(prod.task.env.items())),
