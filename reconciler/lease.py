@@ -118,6 +118,7 @@ class Lease:
         self.clock = clock
         self.me: Holder | None = None  # set while we hold it
         self.deposed_by: Holder | None = None
+        self.deposed = ""  # why this object may hold the lease no more, once another took it
         self.took_over = ""  # whom we replaced and why, when it had not released
         self._seen: tuple[int, str, str] | None = None  # (generation, nonce, beat) of another holder
         self._seen_at = 0.0
@@ -155,9 +156,13 @@ class Lease:
             return ""
 
     def _beat_age(self, generation: int) -> float | None:
-        """Seconds since the holder's last beat, by the file server's clock (a fresh file's mtime)."""
+        """Seconds since the holder's last beat, by the file server's clock."""
+        return self._age(self._beat_path(generation))
+
+    def _age(self, path: Path) -> float | None:
+        """Seconds since ``path`` was written, by the file server's clock (a fresh file's mtime)."""
         try:
-            beat = self._beat_path(generation).stat().st_mtime
+            beat = path.stat().st_mtime
         except FileNotFoundError:
             return None
         probe = self._tmp("clock")
@@ -182,6 +187,8 @@ class Lease:
         if self.me is not None:
             self.check()
             return self
+        if self.deposed and not steal:  # a loop that was deposed leaves the production to its new holder
+            raise Deposed(self.deposed)
         self.dir.mkdir(parents=True, exist_ok=True)
         cur = self.read()
         stolen = why = ""
@@ -195,7 +202,13 @@ class Lease:
                     f"and is taken over {cur.ttl_s:.0f} s after it stops (`reconcile lease NAME` shows it; --steal takes it)"
                 )
         base = cur.generation if cur else 0
-        generation = max([base, *self._claims()]) + 1  # past a taker that died between claim and write
+        generation = base + 1
+        ahead = [g for g in self._claims() if g > base]
+        if ahead:  # another taker claimed the next generation and has not written lease.json yet
+            age = self._age(self._claim_path(max(ahead)))
+            if age is not None and age <= 2 * self.ttl_s:
+                raise LeaseHeld(f"another reconciler is taking {self.path} over (generation {max(ahead)})")
+            generation = max(ahead) + 1  # that taker died between its claim and its write
         me = Holder(generation, socket.gethostname(), os.getpid(), boot_id(), secrets.token_hex(8), time.time(), self.ttl_s, stolen_from=stolen)
         text = json.dumps(me.to_json())
         tmp = self._tmp("claim")
@@ -211,8 +224,10 @@ class Lease:
             raise LeaseHeld(f"{self.path} changed while taking it: {again.describe() if again else 'removed'}")
         self._write(self._beat_path(generation), "0")
         self._write(self.path, text)
-        self.me, self.deposed_by, self._seen = me, None, None
+        self.me, self.deposed_by, self.deposed, self._seen = me, None, "", None
         self.took_over = f"{cur.describe()}: {'stolen with --steal' if steal else why}" if cur is not None and not cur.released else ""
+        if self.took_over:
+            self._log(f"generation {generation}: {me.host} pid {me.pid} took over from {self.took_over}")
         self._tidy(generation)
         self._start_heartbeat()
         return self
@@ -235,6 +250,11 @@ class Lease:
         if age is not None and age > 2 * cur.ttl_s:
             return f"last renewed {age:.0f} s ago (ttl {cur.ttl_s:.0f} s)"
         return ""
+
+    def _log(self, line: str) -> None:
+        """Append to ``lease.log``: every takeover and steal, for the person asking what happened."""
+        with open(self.dir / "lease.log", "a", encoding="utf-8") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {line}\n")
 
     def _claims(self) -> list[int]:
         return [int(p.suffix[1:]) for p in self.dir.glob("lease.claim.*") if p.suffix[1:].isdigit()]
@@ -268,7 +288,11 @@ class Lease:
         self._stop.set()
         who = cur.describe() if cur else "nobody (the lease file was removed)"
         stolen = " with --steal" if cur and cur.stolen_from else ""
-        raise Deposed(f"deposed: the lease {self.path} was taken{stolen} by {who}; this reconciler stops acting on it")
+        self.deposed = (
+            f"deposed: the lease {self.path} was taken{stolen} by {who}; this reconciler stops acting on it "
+            "(restart it to take part again)"
+        )
+        raise Deposed(self.deposed)
 
     def renew(self) -> None:
         """Check we still hold it, then beat. Every pass, and every ttl/3 from the heartbeat."""

@@ -31,7 +31,7 @@ from reconciler.core.states import OutputState
 from reconciler.engine import Engine, PassResult
 from reconciler.engine.apply import UNFENCED
 from reconciler.errors import ConfigError, Deposed, DirectoryUnusable, UsageError
-from reconciler.lease import DEFAULT_TTL_S, Leases
+from reconciler.lease import DEFAULT_TTL_S, Lease, Leases
 from reconciler.ledger import Ledger, default_path
 from reconciler.production_dir import init_production_dir
 from reconciler.recovery import rebuild
@@ -378,3 +378,16 @@ def load_report_inputs(opts: Options, name: str, branch: str) -> tuple[dict[str,
         raise UsageError(f"{branch}:{status_path(name)} is not valid JSON") from None
     return status, parse_history(read_branch_file(root, status_path(name, HISTORY_FILE), branch))
 
+
+
+def lease_of(opts: Options, name: str) -> Lease:
+    """The lease of production ``name`` (its directory from desired state at the ref, or at its
+    last good revision when the ref's does not load), neither taken nor changed."""
+    try:
+        desired = load_desired(opts, name)
+    except ConfigError:
+        good = gitops.last_good(gitops.open_repo(opts.repo), name)
+        if good is None:
+            raise
+        desired = load_desired(replace(opts, ref=good, allow_dirty=False), name)
+    return Lease(desired.loaded.production_dir / "metadata", opts.lease_ttl)

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from reconciler import __version__
-from reconciler.cli import desired, gitops, inspect, loop
+from reconciler.cli import desired, gitops, inspect, lease, loop
 from reconciler.errors import EXIT_INVALID, ConfigError, ReconcilerError
 
 Handler = Callable[[argparse.Namespace], int]
-VERBS = (desired, loop, inspect, gitops)
+VERBS = (desired, loop, inspect, lease, gitops)
 """Verb modules in the order `reconcile --help` lists them; a new verb goes in one of them."""
 
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="reconcile",
         description="Make a SLURM cluster (or this machine) converge to the productions committed in git.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Exit codes: 0 ok, 1 changes pending (plan/diff), 2 invalid input, 3 locked, 4 transient failure, 5 ended incomplete (watch --until-done).",
+        epilog="Exit codes: 0 ok, 1 changes pending (plan/diff), 2 invalid input, 3 another reconciler holds the lease, 4 transient failure, 5 ended incomplete (watch --until-done).",
     )
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
