@@ -21,12 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.core import causes
 from reconciler.core.model import TaskHistory
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
 
 OPEN = tuple(s for s in SubmissionState if s.open)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS submissions (
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     start REAL,
     end REAL,
     failure_recorded INTEGER NOT NULL DEFAULT 0,
+    cause TEXT,                     -- core.causes.Cause as JSON, for a failed attempt whose wrapper said why
     PRIMARY KEY (token, array_index)
 );
 CREATE INDEX IF NOT EXISTS attempts_key ON attempts (key);
@@ -62,7 +64,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     last_end REAL,
     last_reason TEXT NOT NULL DEFAULT '',
     given_up INTEGER NOT NULL DEFAULT 0,
-    latest_token TEXT
+    latest_token TEXT,
+    last_cause TEXT                 -- the latest failure's cause (JSON), which the planner reads
 );
 CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL,
@@ -81,14 +84,20 @@ MIGRATE_0_TO_1 = (
     "ALTER TABLE tasks RENAME TO tasks_v0",
     "DROP INDEX IF EXISTS attempts_key",
     SCHEMA,
-    "INSERT INTO submissions SELECT token, batch, kind, state, job_id, backend, script, manifest, created, submitted FROM submissions_v0",
-    "INSERT INTO attempts SELECT token, array_index, key, attempt, sched_state, exit_code, reason, start, end, "
+    "INSERT INTO submissions (token, batch, kind, state, job_id, backend, script, manifest, created, submitted) SELECT token, batch, kind, state, job_id, backend, script, manifest, created, submitted FROM submissions_v0",
+    "INSERT INTO attempts (token, array_index, key, attempt, sched_state, exit_code, reason, start, end, failure_recorded) "
+    "SELECT token, array_index, key, attempt, sched_state, exit_code, reason, start, end, "
     "CASE WHEN state = 'FAILED' THEN 1 ELSE 0 END FROM attempts_v0",
-    "INSERT INTO tasks SELECT key, submissions, failures, last_end, last_reason, given_up, latest_token FROM tasks_v0",
+    "INSERT INTO tasks (key, submissions, failures, last_end, last_reason, given_up, latest_token) SELECT key, submissions, failures, last_end, last_reason, given_up, latest_token FROM tasks_v0",
     "DROP TABLE submissions_v0",
     "DROP TABLE attempts_v0",
     "DROP TABLE tasks_v0",
 )
+
+ADDED_IN_2 = (("attempts", "cause", "TEXT"), ("tasks", "last_cause", "TEXT"))
+"""Version 2 adds failure causes: columns added in place (ADD COLUMN works on every SQLite a
+login node has), so a long production's ledger is not copied. Version 0 is copied into the
+current SCHEMA, which has them already."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +192,9 @@ class Ledger:
             for statement in (part for text in statements for part in text.split(";")):
                 if statement.strip():
                     db.execute(statement)
+            for table, column, decl in ADDED_IN_2:  # version 1 -> 2
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
@@ -241,9 +253,9 @@ class Ledger:
 
     def history(self) -> dict[str, TaskHistory]:
         return {
-            key: TaskHistory(submissions=subs, failures=fails, last_end=last_end, last_reason=reason, given_up=bool(given_up))
-            for key, subs, fails, last_end, reason, given_up in self.db.execute(
-                "SELECT key, submissions, failures, last_end, last_reason, given_up FROM tasks"
+            key: TaskHistory(subs, fails, last_end, reason, bool(given_up), causes.loads(cause) if cause else None)
+            for key, subs, fails, last_end, reason, given_up, cause in self.db.execute(
+                "SELECT key, submissions, failures, last_end, last_reason, given_up, last_cause FROM tasks"
             )
         }
 
@@ -335,20 +347,21 @@ class Ledger:
                 )
             db.execute("INSERT INTO events VALUES (?, 'abandon', NULL, ?)", (now, f"{token}: {reason}"))
 
-    def record_failures(self, failures: Sequence[tuple[str, int, str, str, float]], now: float) -> None:
-        """Count failed attempts against their tasks' retries, once each.
+    def record_failures(self, failures: Sequence[tuple[str, int, str, str, float, str | None]], now: float) -> None:
+        """Count failed attempts against their tasks' retries, once each, with their causes.
 
-        Each item: (token, array index, task key, what the history says of it, when it ended).
-        An attempt already counted is skipped, so a pass killed half-way is safe to repeat.
+        Each item: (token, array index, task key, what the history says of it, when it ended,
+        its cause as JSON or None when the wrapper could not say). An attempt already counted
+        is skipped, so a pass killed half-way is safe to repeat.
         """
         with self.transaction() as db:
-            for token, array_index, key, reason, end in failures:
+            for token, array_index, key, reason, end, cause in failures:
                 cur = db.execute(
-                    "UPDATE attempts SET failure_recorded = 1 WHERE token = ? AND array_index = ? AND failure_recorded = 0",
-                    (token, array_index),
+                    "UPDATE attempts SET failure_recorded = 1, cause = ? WHERE token = ? AND array_index = ? AND failure_recorded = 0",
+                    (cause, token, array_index),
                 )
                 if cur.rowcount:
-                    db.execute("UPDATE tasks SET failures = failures + 1, last_end = ?, last_reason = ? WHERE key = ?", (end, reason, key))
+                    db.execute("UPDATE tasks SET failures = failures + 1, last_end = ?, last_reason = ?, last_cause = ? WHERE key = ?", (end, reason, cause, key))
                     db.execute("INSERT INTO events VALUES (?, 'failed', ?, ?)", (now, key, reason))
 
     def waive(self, failures: Sequence[tuple[str, int]], now: float) -> None:
@@ -356,7 +369,8 @@ class Ledger:
         set to the given values (the plan's decision, core.outcome.waived_failures); journaled,
         so tasks the queue cap defers keep the waiver for the next pass."""
         with self.transaction() as db:
-            db.executemany("UPDATE tasks SET last_end = 0, given_up = 0, failures = ? WHERE key = ?", [(n, key) for key, n in failures])
+            # the cause goes too: a waived "command not found" gets its attempt, not an instant give-up
+            db.executemany("UPDATE tasks SET last_end = 0, given_up = 0, last_cause = NULL, failures = ? WHERE key = ?", [(n, key) for key, n in failures])
             db.execute("INSERT INTO events VALUES (?, 'retry', NULL, ?)", (now, f"manual retry of {len(failures)} task(s)"))
 
     def give_up(self, keys: Sequence[str], reason: str, now: float) -> None:

@@ -142,3 +142,34 @@ def read_marker(production_dir: Path, task: TaskLike) -> dict[str, Any] | None:
             return {}
         return doc if isinstance(doc, dict) else {}
     return None
+
+
+# ---------------------------------------------------------------- failure causes
+
+CAUSES_DIR = "causes"
+
+
+def cause_path(manifest: Path, array_index: int | str) -> Path:
+    """Where the wrapper says why attempt ``array_index`` of a submission failed:
+    ``logs/causes/<manifest stem>.<index>.json``, beside the logs and named by the token (in the
+    manifest's name), so observe finds it from the ledger alone; in a directory of its own, so
+    the manifests' glob (``logs/batch_*.json``, for a lost ledger) never reads it."""
+    return manifest.parent / CAUSES_DIR / f"{manifest.stem}.{array_index}.json"
+
+
+def write_cause(manifest: Path, array_index: int | str, doc: dict[str, Any]) -> Path:
+    """Record why an attempt failed (atomically: observe never reads half a cause). Written only
+    for attempts that end badly, so a production that succeeds pays nothing for it."""
+    path = cause_path(manifest, array_index)
+    atomic_write(path, json.dumps(doc, sort_keys=True) + "\n")
+    return path
+
+
+def read_cause(manifest: Path, array_index: int | str) -> dict[str, Any] | None:
+    """The cause the wrapper wrote, or None (it did not: killed, out of memory, an older
+    wrapper; or the file is damaged). Asked only of attempts that failed."""
+    try:
+        doc = json.loads(cause_path(manifest, array_index).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

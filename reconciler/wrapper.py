@@ -10,6 +10,11 @@ happened:
     0 done and marked, N the command's own exit code (128+signal if killed by one),
     2 bad manifest or index, 65 outputs invalid, 74 marker could not be written,
     124 timeout, 126 command not executable, 127 command not found, 143 cancelled (SIGTERM).
+
+When it exits non-zero it also says *why*, in a small JSON file beside the logs
+(``markers.write_cause``: a ``core.causes.Cause`` with the command's last stderr lines), which
+the reconciler reads only for attempts that failed: an exit code alone cannot tell "command
+not found", which no retry fixes, from a command that happened to exit 127.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -26,6 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from reconciler.core.causes import TAIL_CHARS, TAIL_LINES, Cause, CauseKind
 from reconciler.process import killpg, wait_group
 from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
 
@@ -37,6 +44,8 @@ EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 KILL_GRACE_S = 5.0
 POLL_S = 0.2
+TAIL_BYTES = 8192
+_OWN = "reconciler: "
 
 
 class _Task:
@@ -54,7 +63,45 @@ class _Task:
 
 
 def _say(msg: str) -> None:
-    print(f"reconciler: {msg}", file=sys.stderr, flush=True)
+    print(f"{_OWN}{msg}", file=sys.stderr, flush=True)
+
+
+def stderr_tail() -> tuple[str, ...]:
+    """The last lines the command wrote on stderr, read back from the wrapper's own stderr when
+    that is a file (Slurm's ``--error`` log, which the command inherits): nothing is piped
+    through the wrapper while the task runs, so a task that succeeds pays nothing for this.
+
+    The file is reopened through /proc (Slurm opens it write-only); the wrapper's own lines
+    are left out. Not a file (a terminal, a pipe), or not readable: no lines.
+    """
+    try:
+        if not stat.S_ISREG(os.fstat(2).st_mode):
+            return ()
+        with open("/proc/self/fd/2", "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - TAIL_BYTES))
+            data = fh.read(TAIL_BYTES)
+    except OSError:
+        return ()
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if size > TAIL_BYTES:
+        lines = lines[1:]  # the first line read is cut
+    kept = [ln.rstrip()[:TAIL_CHARS] for ln in lines if ln.strip() and not ln.startswith(_OWN)]
+    return tuple(kept[-TAIL_LINES:])
+
+
+def _failed(manifest: Path, array_index: str, code: int, kind: CauseKind, detail: str = "") -> int:
+    """Record why the attempt failed, beside the logs, and return the exit code. A cause that
+    cannot be written is said in the log and the exit code still tells the scheduler."""
+    sys.stderr.flush()
+    cause = Cause(kind, detail, code, stderr_tail())
+    try:
+        from reconciler import markers
+
+        markers.write_cause(manifest, array_index, cause.to_doc())
+    except OSError as exc:
+        _say(f"cannot record the failure's cause ({cause.text}): {exc}")
+    return code
 
 
 def resolve_argv(argv: list[str], production_dir: str) -> list[str]:
@@ -123,10 +170,10 @@ def run(manifest_path: Path, array_index: str) -> int:
         proc = subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         _say(f"command not found: {argv[0]}")
-        return EXIT_NOT_FOUND
-    except PermissionError:
-        _say(f"command not executable: {argv[0]}")
-        return EXIT_NOT_EXECUTABLE
+        return _failed(manifest_path, array_index, EXIT_NOT_FOUND, CauseKind.NOT_FOUND, argv[0])
+    except OSError as exc:  # EACCES, a directory, ENOEXEC (a script without #!): no retry runs it either
+        _say(f"command not executable: {argv[0]} ({exc.strerror})")
+        return _failed(manifest_path, array_index, EXIT_NOT_EXECUTABLE, CauseKind.NOT_EXECUTABLE, argv[0])
     child.append(proc)
     if terminated:  # a signal that arrived between the handler's install and Popen
         killpg(proc.pid, signal.SIGTERM)
@@ -142,14 +189,16 @@ def run(manifest_path: Path, array_index: str) -> int:
     if terminated:
         sig = terminated[0]
         _say(f"task {task.key} cancelled by {signal.Signals(sig).name} after {took} (command exit {code})")
-        return 128 + sig
+        return _failed(manifest_path, array_index, 128 + sig, CauseKind.CANCELLED, signal.Signals(sig).name)
     if ending.timed_out:
         _say(f"task {task.key}: timeout after {timeout_s:g} s")
-        return EXIT_TIMEOUT
+        return _failed(manifest_path, array_index, EXIT_TIMEOUT, CauseKind.TIMEOUT, f"{timeout_s:g}")
     if code != 0:
-        how = f" (signal {signal.Signals(-rc).name})" if rc < 0 else ""
+        how = f" (signal {_signame(-rc)})" if rc < 0 else ""
         _say(f"task {task.key}: command exited with {code}{how} after {took}")
-        return code
+        if rc < 0:
+            return _failed(manifest_path, array_index, code, CauseKind.SIGNAL, _signame(-rc))
+        return _failed(manifest_path, array_index, code, CauseKind.EXIT)
 
     from reconciler import markers, validators
 
@@ -159,14 +208,21 @@ def run(manifest_path: Path, array_index: str) -> int:
         why = f"validation failed to run: {exc}"
     if why is not None:
         _say(f"task {task.key}: outputs invalid: {why}")
-        return EXIT_INVALID_OUTPUT
+        return _failed(manifest_path, array_index, EXIT_INVALID_OUTPUT, CauseKind.INVALID_OUTPUT, why)
     try:
         marker = markers.write_marker(pdir, task, attempt=task.attempt, exit_code=0, start=start, end=end, token=token, host=host)
     except OSError as exc:
         _say(f"task {task.key}: cannot write completion marker: {exc}")
-        return EXIT_IO
+        return _failed(manifest_path, array_index, EXIT_IO, CauseKind.MARKER_IO, str(exc))
     _say(f"task {task.key} done in {took}; marker {marker.name}")
     return 0
+
+
+def _signame(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 @dataclass(frozen=True)

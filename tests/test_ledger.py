@@ -9,8 +9,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from reconciler.core.causes import Cause, CauseKind
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
-from reconciler.ledger import SCHEMA_VERSION, Ledger
+from reconciler.ledger import MIGRATE_0_TO_1, SCHEMA_VERSION, Ledger
 
 V0_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
@@ -94,7 +95,7 @@ def test_a_v0_ledger_is_migrated_keeping_every_count(tmp_path: Path) -> None:
         latest = ledger.latest_attempts()
         assert latest["r2/z0.5"].token == "tok2" and SchedState(latest["r2/z0.5"].sched_state) is SchedState.RUNNING
         # and it is a ledger like any other: the old failure is not counted twice
-        ledger.record_failures([("tok1", 1, "r2/z0.5", "exit 1", 130.0)], 300.0)
+        ledger.record_failures([("tok1", 1, "r2/z0.5", "exit 1", 130.0, None)], 300.0)
         assert ledger.history()["r2/z0.5"].failures == 1
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -115,3 +116,51 @@ def test_a_read_only_open_migrates_a_copy_and_leaves_the_file_alone(tmp_path: Pa
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 0
     db.close()
+
+
+def v1_ledger(path: Path) -> None:
+    """A version-1 ledger (the schema before failure causes), made the way version 1 made it:
+    by migrating a version-0 one, then stamping user_version 1."""
+    v0_ledger(path)
+    db = sqlite3.connect(path, isolation_level=None)
+    v1_schema = [
+        part.replace("    cause TEXT,                     -- core.causes.Cause as JSON, for a failed attempt whose wrapper said why\n", "")
+        .replace("    latest_token TEXT,\n    last_cause TEXT                 -- the latest failure's cause (JSON), which the planner reads\n", "    latest_token TEXT\n")
+        for part in MIGRATE_0_TO_1
+    ]
+    for statement in (part for text in v1_schema for part in text.split(";")):
+        if statement.strip():
+            db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    assert "cause" not in {r[1] for r in db.execute("PRAGMA table_info(attempts)")}, "the v1 schema above still has v2's column"
+    assert "last_cause" not in {r[1] for r in db.execute("PRAGMA table_info(tasks)")}
+    db.close()
+
+
+def test_a_v1_ledger_gains_causes_in_place_keeping_every_count(tmp_path: Path) -> None:
+    path = tmp_path / "production.db"
+    v1_ledger(path)
+    with Ledger(path, read_only=True) as ledger:  # a read-only verb: a copy, the file untouched
+        assert ledger.history()["r2/z0.5"].cause is None
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+    with Ledger(path) as ledger:
+        h = ledger.history()["r2/z0.5"]
+        assert (h.submissions, h.failures, h.last_reason, h.cause) == (2, 1, "exit 1", None)
+        cause = Cause(CauseKind.NOT_FOUND, "no-such-generator", 127, ("bash: no-such-generator: not found",))
+        ledger.record_failures([("tok2", 1, "r2/z0.5", cause.text, 250.0, cause.dumps())], 300.0)
+        h = ledger.history()["r2/z0.5"]
+        assert (h.failures, h.last_reason, h.cause) == (2, "command not found: no-such-generator", cause)
+        ledger.waive([("r2/z0.5", 2)], 310.0)  # `reconcile retry`: one more attempt, not an instant give-up
+        assert ledger.history()["r2/z0.5"].cause is None
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("SELECT cause FROM attempts WHERE token = 'tok2'").fetchone()[0] == cause.dumps()
+    db.close()
+
+
+def test_a_v0_ledger_lands_on_the_current_schema_with_causes(tmp_path: Path) -> None:
+    path = tmp_path / "production.db"
+    v0_ledger(path)
+    with Ledger(path) as ledger:
+        ledger.record_failures([("tok2", 1, "r2/z0.5", "exit 3", 250.0, Cause(CauseKind.EXIT, "", 3).dumps())], 300.0)
+        assert ledger.history()["r2/z0.5"].cause == Cause(CauseKind.EXIT, "", 3)

@@ -211,3 +211,48 @@ def test_a_deleted_finished_output_is_rerun_and_until_done_ends_0(repo: Path, tm
     assert r.returncode == 0 and "every task is complete" in r.stdout, r.stdout + r.stderr
     assert out.exists()
     wait_quiet(tmp_path / "spool")
+
+
+def small_demo(repo: Path, command: str, retries: int, why: str) -> None:
+    """Commit a 2-task demo whose command is ``command`` (in place of the generator's program)."""
+    demo = repo / "productions" / "demo.yaml"
+    text = demo.read_text().replace("    start: 0\n    count: 8\n", "    start: 0\n    count: 1\n").replace("redshifts: [0.5, 1.0, 1.5, 2.0]", "redshifts: [0.5, 1.0]")
+    text = text.replace("max_retries: 2", f"max_retries: {retries}").replace("{python} -m reconciler.demo_generator", command)
+    demo.write_text(text)
+    git(repo, "commit", "-qam", why)
+
+
+def test_a_command_that_does_not_exist_gives_up_at_once_and_status_says_why(repo: Path, tmp_path: Path) -> None:
+    """Failure causes: no backoff and no retry for what no retry can fix; the cause, not "exit 127"."""
+    small_demo(repo, "no-such-generator", 2, "a command that does not exist")
+    env = env_for(tmp_path)
+    r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")
+    assert r.returncode == 5, r.stdout + r.stderr
+    assert "demo: nothing left to do, but 2 task(s) gave up: command not found: no-such-generator (2)" in r.stdout, r.stdout
+    assert sent_to_scheduler(tmp_path / "spool") == Counter({"r0000/z0.500": 1, "r0000/z1.000": 1})  # max_retries 2, yet once
+    st = reconcile(repo, env, "status", "demo")
+    assert "2 task(s): command not found: no-such-generator (gave up at once: retrying cannot fix it)" in st.stdout, st.stdout
+    log = next(line for line in st.stdout.splitlines() if "e.g. r0000/z0.500" in line).rpartition("log: ")[2]
+    assert log.endswith(".err") and "command not found: no-such-generator" in Path(log).read_text(), st.stdout
+    status = json.loads(reconcile(repo, env, "status", "demo", "--json").stdout)
+    assert status["counts"]["failed"] == 2 and status["done"] and not status["all_complete"]
+    assert {f["reason"] for f in status["failures"]} == {"command not found: no-such-generator"}
+    # the results branch says it too, in status.json and STATUS.md
+    published = json.loads(git(repo, "show", "reconciler/status:productions/demo/status.json"))
+    assert [(c["cause"], c["tasks"], c["retry_cannot_fix"]) for c in published["causes"]] == [("command not found: no-such-generator", 2, True)]
+    assert "2 task(s): command not found: no-such-generator (gave up: retrying cannot fix it)" in git(repo, "show", "reconciler/status:STATUS.md")
+    # `reconcile retry` gives one more attempt (the command may have been installed since)
+    r = reconcile(repo, env, "retry", "demo", "--no-status")
+    assert "2 failed task(s) given one more attempt, 2 resubmitted now" in r.stderr, r.stderr
+    wait_quiet(tmp_path / "spool")
+
+
+def test_the_validators_message_is_the_cause(repo: Path, tmp_path: Path) -> None:
+    small_demo(repo, "{python} -c pass", 0, "a command that writes nothing")
+    env = env_for(tmp_path)
+    r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5", "--no-status")
+    assert r.returncode == 5 and "2 task(s) gave up: outputs invalid (2)" in r.stdout, r.stdout + r.stderr
+    st = reconcile(repo, env, "status", "demo").stdout
+    assert "2 task(s): outputs invalid (2 gave up)" in st, st
+    assert "e.g. r0000/z0.500: outputs invalid: missing catalogs/r0000/mock_z0.500.hdf5" in st, st
+    wait_quiet(tmp_path / "spool")

@@ -17,10 +17,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from reconciler import markers
+from reconciler.core.causes import Cause, CauseKind
 from reconciler.core.model import (
+    AttemptObs,
     Desired,
     Limits,
     Policy,
+    SubmissionObs,
     TaskHistory,
     TaskObs,
     World,
@@ -28,7 +32,7 @@ from reconciler.core.model import (
 from reconciler.core.plan import ActionKind
 from reconciler.core.planner import plan
 from reconciler.core.reasons import Reason
-from reconciler.core.states import OutputState, SchedState
+from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
 from reconciler.engine import Engine
 from reconciler.ledger import Ledger
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView, TaskSched
@@ -46,6 +50,7 @@ class T:
 
 SCHED = [None, *SchedState]
 OUT = list(OutputState)
+CAUSES = [None, Cause(CauseKind.EXIT, "", 1), Cause(CauseKind.NOT_FOUND, "gen", 127), Cause(CauseKind.NOT_EXECUTABLE, "gen", 126)]
 
 
 @st.composite
@@ -69,7 +74,7 @@ def worlds(draw: st.DrawFn) -> tuple[Desired, World, float, Limits]:
         subs = 0 if sched is None and draw(st.booleans()) else draw(st.integers(1, 5))
         obs[t.key] = TaskObs(draw(st.sampled_from(OUT)), sched)
         fails = draw(st.integers(0, subs)) if subs else 0
-        hist[t.key] = TaskHistory(subs, fails, draw(st.sampled_from([None, 0.0, 50.0, 99.0])), "x", draw(st.booleans()))
+        hist[t.key] = TaskHistory(subs, fails, draw(st.sampled_from([None, 0.0, 50.0, 99.0])), "x", draw(st.booleans()), draw(st.sampled_from(CAUSES)))
     for i in range(draw(st.integers(0, 3))):  # tasks removed from the production
         obs[f"gone{i}"] = TaskObs(OutputState.MISSING, draw(st.sampled_from(SCHED)))
     limits = Limits(max_array_size=draw(st.integers(1, 30)), max_queued_tasks=draw(st.integers(1, 80)))
@@ -112,6 +117,7 @@ def test_planner_invariants(drawn: tuple[Desired, World, float, Limits]) -> None
                     assert pol.rerun_on_change
                 if a.kind is ActionKind.RESUBMIT:  # invariant 3
                     assert h.failures <= pol.max_retries and o.sched is not None
+                    assert not (h.failures and h.cause is not None and h.cause.kind.permanent), "retried what retrying cannot fix"
                     if a.reason is Reason.OUTPUT_LOST:
                         assert h.failures == 0  # nothing failed: no backoff to wait for
                     else:
@@ -119,7 +125,13 @@ def test_planner_invariants(drawn: tuple[Desired, World, float, Limits]) -> None
         if a.kind is ActionKind.CANCEL:
             assert pol.prune and all(k not in by_key for k in a.keys)
         if a.kind is ActionKind.GIVE_UP:
-            assert all(hist[k].failures > pol.max_retries and not hist[k].given_up for k in a.keys)
+            assert all(not hist[k].given_up and hist[k].failures for k in a.keys)
+            permanent = [bool(hist[k].cause and hist[k].cause.kind.permanent) for k in a.keys]  # type: ignore[union-attr]
+            if a.reason is Reason.CANNOT_RUN:
+                assert all(permanent)
+            else:
+                assert a.reason is Reason.RETRIES_EXHAUSTED and not any(permanent)
+                assert all(hist[k].failures > pol.max_retries for k in a.keys)
     cancelled = sum(len(a.keys) for a in p.actions if a.kind is ActionKind.CANCEL)
     if queued <= limits.max_queued_tasks:
         assert queued - cancelled + sent <= limits.max_queued_tasks  # invariant 4
@@ -159,6 +171,7 @@ class SimScheduler:
     jobs: dict[str, dict[int, TaskSched]] = field(default_factory=dict)
     keys: dict[str, dict[int, str]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
+    manifests: dict[str, Path] = field(default_factory=dict)
     ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     violations: list[str] = field(default_factory=list)
 
@@ -179,6 +192,7 @@ class SimScheduler:
             self.jobs[job_id][i] = TaskSched(SchedState.PENDING)
             self.keys[job_id][i] = key
         self.tokens[job.token] = job_id
+        self.manifests[job_id] = Path(job.script_path).with_suffix(".json")
         if self.rng.random() < self.crash_after:
             raise Crash("after sbatch, before the job id was recorded")
         return job_id
@@ -212,6 +226,9 @@ class SimScheduler:
                 key = self.keys[jid][i]
                 if self.rng.random() < p_fail:
                     tasks[i] = TaskSched(self.rng.choice([SchedState.FAILED, SchedState.TIMEOUT, SchedState.NODE_FAIL]), 1, "boom", now, now)
+                    if tasks[i].state is SchedState.FAILED and self.rng.random() < 0.5:  # the wrapper says why
+                        cause = self.rng.choice([Cause(CauseKind.NOT_FOUND, "gen", 127), Cause(CauseKind.EXIT, "", 1)])
+                        markers.write_cause(self.manifests[jid], i, cause.to_doc())
                     if self.rng.random() < 0.5:
                         outputs.state[key] = OutputState.UNMARKED  # a partial write
                 else:
@@ -306,6 +323,8 @@ def test_engine_converges_under_failures_and_crashes(
         for _key, h in ledger.history().items():
             assert h.failures <= retries + 1  # invariant 3: at most max_retries retries
             assert h.submissions <= retries + 1
+            if h.cause is not None and h.cause.kind.permanent:  # no retry after a command that cannot run
+                assert h.failures == h.submissions and h.given_up and result.summary["states"][_key] == "failed"
 
 
 def test_a_completed_task_whose_output_vanished_is_planned_again_at_once() -> None:
@@ -318,3 +337,81 @@ def test_a_completed_task_whose_output_vanished_is_planned_again_at_once() -> No
     )
     (a,) = plan(desired, world, 1000.0, Limits()).actions
     assert (a.kind, a.reason, a.keys, a.array_indices) == (ActionKind.RESUBMIT, Reason.OUTPUT_LOST, ("t0",), (0,))
+
+
+# ------------------------------------------------------------------ failure causes
+
+
+def _failed_attempt(cause: Cause | None, *, retries: int = 3) -> tuple[Desired, World]:
+    """One task whose first attempt just ended FAILED (exit 127, say), its failure not yet counted."""
+    desired = Desired([T("t0", 0)], Policy(batch_size=10, max_retries=retries, initial_delay_s=600.0))
+    att = AttemptObs("t0", 0, SchedState.FAILED, "exit 127", 100.0, cause=cause)
+    sub = SubmissionObs("tok", 0, SubmissionKind.SUBMIT, SubmissionState.SUBMITTED, 50.0, job_id="7", attempts=(att,))
+    world = World({"t0": TaskObs(OutputState.MISSING, SchedState.FAILED)}, {"t0": TaskHistory(1)}, (sub,))
+    return desired, world
+
+
+@pytest.mark.parametrize("kind", [CauseKind.NOT_FOUND, CauseKind.NOT_EXECUTABLE])
+def test_a_command_that_cannot_run_gives_up_on_its_first_failure(kind: CauseKind) -> None:
+    desired, world = _failed_attempt(Cause(kind, "no-such-generator", 127))
+    p = plan(desired, world, 110.0, Limits())
+    record, give_up = p.actions
+    assert (record.kind, record.keys) == (ActionKind.RECORD_FAILURE, ("t0",))
+    assert (give_up.kind, give_up.reason, give_up.keys) == (ActionKind.GIVE_UP, Reason.CANNOT_RUN, ("t0",))
+    assert give_up.note == f"command {'not found' if kind is CauseKind.NOT_FOUND else 'not executable'}: no-such-generator"
+    assert "retrying cannot fix" in give_up.message
+
+
+@pytest.mark.parametrize("cause", [None, Cause(CauseKind.EXIT, "", 127), Cause(CauseKind.TIMEOUT, "60", 124), Cause(CauseKind.INVALID_OUTPUT, "empty x.h5", 65)])
+def test_any_other_cause_backs_off_as_before(cause: Cause | None) -> None:
+    desired, world = _failed_attempt(cause)
+    record, wait = plan(desired, world, 110.0, Limits()).actions
+    assert record.kind is ActionKind.RECORD_FAILURE
+    assert (wait.kind, wait.reason, wait.until) == (ActionKind.WAIT, Reason.BACKOFF, 700.0)
+
+
+def test_a_given_up_command_stays_given_up_until_retry_waives_it() -> None:
+    desired = Desired([T("t0", 0)], Policy(batch_size=10, max_retries=3, initial_delay_s=600.0))
+    cause = Cause(CauseKind.NOT_FOUND, "gen", 127)
+    obs = {"t0": TaskObs(OutputState.MISSING, SchedState.FAILED)}
+    given_up = World(obs, {"t0": TaskHistory(1, 1, 100.0, cause.text, True, cause)})
+    assert plan(desired, given_up, 1e9, Limits()).is_empty  # no backoff ever ends it
+    waived = plan(desired, given_up, 110.0, Limits(), retry=True)
+    assert [(a.kind, a.reason) for a in waived.actions] == [(ActionKind.WAIVE, Reason.MANUAL_RETRY), (ActionKind.RESUBMIT, Reason.MANUAL_RETRY)]
+    # the pass that records the failure did not give up yet (a killed pass): the next one does
+    not_yet = World(obs, {"t0": TaskHistory(1, 1, 100.0, cause.text, False, cause)})
+    (a,) = plan(desired, not_yet, 110.0, Limits()).actions
+    assert (a.kind, a.reason) == (ActionKind.GIVE_UP, Reason.CANNOT_RUN)
+
+
+def test_the_cause_is_what_the_history_says_of_the_failure() -> None:
+    """The wrapper's words replace "exit 127"; a cancelled wrapper defers to the scheduler's."""
+    from reconciler.core.outcome import failure_text
+
+    cause = Cause(CauseKind.NOT_FOUND, "no-such-generator", 127)
+    assert failure_text(AttemptObs("t0", 0, SchedState.FAILED, "exit 127", cause=cause), Reason.ATTEMPT_FAILED) == "command not found: no-such-generator"
+    cancelled = Cause(CauseKind.CANCELLED, "SIGTERM", 143)
+    assert failure_text(AttemptObs("t0", 0, SchedState.TIMEOUT, "TIMEOUT", cause=cancelled), Reason.ATTEMPT_FAILED) == "TIMEOUT"
+    tail = Cause(CauseKind.EXIT, "", 1, ("Traceback (most recent call last):", "ValueError: bad seed"))
+    assert (tail.group, tail.text) == ("exit 1", "exit 1: ValueError: bad seed")
+    invalid = Cause(CauseKind.INVALID_OUTPUT, "dataset galaxies/ra missing in r1/z0.5.h5", 65)
+    assert (invalid.group, invalid.text) == ("outputs invalid", "outputs invalid: dataset galaxies/ra missing in r1/z0.5.h5")
+
+
+def test_summary_groups_failures_by_cause_and_counts_a_command_that_cannot_run_as_failed() -> None:
+    from reconciler.core.summary import shortfall, summarize
+
+    tasks = [T(f"t{i}", i) for i in range(5)]
+    desired = Desired(tasks, Policy(max_retries=3))
+    missing = Cause(CauseKind.NOT_FOUND, "no-such-generator", 127, ("exec: no-such-generator",))
+    obs = {t.key: TaskObs(OutputState.MISSING, SchedState.FAILED) for t in tasks}
+    hist = {t.key: TaskHistory(1, 1, 100.0, missing.text, False, missing) for t in tasks[:3]}
+    hist["t3"] = TaskHistory(1, 1, 100.0, "exit 3", False, Cause(CauseKind.EXIT, "", 3))
+    hist["t4"] = TaskHistory(1, 1, 100.0, "OUT_OF_MEMORY")  # killed: the wrapper could not say
+    s = summarize(desired, obs, hist, logs={"t0": "/p/logs/batch_0000_7_0.err"})
+    assert s["counts"]["failed"] == 3 and s["counts"]["retrying"] == 2  # 1 failure of 3 allowed, yet given up
+    assert [(c["cause"], c["tasks"], c["gave_up"], c["retry_cannot_fix"]) for c in s["causes"]] == [
+        ("command not found: no-such-generator", 3, 3, True), ("OUT_OF_MEMORY", 1, 0, False), ("exit 3", 1, 0, False),
+    ]
+    assert s["causes"][0]["log"].endswith(".err") and s["causes"][0]["stderr"] == ["exec: no-such-generator"]
+    assert shortfall({**s, "done": True}) == "3 task(s) gave up: command not found: no-such-generator (3)"

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reconciler.markers import marker_path, read_marker
+from reconciler.core.causes import Cause, CauseKind, from_doc
+from reconciler.markers import cause_path, marker_path, read_cause, read_marker
 from reconciler.outputs import observe_outputs
 from reconciler.spec.expand import Task
 from reconciler.spec.models import Validator
@@ -210,3 +211,71 @@ def test_wrapper_starts_without_pydantic_or_h5py() -> None:
     code = "import sys, reconciler.wrapper, reconciler.outputs, reconciler.markers, reconciler.validators; print(sorted(m for m in ('pydantic', 'h5py', 'numpy', 'ruamel') if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- failure causes
+
+
+def run_logged(manifest: Path, tmp_path: Path) -> tuple[int, str]:
+    """The wrapper with stderr in a file, as under Slurm's --error: (exit code, the log)."""
+    log = tmp_path / "task.err"
+    with log.open("wb") as err:
+        rc = subprocess.run([sys.executable, "-m", "reconciler.wrapper", str(manifest), "7"], stderr=err, timeout=60).returncode
+    return rc, log.read_text()
+
+
+def the_cause(manifest: Path) -> Cause | None:
+    doc = read_cause(manifest, 7)
+    assert cause_path(manifest, 7) == manifest.parent / "causes" / "manifest.7.json"
+    return from_doc(doc)
+
+
+def test_success_writes_no_cause(tmp_path: Path) -> None:
+    manifest, _ = write_manifest(tmp_path, py(WRITE_OUTPUT))
+    assert run_wrapper(manifest).returncode == 0
+    assert not (tmp_path / "causes").exists()
+
+
+def test_a_command_that_does_not_exist_is_recorded_as_such(tmp_path: Path) -> None:
+    manifest, _ = write_manifest(tmp_path, ["no-such-generator", "--seed", "1"])
+    assert run_wrapper(manifest).returncode == 127
+    assert the_cause(manifest) == Cause(CauseKind.NOT_FOUND, "no-such-generator", 127)
+    # a command that exits 127 by itself is an exit code, which a retry may well fix
+    manifest, _ = write_manifest(tmp_path, py("import sys; sys.exit(127)"))
+    assert run_wrapper(manifest).returncode == 127
+    cause = the_cause(manifest)
+    assert cause is not None and cause.kind is CauseKind.EXIT and not cause.kind.permanent
+
+
+def test_a_file_that_cannot_be_executed_is_recorded_as_such(tmp_path: Path) -> None:
+    script = tmp_path / "gen.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")  # not chmod +x
+    manifest, _ = write_manifest(tmp_path, [str(script)])
+    assert run_wrapper(manifest).returncode == 126
+    assert the_cause(manifest) == Cause(CauseKind.NOT_EXECUTABLE, str(script), 126)
+
+
+def test_an_exit_carries_the_last_lines_of_stderr_but_not_the_wrappers(tmp_path: Path) -> None:
+    code = "import sys\nfor i in range(30): print('line', i, file=sys.stderr)\nraise ValueError('bad seed 42')"
+    manifest, _ = write_manifest(tmp_path, py(code))
+    rc, log = run_logged(manifest, tmp_path)
+    assert rc == 1 and "reconciler: task r0003/z0.500" in log
+    cause = the_cause(manifest)
+    assert cause is not None and (cause.kind, cause.exit_code) == (CauseKind.EXIT, 1)
+    assert len(cause.tail) == 10 and cause.tail[-1] == "ValueError: bad seed 42"
+    assert not any(line.startswith("reconciler:") for line in cause.tail)
+    assert cause.text == "exit 1: ValueError: bad seed 42"
+
+
+def test_signal_timeout_and_invalid_outputs_each_say_so(tmp_path: Path) -> None:
+    manifest, _ = write_manifest(tmp_path, py("import os,signal; os.kill(os.getpid(), signal.SIGSEGV)"))
+    assert run_wrapper(manifest).returncode == 128 + 11
+    assert the_cause(manifest) == Cause(CauseKind.SIGNAL, "SIGSEGV", 139)
+    manifest, _ = write_manifest(tmp_path, py("import time; time.sleep(30)"), timeout_s=0.5)
+    assert run_wrapper(manifest).returncode == 124
+    cause = the_cause(manifest)
+    assert cause is not None and cause.text == "timeout after 0.5 s"
+    manifest, _ = write_manifest(tmp_path, py("pass"))
+    assert run_wrapper(manifest).returncode == 65
+    cause = the_cause(manifest)
+    assert cause is not None and (cause.group, cause.text) == ("outputs invalid", f"outputs invalid: missing {OUT}")

@@ -45,6 +45,7 @@ def status_text(name: str, summary: Mapping[str, Any], verbose: bool, pdir: Path
     ending = " (done)" if summary["all_complete"] else f" (ended: {shortfall(summary)})" if summary["done"] else ""
     lines.append(f"  progress {summary['progress']:.1%}" + (f", success rate {rate:.1%}" if rate is not None else "") + ending)
     lines.append(f"  directory {pdir}" + (f"; desired state tag {tag}" if tag else ""))
+    lines += _causes_text(summary.get("causes", []), verbose)
     if summary["failures"]:
         lines.append("  failures:")
         for f in summary["failures"] if verbose else summary["failures"][:20]:
@@ -67,6 +68,23 @@ def status_text(name: str, summary: Mapping[str, Any], verbose: bool, pdir: Path
         for key, st in summary["states"].items():
             lines.append(f"    {key:<20} {st}")
     return "\n".join(lines)
+
+
+def _causes_text(causes: list[Mapping[str, Any]], verbose: bool) -> list[str]:
+    """Failures grouped by cause, each with one example's log (the .err, where the command's
+    own words are) and its last stderr lines: what to fix, before the list of tasks."""
+    if not causes:
+        return []
+    lines = ["  failures by cause:"]
+    for c in causes if verbose else causes[:10]:
+        ended = " (gave up at once: retrying cannot fix it)" if c.get("retry_cannot_fix") else f" ({c['gave_up']} gave up)" if c.get("gave_up") else ""
+        lines.append(f"    {c['tasks']} task(s): {c['cause']}{ended}")
+        detail = f": {c['detail']}" if c.get("detail") and c["detail"] != c["cause"] else ""
+        lines.append(f"      e.g. {c['example']}{detail}; log: {c['log'] or '-'}")
+        lines += [f"      | {line}" for line in c.get("stderr", [])]
+    if not verbose and len(causes) > 10:
+        lines.append(f"    ... {len(causes) - 10} more cause(s) (--verbose)")
+    return lines
 
 
 def _short_array(idx: tuple[int, ...]) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from reconciler.core.causes import Cause
 from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
 
 
@@ -32,6 +33,7 @@ class TaskHistory:
     last_end: float | None = None  # when the latest failure was seen to end (epoch seconds)
     last_reason: str = ""
     given_up: bool = False  # a give-up was already recorded for the current failure count
+    cause: Cause | None = None  # the latest failure's cause, as the task wrapper recorded it (None: it could not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class AttemptObs:
     failure_recorded: bool = False  # its failure is already counted in the task's history
     latest: bool = True  # it is the task's latest attempt, so its state is the task's
     previous: SchedState | None = None  # latest and open: the journaled state of the task's attempt before it
+    cause: Cause | None = None  # failed: why, in the wrapper's words (read only for attempts that failed)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ the task wrapper writes after validating the outputs, certifies a task complete.
 
 from __future__ import annotations
 
-from reconciler.core.model import AttemptObs
+from reconciler.core.causes import CauseKind
+from reconciler.core.model import AttemptObs, TaskHistory
 from reconciler.core.reasons import MESSAGES, Reason
 from reconciler.core.states import Outcome, OutputState, SchedState
 
@@ -46,8 +47,15 @@ def validate_deeply(validator_kind: str, submissions: int, adopt_existing: bool,
 
 
 def failure_text(attempt: AttemptObs, why: Reason) -> str:
-    """What the task's history says of a failed attempt: the scheduler's words ("exit 1",
-    "TIMEOUT", "vanished: ..."), or the message when the scheduler had nothing to say."""
+    """What the task's history says of a failed attempt: the wrapper's cause when it recorded
+    one ("command not found: gen", "outputs invalid: dataset x missing in ..."), else the
+    scheduler's words ("exit 1", "TIMEOUT", "vanished: ..."), else the reason's message.
+
+    A wrapper that was itself cancelled knows only the signal; the scheduler knows whether
+    that was a time limit, a preemption or scancel, so its words come first then."""
+    cause = attempt.cause
+    if cause is not None and (cause.kind is not CauseKind.CANCELLED or not attempt.reason):
+        return cause.text
     if why is Reason.ATTEMPT_FAILED:
         return attempt.reason or (attempt.sched.value if attempt.sched else MESSAGES[why])
     return MESSAGES[why]
@@ -63,3 +71,15 @@ def waived_failures(failures: int, max_retries: int) -> int:
     """The failure count a task keeps after `reconcile retry` waives its give-up: at most
     ``max_retries``, so exactly one more attempt is left if it had none."""
     return min(failures, max_retries)
+
+
+def cannot_retry(hist: TaskHistory) -> bool:
+    """Its latest failure is one that retrying cannot fix (the command does not exist or cannot
+    be executed): the planner gives it up at once instead of backing off."""
+    return hist.failures > 0 and hist.cause is not None and hist.cause.kind.permanent
+
+
+def gave_up(hist: TaskHistory, max_retries: int) -> bool:
+    """No further attempt will be made without `reconcile retry`: retries exhausted, or a
+    failure that retrying cannot fix."""
+    return hist.failures > max_retries or cannot_retry(hist)

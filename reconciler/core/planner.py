@@ -19,6 +19,7 @@ Then per task, in this order of precedence:
   submitted, outcome unknown    -> WAIT (a lost sbatch answer is resolved by token, not resent)
   failed, retries left          -> RESUBMIT after initial * multiplier**(failures-1), else WAIT
   failed, retries exhausted     -> GIVE_UP once, then nothing
+  failed, retrying cannot fix   -> GIVE_UP at once (command not found / not executable: core.causes)
   failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
   ended, no failure, no outputs -> RESUBMIT at once (its outputs were deleted after it completed)
 A task (re)submitted over outputs that are present but not certified gets them moved aside
@@ -45,7 +46,7 @@ from reconciler.core.model import (
     TaskObs,
     World,
 )
-from reconciler.core.outcome import adoptable, classify, failure_text
+from reconciler.core.outcome import adoptable, cannot_retry, classify, failure_text
 from reconciler.core.plan import Action, ActionKind, Note, Plan
 from reconciler.core.reasons import Reason
 from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionKind, SubmissionState
@@ -163,7 +164,8 @@ def _record_failures(s: Settled, world: World, sub: SubmissionObs, now: float) -
             continue
         by_reason.setdefault(why, []).append(att)
         h = _hist(s, world, att.key)
-        s.history[att.key] = replace(h, failures=h.failures + 1, last_end=att.end if att.end is not None else now, last_reason=failure_text(att, why))
+        end = att.end if att.end is not None else now
+        s.history[att.key] = replace(h, failures=h.failures + 1, last_end=end, last_reason=failure_text(att, why), cause=att.cause)
     for why, atts in by_reason.items():  # plan() orders every action by kind, batch, token, reason
         s.actions.append(_of(ActionKind.RECORD_FAILURE, why, sub, atts))
 
@@ -217,6 +219,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     lost: list[DesiredTask] = []
     rerun: list[DesiredTask] = []
     give_up: list[str] = []
+    cannot_run: dict[str, str] = {}  # key -> the cause's group, for the note
     backoff: list[str] = []
     backoff_until: float | None = None
     unknown: list[str] = []
@@ -260,6 +263,10 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         if not hist.failures:
             lost.append(task)  # it ended without a failure on record, yet its outputs are gone
             continue
+        if cannot_retry(hist):  # before the retry count: this reason says what to fix
+            if not hist.given_up and hist.cause is not None:
+                cannot_run[key] = hist.cause.group
+            continue
         if hist.failures > pol.max_retries:
             if not hist.given_up:
                 give_up.append(key)
@@ -287,6 +294,10 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         actions.append(Action(ActionKind.WAIVE, Reason.MANUAL_RETRY, tuple(t.key for t in waived), note=f"max_retries={pol.max_retries}"))
     if give_up:
         actions.append(Action(ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED, tuple(give_up), note=f"max_retries={pol.max_retries}"))
+    if cannot_run:
+        causes = sorted(set(cannot_run.values()))
+        note = "; ".join(causes[:3]) + (f"; and {len(causes) - 3} more" if len(causes) > 3 else "")
+        actions.append(Action(ActionKind.GIVE_UP, Reason.CANNOT_RUN, tuple(cannot_run), note=note))
     if removed_in_flight:
         if pol.prune:
             actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))

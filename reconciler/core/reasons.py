@@ -28,6 +28,7 @@ class Reason(StrEnum):
     ATTEMPT_FAILED = "attempt_failed"
     NO_MARKER = "no_marker"
     RETRIES_EXHAUSTED = "retries_exhausted"
+    CANNOT_RUN = "cannot_run"
     # waiting
     BACKOFF = "backoff"
     QUEUE_CAP = "queue_cap"
@@ -55,6 +56,10 @@ MESSAGES: dict[Reason, str] = {
     Reason.ATTEMPT_FAILED: "the attempt failed",
     Reason.NO_MARKER: "exited 0 but its outputs are missing or invalid (no completion marker)",
     Reason.RETRIES_EXHAUSTED: "retries exhausted",
+    Reason.CANNOT_RUN: (
+        "the command cannot run (not found or not executable), which retrying cannot fix: "
+        "given up at once; fix the command or its environment, then `reconcile retry`"
+    ),
     Reason.BACKOFF: "failed; waiting for backoff before retrying",
     Reason.QUEUE_CAP: "queue cap reached",
     Reason.LOOKUP_GRACE: "sbatch answer lost; looking for its token in the scheduler",

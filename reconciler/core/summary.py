@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from reconciler.core.model import Desired, TaskHistory, TaskObs
-from reconciler.core.outcome import adoptable
+from reconciler.core.outcome import adoptable, cannot_retry, gave_up
 from reconciler.core.states import OutputState, SchedState, TaskState
 
 _COMPLETE, _ADOPTED, _RUNNING, _QUEUED, _STAGED, _RETRYING, _FAILED, _STALE, _MISSING = (s.value for s in (
@@ -30,7 +30,7 @@ def task_state(obs: TaskObs, hist: TaskHistory, max_retries: int, adopt: bool) -
         return _QUEUED
     if obs.output is OutputState.STALE:
         return _STALE
-    if hist.failures > max_retries:
+    if gave_up(hist, max_retries):
         return _FAILED
     if hist.failures > 0:
         return _RETRYING
@@ -56,6 +56,7 @@ def summarize(
     states: dict[str, str] = {}
     failures = []
     retried = []
+    examples: dict[str, tuple[str, TaskHistory]] = {}  # cause -> its first task, in index order
     for task in desired.tasks:
         hist = history.get(task.key, empty_hist)
         st = task_state(observation.get(task.key, empty_obs), hist, pol.max_retries, pol.adopt_existing)
@@ -64,7 +65,10 @@ def summarize(
         counts[st] += 1
         states[task.key] = st
         if st == _FAILED or (st == _RETRYING and hist.failures):
-            failures.append({"key": task.key, "state": st, "failures": hist.failures, "reason": hist.last_reason, "log": (logs or {}).get(task.key, "")})
+            cause = hist.cause.group if hist.cause is not None else hist.last_reason or "unknown"
+            failures.append({"key": task.key, "state": st, "failures": hist.failures, "reason": hist.last_reason, "cause": cause, "log": (logs or {}).get(task.key, "")})
+            if cause not in examples:
+                examples[cause] = (task.key, hist)
         if hist.failures and st == _COMPLETE:
             retried.append({"key": task.key, "failures": hist.failures, "last_reason": hist.last_reason})
     total = len(desired.tasks)
@@ -78,10 +82,33 @@ def summarize(
         "done": finished + (0 if pol.rerun_on_change else counts[_STALE]) == total,
         "all_complete": done == total,
         "failures": failures,
+        "causes": _causes(failures, examples),
         "retried": retried,
         "excluded": [{"key": k, "reason": r} for k, r in excluded],
         "states": states,
     }
+
+
+def _causes(failures: Sequence[Mapping[str, Any]], examples: Mapping[str, tuple[str, TaskHistory]]) -> list[dict[str, Any]]:
+    """Failures grouped by cause, most tasks first: 12,000 tasks that fail one way are one line
+    ("12000 tasks: command not found: gen"), with one example's log and last stderr lines."""
+    tasks: Counter[str] = Counter(f["cause"] for f in failures)
+    gave: Counter[str] = Counter(f["cause"] for f in failures if f["state"] == _FAILED)
+    logs = {f["key"]: f["log"] for f in failures}
+    out = []
+    for cause, n in sorted(tasks.items(), key=lambda kv: (-kv[1], kv[0])):
+        key, hist = examples[cause]
+        out.append({
+            "cause": cause,
+            "tasks": n,
+            "gave_up": gave[cause],
+            "retry_cannot_fix": cannot_retry(hist),
+            "example": key,
+            "detail": hist.cause.text if hist.cause is not None else hist.last_reason,
+            "stderr": list(hist.cause.tail[-3:]) if hist.cause is not None else [],
+            "log": logs.get(key, ""),
+        })
+    return out
 
 
 def shortfall(summary: Mapping[str, Any]) -> str:
@@ -92,7 +119,7 @@ def shortfall(summary: Mapping[str, Any]) -> str:
     c = summary["counts"]
     parts = []
     if c.get(_FAILED):
-        reasons = Counter(f["reason"] or "unknown" for f in summary["failures"] if f["state"] == _FAILED)
+        reasons = Counter(f.get("cause") or f["reason"] or "unknown" for f in summary["failures"] if f["state"] == _FAILED)
         causes = "; ".join(f"{why} ({n})" for why, n in reasons.most_common(3))
         parts.append(f"{c[_FAILED]} task(s) gave up: {causes}")
     if c.get(_STALE):

@@ -109,7 +109,7 @@ class Engine:
             job = jobs.get(att.token)
             batch = batches.get(att.token)
             if job and batch is not None:
-                logs[key] = f"{base}{batch:04d}_{job}_{att.array_index}.out"
+                logs[key] = f"{base}{batch:04d}_{job}_{att.array_index}.err"  # the wrapper's and the command's stderr: why it failed
         excluded = [(e.key, e.reason) for e in self.expansion.excluded]
         return summarize(obs.desired, tasks, history, excluded, logs, staged)
 

@@ -140,8 +140,8 @@ class Actor:
             atts = {x.array_index: x for x in obs.submission(_token(a)).attempts}
             rows = []
             for key, i in zip(a.keys, a.array_indices, strict=True):
-                end = atts[i].end
-                rows.append((_token(a), i, key, failure_text(atts[i], a.reason), now if end is None else end))
+                end, cause = atts[i].end, atts[i].cause
+                rows.append((_token(a), i, key, failure_text(atts[i], a.reason), now if end is None else end, cause.dumps() if cause else None))
             self.ledger.record_failures(rows, now)
         elif a.kind is ActionKind.ABANDON:
             self.ledger.abandon(_token(a), a.message, now)

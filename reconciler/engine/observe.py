@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from reconciler import markers
 from reconciler import outputs as output_tree
+from reconciler.core import causes
 from reconciler.core.model import EMPTY_HISTORY, AttemptObs, Desired, SubmissionObs, TaskObs, World
-from reconciler.core.outcome import validate_deeply
-from reconciler.core.states import OutputState, SchedState, SubmissionState
+from reconciler.core.outcome import classify, validate_deeply
+from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionState
 from reconciler.ledger import Attempt, Ledger, Seen, Submission
 from reconciler.scheduler.base import JobRef, Scheduler, SchedulerView, TaskSched
 from reconciler.spec.expand import Expansion, Task
@@ -134,7 +136,7 @@ class Observer:
             if key not in tasks:
                 tasks[key] = unsubmitted[st]
 
-        submissions = [self._submission_obs(s, by_token.get(s.token, []), view, current, latest) for s in open_subs]
+        submissions = [self._submission_obs(s, by_token.get(s.token, []), view, current, latest, out) for s in open_subs]
         finished = [s.token for s in sent if _all_ended(by_token.get(s.token, []), current)]
         world = World(tasks, history, tuple(submissions), site)
         return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed)
@@ -146,6 +148,7 @@ class Observer:
         view: SchedulerView,
         current: dict[tuple[str, int], TaskSched],
         latest: dict[str, Attempt],
+        out: dict[str, OutputState],
     ) -> SubmissionObs:
         found = view.found.get(s.token) if s.job_id is None else None
         may_abandon = s.state is SubmissionState.STAGED or (s.job_id is None and found is None)
@@ -157,7 +160,11 @@ class Observer:
             reason = ts.reason if ts is not None and ts.reason else a.reason
             end = ts.end if ts is not None and ts.end is not None else a.end
             is_latest = (lt := latest.get(a.key)) is not None and lt.token == a.token
-            obs.append(AttemptObs(a.key, a.array_index, sched, reason, end, a.failure_recorded, is_latest, previous.get(a.key)))
+            cause = None
+            if not a.failure_recorded and classify(sched, out.get(a.key, OutputState.MISSING))[0] is Outcome.FAILED:
+                # only attempts that failed and are not yet counted: one small read each, once
+                cause = causes.from_doc(markers.read_cause(Path(s.manifest), a.array_index))
+            obs.append(AttemptObs(a.key, a.array_index, sched, reason, end, a.failure_recorded, is_latest, previous.get(a.key), cause))
         current_fp = self._staged_current(s) if s.state is SubmissionState.STAGED else True
         return SubmissionObs(s.token, s.batch, s.kind, s.state, s.created, s.job_id, found, current_fp, tuple(obs))
 

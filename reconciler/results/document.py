@@ -36,6 +36,8 @@ LEGEND: dict[str, str] = {s.code: s.value for s in TaskState} | {UNKNOWN_CODE: U
 _CODE = {s.value: s.code for s in TaskState}
 
 MAX_LISTED = 1000
+MAX_CAUSES = 20
+"""Cause groups listed at most: one line each in STATUS.md's reading, the rest are in failures."""
 """Failures and stale keys listed by name at most; the per-task codes hold the rest."""
 
 
@@ -50,6 +52,20 @@ class Failure(_Doc):
     state: str
     failures: int
     reason: str = ""
+    cause: str = Field(default="", description="what failures are grouped by: the wrapper's cause, else the scheduler's words")
+    log: str = Field(default="", description="the latest attempt's stderr log (.err)")
+
+
+class CauseGroup(_Doc):
+    """Failures that share a cause, with one example to start from."""
+
+    cause: str = Field(description='e.g. "command not found: no-such-generator", "exit 3", "outputs invalid"')
+    tasks: int
+    gave_up: int = Field(default=0, description="of these, tasks given up (no attempt left without `reconcile retry`)")
+    retry_cannot_fix: bool = Field(default=False, description="the command cannot run: given up at once")
+    example: str = Field(description="the first such task, in task order")
+    detail: str = Field(default="", description="the example's whole cause (the validator's message, the last stderr line)")
+    stderr: list[str] = Field(default_factory=list, description="the example's last stderr lines")
     log: str = ""
 
 
@@ -103,6 +119,7 @@ class StatusDoc(_Doc):
     done: bool
     failures: list[Failure] = Field(default_factory=list)
     failures_omitted: int = 0
+    causes: list[CauseGroup] = Field(default_factory=list, description="failures grouped by cause, most tasks first")
     retried: list[Retried] = Field(default_factory=list)
     excluded: list[ExcludedTask] = Field(default_factory=list)
     stale: list[str] = Field(default_factory=list, description="keys whose outputs have another fingerprint")
@@ -230,10 +247,11 @@ def build_status(
         success_rate=summary.get("success_rate"),
         done=bool(summary.get("done", False)),
         failures=[
-            Failure(key=f["key"], state=f.get("state", ""), failures=int(f.get("failures", 0)), reason=f.get("reason") or "", log=f.get("log") or "")
+            Failure(key=f["key"], state=f.get("state", ""), failures=int(f.get("failures", 0)), reason=f.get("reason") or "", cause=f.get("cause") or "", log=f.get("log") or "")
             for f in failures[:MAX_LISTED]
         ],
         failures_omitted=max(0, len(failures) - MAX_LISTED),
+        causes=[CauseGroup(**c) for c in summary.get("causes", [])[:MAX_CAUSES]],
         retried=[Retried(**r) for r in summary.get("retried", [])[:MAX_LISTED]],
         excluded=[ExcludedTask(**e) for e in summary.get("excluded", [])],
         stale=stale[:MAX_LISTED],

@@ -72,6 +72,12 @@ def render_status_md(statuses: Sequence[Mapping[str, Any]], plots: Mapping[str, 
     if failing:
         lines += ["", "Passes that failed (the counts above are from the last pass that did not):", ""]
         lines += [f"- **{_md(s.get('production', '?'))}**, {_md(s.get('updated', ''))}: {_md(s['error'])}" for s in failing]
+    causes = [(s, c) for s in rows for c in (s.get("causes") or [])[:3]]
+    if causes:
+        lines += ["", "Failures by cause (`reconcile status NAME` lists every task; the log is the example's):", ""]
+        lines += [f"- **{_md(s.get('production', '?'))}**: {int(c.get('tasks', 0))} task(s): {_md(c.get('cause', ''))}"
+                  f"{' (gave up: retrying cannot fix it)' if c.get('retry_cannot_fix') else ''}; e.g. {_md(c.get('example', ''))}, log `{_md(c.get('log') or '-')}`"
+                  for s, c in causes]
     for s in rows:
         name = str(s.get("production", "?"))
         if name in plots:
