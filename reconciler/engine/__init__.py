@@ -16,6 +16,7 @@ from typing import Any
 from reconciler.core.model import Desired, Limits, Policy, TaskObs
 from reconciler.core.plan import SENDS, ActionKind, Plan
 from reconciler.core.planner import plan, settle
+from reconciler.core.reasons import Reason
 from reconciler.core.states import OutputState, SchedState, SubmissionState
 from reconciler.core.summary import summarize
 from reconciler.engine.apply import UNFENCED, Actor, Fence
@@ -99,8 +100,10 @@ class Engine:
         staged = {a.key for sub in world.submissions if sub.state is SubmissionState.STAGED and sub.current for a in sub.attempts if a.latest}
         if applied is not None:
             sent = {k for a in applied.actions if a.kind in SENDS or a.kind is ActionKind.SEND for k in a.keys}
-            queued = {k: TaskObs(tasks[k].output if k in tasks else OutputState.MISSING, SchedState.PENDING) for k in sent}
-            tasks = {**tasks, **queued}  # a copy is cheaper than an overlay when a pass sent 10^4 tasks
+            # outputs that failed verification are no longer where the task's marker was
+            moved = {k: TaskObs(OutputState.MISSING, tasks[k].sched) for a in applied.of(ActionKind.QUARANTINE) if a.reason is Reason.OUTPUT_CORRUPT for k in a.keys}
+            queued = {k: TaskObs(moved[k].output if k in moved else tasks[k].output if k in tasks else OutputState.MISSING, SchedState.PENDING) for k in sent}
+            tasks = {**tasks, **moved, **queued}  # a copy is cheaper than an overlay when a pass sent 10^4 tasks
             history = self.ledger.history()
             latest = self.ledger.latest_attempts()
             staged = (staged - {k for a in applied.of(ActionKind.SEND) for k in a.keys}) | {k for a in applied.of(ActionKind.STAGE) for k in a.keys}
