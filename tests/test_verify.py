@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 
 from reconciler import outputs
 from reconciler.core.model import Desired, Limits, Policy, TaskHistory, TaskObs, World
-from reconciler.core.plan import ActionKind
 from reconciler.core.planner import plan
 from reconciler.core.reasons import Reason
 from reconciler.core.states import OutputState, SchedState
@@ -34,7 +33,7 @@ from reconciler.spec.models import Validator
 
 from .conftest import ROOT
 from .test_outputs import mark, produce, task
-from .test_planner import T, Clock, SimOutputs, SimScheduler
+from .test_planner import Clock, SimOutputs, SimScheduler, T
 
 DONE = TaskObs(OutputState.COMPLETE, SchedState.COMPLETED)
 
