@@ -47,7 +47,7 @@ def test_verify_moves_a_corrupt_output_aside_and_the_next_pass_reruns_it(repo: P
     assert r.returncode == 1, r.stdout + r.stderr
     assert f"demo: verified {n} completed task(s): {n - 1} sound, 1 corrupt" in r.stdout, r.stdout
     assert f"demo: corrupt {VICTIM}: output failed verification: not a readable HDF5 file: catalogs/r0004/mock_z1.000.hdf5" in r.stdout
-    assert "resubmit 1" in r.stdout and "quarantine 1" in r.stdout
+    assert f"quarantine 1, resubmit 1 | {n - 1}/{n} complete, 1 queued" in r.stdout, r.stdout
     # moved aside with its marker and a reason; nothing deleted
     (aside,) = (repo / "work/productions/demo/qa/corrupt/r0004__z1.000").iterdir()
     reason = json.loads((aside / "REASON.json").read_text())
