@@ -2,7 +2,7 @@
 
 A task is complete by its marker, read from a directory listing; the bytes the wrapper
 validated can still change afterwards (a truncated copy, an overwrite, bit rot). This verb
-runs one ordinary pass (lock, observe, plan, apply, publish: session.run_pass) in which the
+runs one ordinary pass (lease, observe, plan, apply, publish: session.run_pass) in which the
 observation also deep-validates completed outputs; the planner moves the corrupt ones to
 qa/corrupt/ and plans them again, and this prints what was checked and what was found.
 Its own module: it is the one verb whose report is about verification, not about the plan.
@@ -15,12 +15,12 @@ import json
 import sys
 from typing import Any
 
-from reconciler.cli.options import add_publishing, add_scheduler, add_source, options
+from reconciler.cli.loop import _pass
+from reconciler.cli.options import add_lease, add_publishing, add_scheduler, add_source, options
 from reconciler.cli.render import applied_line, counts_line, public
 from reconciler.core.reasons import MESSAGES, Reason
 from reconciler.errors import EXIT_CHANGES, EXIT_OK
 from reconciler.outputs import CORRUPT_DIR, REASON_FILE
-from reconciler.session import run_pass
 
 EXAMPLE = "reconcile verify demo                   # re-validate every completed output; exit 1 if any was corrupt"
 
@@ -32,13 +32,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     planned again: like fsck, "errors found and corrected"), 2 for a key the production lacks.
     """
     keys = frozenset(args.keys)
-    opts = options(args)
-    r = run_pass(opts, args.name, verify=keys or "all")
+    r = _pass(options(args), args.name, verify=keys or "all")  # the pass `once` runs, and says what it did the same way
     res = r.result
-    for line in [*res.events, *(f"note: {n.message}" for n in res.plan.notes)]:
-        print(f"{args.name}: {line}", file=sys.stderr)
-    if r.status_commit:
-        print(f"{args.name}: status committed to {opts.status_branch} ({r.status_commit[:10]})", file=sys.stderr)
     asked = f" of the {len(keys)} task(s) named" if keys else ""
     skipped = sorted(keys - set(res.verified)) if keys else []
     if args.json:
@@ -73,4 +68,5 @@ def register(add: Any) -> None:
     p.add_argument("keys", nargs="*", metavar="KEY", help="verify only these tasks (e.g. r0004/z0.500); default: every completed task")
     add_source(p)
     add_scheduler(p)
+    add_lease(p)
     add_publishing(p)
