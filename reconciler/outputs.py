@@ -13,17 +13,21 @@ read as "the outputs are missing" and trigger thousands of resubmissions.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
+from reconciler.atomic import atomic_write
 from reconciler.core.states import OutputState
 from reconciler.errors import TransientError
 from reconciler.markers import ADOPTED, DONE, TaskLike, parse_marker_name
 from reconciler.validators import ValidatorLike, validate
 
 PARTIAL_DIR = "qa/partial"
+CORRUPT_DIR = "qa/corrupt"
+REASON_FILE = "REASON.json"
 
 _T = TypeVar("_T", bound=TaskLike)
 
@@ -175,6 +179,57 @@ def move_partial(production_dir: Path, task: TaskLike, *, label: str) -> list[Pa
         n = 0
         candidate = dest
         while os.path.lexists(candidate):
+            n += 1
+            candidate = dest.with_name(f"{dest.name}.{n}")
+        os.replace(src, candidate)
+        moved.append(candidate)
+    return moved
+
+
+def verify(production_dir: Path, tasks: Iterable[TaskLike], validator: ValidatorLike) -> dict[str, str]:
+    """Deep-validate completed tasks' outputs again: key -> what failed, for those that fail.
+
+    The same check the wrapper ran before it wrote the marker, so a failure here means the
+    bytes changed after completion (a truncated copy, an overwrite, bit rot), not a bad run.
+    This opens every file: the caller bounds how many tasks it asks about.
+    """
+    problems: dict[str, str] = {}
+    for t in tasks:
+        why = validate(production_dir, t.outputs, validator)
+        if why is not None:
+            problems[t.key] = why
+    return problems
+
+
+def move_corrupt(production_dir: Path, task: TaskLike, *, label: str, record: dict[str, object]) -> list[Path]:
+    """Move a completed task's outputs *and its markers* under ``qa/corrupt/<key>/<label>/``,
+    beside a ``REASON.json`` holding ``record`` (which check failed, when); never delete.
+
+    The markers go first: once they are gone the task no longer reads complete, so a pass
+    killed half way leaves outputs that read unmarked (moved aside as partial before the
+    rerun), never corrupt outputs that still read complete.
+    """
+    if not label or "/" in label or label in (".", "..") or "\0" in label:
+        raise ValueError(f"bad label {label!r}: one path component expected")
+    dest_root = production_dir / CORRUPT_DIR / task.key.replace("/", "__") / label
+    dest_root.mkdir(parents=True, exist_ok=True)
+    atomic_write(dest_root / REASON_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    head, _s, base = task.outputs[0].rpartition("/")
+    marker_dir = production_dir / head if head else production_dir
+    try:
+        names = os.listdir(marker_dir)
+    except FileNotFoundError:
+        names = []
+    markers = [f"{head}/{n}" if head else n for n in sorted(names) if (p := parse_marker_name(n)) is not None and p[0] == base]
+    moved: list[Path] = []
+    for rel in [*markers, *task.outputs]:
+        src = production_dir / rel
+        if not os.path.lexists(src):
+            continue
+        dest = dest_root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        n, candidate = 0, dest
+        while os.path.lexists(candidate):  # a second verdict in the same second: keep both
             n += 1
             candidate = dest.with_name(f"{dest.name}.{n}")
         os.replace(src, candidate)

@@ -16,7 +16,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,6 +30,7 @@ from reconciler.core.plan import Plan
 from reconciler.core.states import OutputState
 from reconciler.engine import Engine, PassResult
 from reconciler.engine.apply import UNFENCED
+from reconciler.engine.observe import Verify
 from reconciler.errors import ConfigError, Deposed, DirectoryUnusable, UsageError
 from reconciler.lease import DEFAULT_TTL_S, Lease, Leases
 from reconciler.ledger import Ledger, default_path
@@ -201,7 +202,8 @@ class PassReport:
 
 
 def run_pass(
-    opts: Options, name: str, *, stage: bool = False, retry: bool = False, on_warning: Warn = warn, leases: Leases | None = None,
+    opts: Options, name: str, *, stage: bool = False, retry: bool = False, verify: Verify = "sample", on_warning: Warn = warn,
+    leases: Leases | None = None,
 ) -> PassReport:
     """One pass: hold the lease, observe, plan, apply; then publish status, even when the pass
     failed (but not when this reconciler was deposed: the production is another's now).
@@ -210,15 +212,20 @@ def run_pass(
     at its last good revision (``report.problem`` says why), or, if it never loaded, raises
     its ConfigError after saying so on the results branch; an unusable production directory
     raises DirectoryUnusable. Either way the caller goes on with the other productions.
+
+    ``verify``: which completed tasks the pass opens and validates again (by default the
+    production's ``execution.verify_per_pass``; see ``engine.observe.Verify``).
     """
     desired, problem = _desired_or_last_good(opts, name, on_warning)
     try:
         with open_production(opts, name, write=True, on_warning=on_warning, leases=leases, desired=desired) as prod:
+            if isinstance(verify, frozenset):
+                _known_keys(name, verify, prod.engine.expansion.by_key.keys())
             result: PassResult | None = None
             error: str | None = None
             deposed = False
             try:
-                result = prod.engine.run_pass(stage=stage, retry=retry)
+                result = prod.engine.run_pass(stage=stage, retry=retry, verify=verify)
             except Deposed:
                 deposed = True
                 raise
@@ -278,6 +285,15 @@ def _publish_problem(opts: Options, name: str, commit: str, problem: str, on_war
         )
     except Exception as exc:  # noqa: BLE001 - publishing is reporting; it must never stop the loop
         on_warning(f"{name}: status not published: {exc}")
+
+
+def _known_keys(name: str, keys: frozenset[str], known: Collection[str]) -> None:
+    """Refuse task keys the production does not have, before the pass does anything."""
+    unknown = sorted(k for k in keys if k not in known)
+    if unknown:
+        more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+        example = next(iter(known), "")
+        raise UsageError(f"production {name} has no task {', '.join(unknown[:5])}{more}; its task keys look like {example!r}")
 
 
 def _publish(opts: Options, prod: Production, result: PassResult | None, error: str | None, on_warning: Warn) -> str | None:

@@ -78,7 +78,9 @@ def worlds(draw: st.DrawFn) -> tuple[Desired, World, float, Limits]:
     for i in range(draw(st.integers(0, 3))):  # tasks removed from the production
         obs[f"gone{i}"] = TaskObs(OutputState.MISSING, draw(st.sampled_from(SCHED)))
     limits = Limits(max_array_size=draw(st.integers(1, 30)), max_queued_tasks=draw(st.integers(1, 80)))
-    return Desired(tasks, policy), World(obs, hist), draw(st.sampled_from([0.0, 60.0, 1000.0])), limits
+    # deep verification failed for some tasks (read by the planner only where outputs are complete)
+    corrupt = {k: "sha256 mismatch" for k in obs if draw(st.integers(0, 4)) == 0}
+    return Desired(tasks, policy), World(obs, hist, corrupt=corrupt), draw(st.sampled_from([0.0, 60.0, 1000.0])), limits
 
 
 TASK_KINDS = (ActionKind.SUBMIT, ActionKind.RESUBMIT, ActionKind.CANCEL, ActionKind.GIVE_UP, ActionKind.WAIT, ActionKind.SEND)
@@ -109,6 +111,9 @@ def test_planner_invariants(drawn: tuple[Desired, World, float, Limits]) -> None
                 t, o, h = by_key[k], obs[k], hist[k]
                 assert i < limits.max_array_size  # invariant 4
                 assert t.index // max(1, min(pol.batch_size, limits.max_array_size)) == a.batch
+                if a.reason is Reason.OUTPUT_CORRUPT:  # a complete task is rerun only when verification failed
+                    assert k in world.corrupt and o.output.done
+                    continue
                 assert o.output not in (OutputState.COMPLETE, OutputState.ADOPTED)  # invariant 2
                 assert not (o.sched is not None and o.sched.in_flight)
                 if o.output is OutputState.UNMARKED and h.submissions == 0:
@@ -132,6 +137,11 @@ def test_planner_invariants(drawn: tuple[Desired, World, float, Limits]) -> None
             else:
                 assert a.reason is Reason.RETRIES_EXHAUSTED and not any(permanent)
                 assert all(hist[k].failures > pol.max_retries for k in a.keys)
+        if a.kind is ActionKind.QUARANTINE and a.reason is Reason.OUTPUT_CORRUPT:
+            assert all(k in world.corrupt and obs[k].output.done and not (obs[k].sched and obs[k].sched.in_flight) for k in a.keys)
+    moved = {k for a in p.of(ActionKind.QUARANTINE) if a.reason is Reason.OUTPUT_CORRUPT for k in a.keys}
+    rerun = {k for a in p.of(ActionKind.SUBMIT, ActionKind.RESUBMIT, ActionKind.WAIT) if a.reason in (Reason.OUTPUT_CORRUPT, Reason.QUEUE_CAP) for k in a.keys}
+    assert moved <= rerun, "a corrupt output moved aside is rerun now, or waits for the queue cap"
     cancelled = sum(len(a.keys) for a in p.actions if a.kind is ActionKind.CANCEL)
     if queued <= limits.max_queued_tasks:
         assert queued - cancelled + sent <= limits.max_queued_tasks  # invariant 4

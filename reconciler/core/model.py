@@ -9,7 +9,7 @@ in flight, or with a lost answer) are described attempt by attempt.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from reconciler.core.causes import Cause
@@ -74,6 +74,7 @@ class World:
     history: Mapping[str, TaskHistory]
     submissions: Sequence[SubmissionObs] = ()  # open ones only
     site_max_array_size: int | None = None  # what the scheduler reports, when it was asked
+    corrupt: Mapping[str, str] = field(default_factory=dict)  # complete tasks whose outputs failed deep verification this pass: key -> the check that failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class Policy:
     prune: bool = False
     rerun_on_change: bool = False
     adopt_existing: bool = True
+    verify_per_pass: int = 0  # completed tasks deep-verified per pass (core.verification.sample); 0: none
 
     def delay(self, failures: int) -> float:
         """Backoff before retrying after ``failures`` failures: initial * multiplier**(failures-1), capped."""

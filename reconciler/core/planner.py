@@ -12,6 +12,8 @@ First the open submissions are settled (``settle``), each by one rule:
   an attempt ended, not yet counted -> RECORD_FAILURE when core.outcome.classify says it failed
 Then per task, in this order of precedence:
   queued or running             -> nothing (never submitted twice)
+  complete, failed verification -> QUARANTINE (to qa/corrupt/, whatever the queue cap), then
+                                   RESUBMIT (SUBMIT if never ours) with reason output_corrupt
   complete                      -> nothing
   valid, unmarked, never ours   -> adopted: nothing (unless adopt_existing is off)
   stale and not rerun_on_change -> reported in the notes
@@ -217,6 +219,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     resubmit: list[DesiredTask] = []
     waived: list[DesiredTask] = []
     lost: list[DesiredTask] = []
+    corrupt: list[DesiredTask] = []  # complete, but failed verification this pass
     rerun: list[DesiredTask] = []
     give_up: list[str] = []
     cannot_run: dict[str, str] = {}  # key -> the cause's group, for the note
@@ -226,6 +229,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     stale: list[str] = []
     queued = 0
     desired_keys: set[str] = set()
+    failed_verification = world.corrupt
 
     for task in desired.tasks:
         key = task.key
@@ -240,6 +244,10 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             queued += 1  # its submission's answer was lost: it may well be in the queue
             continue
         if output is OutputState.COMPLETE or output is OutputState.ADOPTED:
+            if failed_verification and key in failed_verification:
+                hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
+                if sched is not None or hist.submissions == 0:  # ours with no answer yet: a later pass
+                    corrupt.append(task)
             continue
         hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
         if pol.adopt_existing and adoptable(output, hist.submissions):
@@ -308,6 +316,8 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         _batches(ActionKind.RESUBMIT, Reason.MANUAL_RETRY, waived, batch_size)
         + _batches(ActionKind.RESUBMIT, Reason.BACKOFF_ELAPSED, resubmit, batch_size)
         + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_LOST, lost, batch_size)
+        + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_CORRUPT, [t for t in corrupt if _ours(t.key, settled, world)], batch_size)
+        + _batches(ActionKind.SUBMIT, Reason.OUTPUT_CORRUPT, [t for t in corrupt if not _ours(t.key, settled, world)], batch_size)
         + _batches(ActionKind.SUBMIT, Reason.STALE_RERUN, rerun, batch_size)
         + _batches(ActionKind.SUBMIT, Reason.NEVER_SUBMITTED, submit, batch_size)
     )
@@ -317,6 +327,9 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         kept = [replace(a, kind=ActionKind.STAGE) for a in kept]
     else:
         actions.extend(_quarantine(kept, settled, world))
+    # corrupt outputs go aside even when the queue cap defers their rerun: the move is what
+    # remembers the verdict (next pass they read missing, and are planned as output_lost)
+    actions.extend(_quarantine_corrupt(corrupt, failed_verification, batch_size))
     actions.extend(kept)
     if deferred:
         actions.append(Action(ActionKind.WAIT, Reason.QUEUE_CAP, tuple(deferred), note=f"max_queued_tasks={lim.max_queued_tasks}"))
@@ -341,4 +354,20 @@ def _quarantine(sends: list[Action], settled: Settled, world: World) -> list[Act
         keys = tuple(k for k, o in zip(a.keys, outs, strict=True) if o is unmarked or o is invalid)
         if keys:
             out.append(Action(ActionKind.QUARANTINE, Reason.PARTIAL_OUTPUT, keys, batch=a.batch, token=a.token))
+    return out
+
+
+def _ours(key: str, settled: Settled, world: World) -> bool:
+    """Whether this reconciler ever submitted the task (a rerun), or adopted its outputs (a first run)."""
+    return _hist(settled, world, key).submissions > 0
+
+
+def _quarantine_corrupt(tasks: list[DesiredTask], problems: Mapping[str, str], batch_size: int) -> list[Action]:
+    """Completed outputs that failed verification go to qa/corrupt/, with their marker, so the
+    task stops reading complete; the note names the check that failed (the first few)."""
+    out = []
+    for a in _batches(ActionKind.QUARANTINE, Reason.OUTPUT_CORRUPT, tasks, batch_size):
+        shown = "; ".join(f"{k}: {problems[k]}" for k in a.keys[:3])
+        more = f"; and {len(a.keys) - 3} more" if len(a.keys) > 3 else ""
+        out.append(replace(a, array_indices=(), note=shown + more))
     return out

@@ -16,6 +16,7 @@ class Reason(StrEnum):
     STALE_RERUN = "stale_rerun"
     BACKOFF_ELAPSED = "backoff_elapsed"
     OUTPUT_LOST = "output_lost"
+    OUTPUT_CORRUPT = "output_corrupt"
     MANUAL_RETRY = "manual_retry"
     PARTIAL_OUTPUT = "partial_output"
     # submissions already journaled
@@ -46,6 +47,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.STALE_RERUN: "stale: fingerprint changed (execution.rerun_on_change: true)",
     Reason.BACKOFF_ELAPSED: "failed; backoff elapsed, retries left",
     Reason.OUTPUT_LOST: "outputs missing after the task completed (deleted or moved): planned again",
+    Reason.OUTPUT_CORRUPT: "output failed verification after the task completed: moved to qa/corrupt/ and planned again",
     Reason.MANUAL_RETRY: "failed; `reconcile retry` waived the backoff and gave one more attempt",
     Reason.PARTIAL_OUTPUT: "outputs present but not certified complete: moved to qa/partial/ before the rerun",
     Reason.STAGED_CURRENT: "staged by `reconcile stage`; every task still has the fingerprint it was staged with",

@@ -10,16 +10,17 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.core.model import Desired, Limits, Policy, TaskObs
 from reconciler.core.plan import SENDS, ActionKind, Plan
 from reconciler.core.planner import plan, settle
+from reconciler.core.reasons import Reason
 from reconciler.core.states import OutputState, SchedState, SubmissionState
 from reconciler.core.summary import summarize
 from reconciler.engine.apply import UNFENCED, Actor, Fence
-from reconciler.engine.observe import DiskOutputs, Observed, Observer, OutputTree
+from reconciler.engine.observe import DiskOutputs, Observed, Observer, OutputTree, Verify
 from reconciler.ledger import Ledger
 from reconciler.scheduler.base import Scheduler
 from reconciler.spec.load import Loaded
@@ -37,6 +38,7 @@ def policy_of(loaded: Loaded) -> Policy:
         prune=ex.prune,
         rerun_on_change=ex.rerun_on_change,
         adopt_existing=ex.adopt_existing,
+        verify_per_pass=ex.verify_per_pass,
     )
 
 
@@ -46,6 +48,8 @@ class PassResult:
     applied: dict[str, int]
     summary: dict[str, Any]
     events: list[str]
+    verified: tuple[str, ...] = ()  # completed tasks deep-verified this pass
+    corrupt: dict[str, str] = field(default_factory=dict)  # those that failed: key -> the check that failed
 
 
 class Engine:
@@ -74,8 +78,8 @@ class Engine:
         self.observer = Observer(self.desired, self.expansion, kind, scheduler, ledger, self.outputs, clock)
         self.actor = Actor(loaded, scheduler, ledger, self.outputs, clock, python or sys.executable, fence)
 
-    def observe(self) -> Observed:
-        return self.observer.observe()
+    def observe(self, verify: Verify = None) -> Observed:
+        return self.observer.observe(verify)
 
     def plan(self, obs: Observed, *, stage: bool = False, retry: bool = False) -> Plan:
         return plan(obs.desired, obs.world, self.clock(), self.limits, stage=stage, retry=retry)
@@ -96,8 +100,10 @@ class Engine:
         staged = {a.key for sub in world.submissions if sub.state is SubmissionState.STAGED and sub.current for a in sub.attempts if a.latest}
         if applied is not None:
             sent = {k for a in applied.actions if a.kind in SENDS or a.kind is ActionKind.SEND for k in a.keys}
-            queued = {k: TaskObs(tasks[k].output if k in tasks else OutputState.MISSING, SchedState.PENDING) for k in sent}
-            tasks = {**tasks, **queued}  # a copy is cheaper than an overlay when a pass sent 10^4 tasks
+            # outputs that failed verification are no longer where the task's marker was
+            moved = {k: TaskObs(OutputState.MISSING, tasks[k].sched) for a in applied.of(ActionKind.QUARANTINE) if a.reason is Reason.OUTPUT_CORRUPT for k in a.keys}
+            queued = {k: TaskObs(moved[k].output if k in moved else tasks[k].output if k in tasks else OutputState.MISSING, SchedState.PENDING) for k in sent}
+            tasks = {**tasks, **moved, **queued}  # a copy is cheaper than an overlay when a pass sent 10^4 tasks
             history = self.ledger.history()
             latest = self.ledger.latest_attempts()
             staged = (staged - {k for a in applied.of(ActionKind.SEND) for k in a.keys}) | {k for a in applied.of(ActionKind.STAGE) for k in a.keys}
@@ -113,12 +119,15 @@ class Engine:
         excluded = [(e.key, e.reason) for e in self.expansion.excluded]
         return summarize(obs.desired, tasks, history, excluded, logs, staged)
 
-    def run_pass(self, *, apply: bool = True, stage: bool = False, retry: bool = False) -> PassResult:
-        obs = self.observe()
+    def run_pass(self, *, apply: bool = True, stage: bool = False, retry: bool = False, verify: Verify = "sample") -> PassResult:
+        """One pass. ``verify``: which completed tasks to open and validate again (by default
+        ``execution.verify_per_pass`` of them; "all" for `reconcile verify`)."""
+        obs = self.observe(verify)
         p = self.plan(obs, stage=stage, retry=retry)
+        found = dict(obs.world.corrupt)
         if not apply:
-            return PassResult(p, {}, self.summary(obs), [])
+            return PassResult(p, {}, self.summary(obs), [], obs.verified, found)
         applied, events = self.apply(p, obs)
-        return PassResult(p, applied, self.summary(obs, p if applied else None), events)
+        return PassResult(p, applied, self.summary(obs, p if applied else None), events, obs.verified, found)
 
 

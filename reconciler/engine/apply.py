@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from reconciler.core.outcome import failure_text, waived_failures
 from reconciler.core.plan import SENDS, Action, ActionKind, Plan
 from reconciler.core.reasons import Reason
 from reconciler.core.states import SubmissionKind, SubmissionState
-from reconciler.engine.observe import SITE_PROBE_KEY, Observed, OutputTree
+from reconciler.engine.observe import SITE_PROBE_KEY, VERIFY_CURSOR_KEY, Observed, OutputTree
 from reconciler.errors import NotSubmitted, SubmitRejected
 from reconciler.ledger import Ledger, Submission
 from reconciler.scheduler.base import ArrayJob, Scheduler
@@ -38,7 +39,7 @@ from reconciler.spec.expand import SYMBOLIC_DIR, Renderer
 from reconciler.spec.load import Loaded
 
 CRASH_ENV = "RECONCILER_FAILPOINT"
-RETRIES = frozenset({Reason.BACKOFF_ELAPSED, Reason.MANUAL_RETRY, Reason.OUTPUT_LOST})
+RETRIES = frozenset({Reason.BACKOFF_ELAPSED, Reason.MANUAL_RETRY, Reason.OUTPUT_LOST, Reason.OUTPUT_CORRUPT})
 
 
 def failpoint(name: str) -> None:
@@ -107,6 +108,8 @@ class Actor:
         self.ledger.journal(obs.seen)
         if obs.probed and obs.world.site_max_array_size is not None:  # unknown (slurmctld down): ask again next pass
             self.ledger.set_meta(SITE_PROBE_KEY, f"{now}:{obs.world.site_max_array_size}")
+        if obs.verify_cursor is not None:  # the verification rotation moves on only when a pass is applied
+            self.ledger.set_meta(VERIFY_CURSOR_KEY, str(obs.verify_cursor))
         self._abandoned = {}
         applied: dict[str, int] = {}
         events: list[str] = []
@@ -155,6 +158,8 @@ class Actor:
             self.ledger.give_up(a.keys, a.message, now)
         elif a.kind is ActionKind.CANCEL:
             self._cancel(a, obs)
+        elif a.kind is ActionKind.QUARANTINE and a.reason is Reason.OUTPUT_CORRUPT:
+            return self._quarantine_corrupt(a, obs)
         elif a.kind is ActionKind.QUARANTINE:
             self._quarantine(a, obs)
         elif a.kind is ActionKind.SEND:
@@ -183,6 +188,22 @@ class Actor:
             moved = self.outputs.move_partial(self.by_key[key], f"attempt{self._attempts_so_far(key, obs):02d}-{now:.0f}")
             if moved:
                 self.ledger.event("partial", f"moved {len(moved)} partial output(s) aside before rerun: {moved[0]}", now, key)
+
+    def _quarantine_corrupt(self, a: Action, obs: Observed) -> str:
+        """Move each task's outputs and markers to qa/corrupt/ with a REASON.json saying which
+        check failed and when; the rerun is the plan's RESUBMIT, applied after this."""
+        now = self.clock()
+        check = self.spec.task.validator.kind
+        for key in a.keys:
+            problem = obs.world.corrupt[key]
+            record: dict[str, object] = {
+                "key": key, "problem": problem, "check": check, "verified_at": now,
+                "verified_at_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                "fingerprint": self.by_key[key].fingerprint, "reason": a.reason.value,
+            }
+            moved = self.outputs.move_corrupt(self.by_key[key], f"{now:.0f}", record)
+            self.ledger.event("corrupt", f"output failed verification: {problem}; moved {len(moved)} file(s) aside", now, key)
+        return f"{len(a.keys)} task(s) whose outputs failed verification moved to qa/corrupt/ (with REASON.json): {a.note}"
 
     def _submit(self, a: Action, obs: Observed) -> None:
         assert a.batch is not None

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from reconciler import markers
 from reconciler import outputs as output_tree
@@ -20,6 +20,7 @@ from reconciler.core import causes
 from reconciler.core.model import EMPTY_HISTORY, AttemptObs, Desired, SubmissionObs, TaskObs, World
 from reconciler.core.outcome import classify, validate_deeply
 from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionState
+from reconciler.core.verification import cursor_of, sample
 from reconciler.ledger import Attempt, Ledger, Seen, Submission
 from reconciler.scheduler.base import JobRef, Scheduler, SchedulerView, TaskSched
 from reconciler.spec.expand import Expansion, Task
@@ -27,6 +28,12 @@ from reconciler.spec.expand import Expansion, Task
 SITE_PROBE_KEY = "site_max_array_size"
 SITE_PROBE_EVERY_S = 86400.0
 VANISHED = "vanished: the scheduler has no record of it"
+VERIFY_CURSOR_KEY = "verify_cursor"
+
+Verify = Literal["sample", "all"] | frozenset[str] | None
+"""Which completed tasks a pass deep-verifies: None, none (read-only verbs); "sample",
+``execution.verify_per_pass`` of them, rotating (every pass of once/watch); "all", every one
+(`reconcile verify`); a set of keys, those of them that are complete (`reconcile verify NAME KEY...`)."""
 
 
 class OutputTree(Protocol):
@@ -35,6 +42,10 @@ class OutputTree(Protocol):
     def observe(self, tasks: Sequence[Task], deep: Callable[[Task], bool]) -> dict[str, OutputState]: ...
 
     def move_partial(self, task: Task, label: str) -> list[Path]: ...
+
+    def verify(self, tasks: Sequence[Task]) -> dict[str, str]: ...
+
+    def move_corrupt(self, task: Task, label: str, record: dict[str, object]) -> list[Path]: ...
 
 
 class DiskOutputs:
@@ -50,6 +61,12 @@ class DiskOutputs:
     def move_partial(self, task: Task, label: str) -> list[Path]:
         return output_tree.move_partial(self.production_dir, task, label=label)
 
+    def verify(self, tasks: Sequence[Task]) -> dict[str, str]:
+        return output_tree.verify(self.production_dir, tasks, self.validator)
+
+    def move_corrupt(self, task: Task, label: str, record: dict[str, object]) -> list[Path]:
+        return output_tree.move_corrupt(self.production_dir, task, label=label, record=record)
+
 
 @dataclass
 class Observed:
@@ -62,6 +79,8 @@ class Observed:
     seen: list[Seen] = field(default_factory=list)  # scheduler answers that differ from the journal
     finished: list[str] = field(default_factory=list)  # submissions whose every attempt has now ended
     probed: bool = False  # the site limit was asked of the scheduler this pass
+    verified: tuple[str, ...] = ()  # completed tasks deep-verified this pass (the failures are world.corrupt)
+    verify_cursor: int | None = None  # the rotation's new cursor, for apply to keep; None: unchanged
 
     def submission(self, token: str) -> SubmissionObs:
         return next(s for s in self.world.submissions if s.token == token)
@@ -80,8 +99,9 @@ class Observer:
         self.outputs = outputs
         self.clock = clock
 
-    def observe(self) -> Observed:
-        """Read the ledger, ask the scheduler, then list the output tree. Writes nothing."""
+    def observe(self, verify: Verify = None) -> Observed:
+        """Read the ledger, ask the scheduler, then list the output tree (and open the files of
+        the completed tasks ``verify`` names). Writes nothing."""
         now = self.clock()
         open_subs = self.ledger.submissions()
         attempts = self.ledger.attempts_of([s.token for s in open_subs])
@@ -138,8 +158,29 @@ class Observer:
 
         submissions = [self._submission_obs(s, by_token.get(s.token, []), view, current, latest, out) for s in open_subs]
         finished = [s.token for s in sent if _all_ended(by_token.get(s.token, []), current)]
-        world = World(tasks, history, tuple(submissions), site)
-        return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed)
+        verified, cursor = self._to_verify(verify, tasks)
+        corrupt = self.outputs.verify([self.by_key[k] for k in verified]) if verified else {}
+        world = World(tasks, history, tuple(submissions), site, corrupt)
+        return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, verified, cursor)
+
+    def _to_verify(self, verify: Verify, tasks: dict[str, TaskObs]) -> tuple[tuple[str, ...], int | None]:
+        """(completed keys to open and validate, the rotation's new cursor or None).
+
+        With ``verify_per_pass: 0`` a pass reads nothing more than it did before (not even
+        the cursor). Only completed tasks not in flight are verified: an output being
+        rewritten by a rerun is not evidence of corruption.
+        """
+        if verify is None:
+            return (), None
+        if verify == "sample":
+            n = self.desired.policy.verify_per_pass
+            if n <= 0:
+                return (), None
+            after = cursor_of(self.ledger.get_meta(VERIFY_CURSOR_KEY))
+            keys, cursor = sample([(t.index, t.key) for t in self.tasks if _verifiable(tasks.get(t.key))], after, n)
+            return keys, (cursor if cursor != after else None)
+        wanted = None if verify == "all" else verify
+        return tuple(t.key for t in self.tasks if (wanted is None or t.key in wanted) and _verifiable(tasks.get(t.key))), None
 
     def _submission_obs(
         self,
@@ -186,6 +227,10 @@ class Observer:
             if now - float(stamp) < SITE_PROBE_EVERY_S:
                 return (int(raw) if raw else None), False
         return self.scheduler.max_array_size(), True
+
+
+def _verifiable(obs: TaskObs | None) -> bool:
+    return obs is not None and obs.output.done and not (obs.sched is not None and obs.sched.in_flight)
 
 
 def _all_ended(atts: Sequence[Attempt], current: dict[tuple[str, int], TaskSched]) -> bool:

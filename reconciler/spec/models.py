@@ -114,6 +114,17 @@ class Execution(Strict):
     prune: bool = False
     rerun_on_change: bool = False
     adopt_existing: bool = True
+    verify_per_pass: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Completed tasks whose outputs each pass of once/watch opens and validates again (hdf5 opens and "
+            "has its datasets, sha256 matches), rotating so that every completed task is checked in turn; "
+            "a corrupt one is moved to qa/corrupt/ and run again. 0 (the default) checks none and costs nothing; "
+            "`reconcile verify NAME` checks them all at once."
+        ),
+    )
 
 
 class Resources(Strict):
