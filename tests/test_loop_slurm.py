@@ -4,8 +4,8 @@ Like tests/test_loop_local.py: `python -m reconciler.cli once NAME --machine slu
 as a subprocess in a scratch git repository, every ~1 s, until the summary it prints with
 `--json` says done (`reconcile status --json` is then checked once). The scratch repository gets machine defaults `defaults/slurmtest.yaml`
 (scheduler: slurm, partition debug, account reconciler) and one production per test, named
-uniquely per run so that its job names (`<production>.<batch>`) single out its jobs in
-squeue and sacct.
+uniquely per run so that its job names (`<production>.<batch>.<token tag>`) single out its
+jobs in squeue and sacct.
 
 What Slurm actually ran is read back from sacct (`-X`: one record per array task; a task
 Slurm requeued keeps its job id and shows once), what the engine sent from the sbatch
@@ -290,7 +290,7 @@ def accounted(p: Prod) -> list[Rec]:
         if len(parts) != 4 or not ours(p.name, parts[1]):
             continue
         job_id, job_name, comment, state = parts
-        batch = int(job_name.rsplit(".", 1)[1])
+        batch = int(job_name.rsplit(".", 2)[1])  # <production>.<batch>.<token tag>
         m = re.fullmatch(r"(\d+)_(\d+)", job_id)
         if m:
             recs.append(Rec(m[1], int(m[2]), batch, comment, state))
@@ -343,7 +343,7 @@ def scripts(p: Prod) -> list[Script]:
         text = path.read_text()
         array = re.search(r"^#SBATCH --array=(\S+)$", text, re.M)
         comment = re.search(r"^#SBATCH --comment=reconciler:(\S+)$", text, re.M)
-        batch = re.search(r"^#SBATCH --job-name=\S+\.(\d{4})$", text, re.M)
+        batch = re.search(r"^#SBATCH --job-name=\S+\.(\d{4})\.[0-9a-f]{8}$", text, re.M)
         assert array and comment and batch, path
         out.append(Script(path, int(batch[1]), comment[1], tuple(parse_array_spec(array[1])[0])))
     return out
@@ -553,7 +553,8 @@ def wait_node_idle(node: str, timeout: float = 60) -> None:
 # ---------------------------------------------------------------- 5. sbatch that reports a timeout after submitting
 
 
-def test_sbatch_timeout_after_submitting_is_recovered_not_resubmitted(make_prod: Callable[..., Prod], tmp_path: Path) -> None:
+def lying_sbatch(tmp_path: Path) -> Path:
+    """A directory whose sbatch submits for real, then reports a socket timeout: the answer is lost."""
     real = shutil.which("sbatch")
     assert real
     wrap = tmp_path / "wrap"
@@ -566,8 +567,12 @@ def test_sbatch_timeout_after_submitting_is_recovered_not_resubmitted(make_prod:
         "exit 1\n"
     )
     sb.chmod(0o755)
+    return wrap
+
+
+def test_sbatch_timeout_after_submitting_is_recovered_not_resubmitted(make_prod: Callable[..., Prod], tmp_path: Path) -> None:
     p = make_prod("tmo", realizations=2, redshifts=[0.5, 1.0, 1.5], batch_size=3)
-    lying = {**p.env, "PATH": f"{wrap}{os.pathsep}{p.env['PATH']}"}
+    lying = {**p.env, "PATH": f"{lying_sbatch(tmp_path)}{os.pathsep}{p.env['PATH']}"}
     r = p.once(env=lying)
     assert r.returncode == 4, r.stdout + r.stderr
     assert "outcome unknown" in r.stderr and "socket timed out" in r.stderr.lower(), r.stderr
@@ -584,6 +589,40 @@ def test_sbatch_timeout_after_submitting_is_recovered_not_resubmitted(make_prod:
     jobs_per_batch = {b: {r.job for r in recs if r.batch == b} for b in (0, 1)}
     assert all(len(j) == 1 for j in jobs_per_batch.values()), jobs_per_batch
     assert [s.batch for s in scripts(p)] == [0, 1]
+
+
+def test_lost_answer_of_a_job_gone_from_squeue_is_found_by_name_where_comments_are_not_stored(
+    make_prod: Callable[..., Prod], tmp_path: Path, slurm_without_comments: None
+) -> None:
+    """A site without AccountingStoreFlags=job_comment: sbatch's answer is lost, the job runs,
+    ends and leaves squeue (MinJobAge=2); sacct has it with no comment. The next pass finds it
+    by its job name, which carries the token's tag, and adopts it: nothing runs twice."""
+    p = make_prod("nocom", realizations=1, redshifts=[0.5, 1.0], batch_size=2, light=True)
+    lying = {**p.env, "PATH": f"{lying_sbatch(tmp_path)}{os.pathsep}{p.env['PATH']}"}
+    r = p.once(env=lying)
+    assert r.returncode == 4 and "outcome unknown" in r.stderr, r.stdout + r.stderr
+    (sent,) = scripts(p)
+    end = time.monotonic() + 60
+    while True:  # until the job ended, slurmctld purged it (squeue --states=all, as the backend reads), and slurmdbd has it
+        recs = [x for x in accounted(p) if x.index >= 0]
+        in_ctld = [n for n in slurm("squeue", "-h", "--states=all", "-o", "%j").split() if ours(p.name, n)]
+        if not in_ctld and len(recs) == 2 and all(x.state == "COMPLETED" for x in recs):
+            break
+        assert time.monotonic() < end, (queued(p.name), recs)
+        time.sleep(0.5)
+    assert {x.comment for x in recs} == {""}, recs  # the site really keeps no comment
+    found = p.once(None, "--json")  # the very next pass finds it, or the test fails here, at once
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert f"recovered submission {sent.token} as job {recs[0].job}" in found.stderr, found.stderr
+    passes = [Pass(json.loads(found.stdout)[0]["applied"], json.loads(found.stdout)[0]["summary"], found.stderr)]
+    if not passes[0].summary["done"]:
+        passes += p.converge(timeout=120)
+    assert not any("submit" in x.applied or "resubmit" in x.applied for x in passes), [x.applied for x in passes]
+    st = p.status()
+    assert_all_outputs(p, st)
+    assert not st["retried"], st["retried"]
+    assert [(s.token, s.indices) for s in scripts(p)] == [(sent.token, (0, 1))]  # nothing submitted again
+    assert per_task(accounted(p)) == Counter({(0, 0): 1, (0, 1): 1})
 
 
 # ---------------------------------------------------------------- 6. slurmctld down during a pass
