@@ -28,6 +28,7 @@ from reconciler import gitops, markers, outputs
 from reconciler.core.outcome import adoptable
 from reconciler.core.plan import Plan
 from reconciler.core.states import OutputState
+from reconciler.doctor.judge import Check
 from reconciler.engine import Engine, PassResult
 from reconciler.errors import UsageError
 from reconciler.ledger import Ledger, default_path
@@ -305,3 +306,29 @@ def load_report_inputs(opts: Options, name: str, branch: str) -> tuple[dict[str,
         raise UsageError(f"{branch}:{status_path(name)} is not valid JSON") from None
     return status, parse_history(read_branch_file(root, status_path(name, HISTORY_FILE), branch))
 
+
+
+def doctor(opts: Options) -> list[Check]:
+    """`reconcile doctor`: the machine defaults and every production at the ref, checked against
+    this site (doctor.checkup). A production that does not load is one WARN line, not an error:
+    the doctor is what a user runs when things do not work."""
+    from reconciler.doctor import checkup
+    from reconciler.errors import ConfigError
+    from reconciler.spec.load import load_defaults
+
+    repo = gitops.open_repo(opts.repo)
+    tree = gitops.GitTree(repo, opts.ref)
+    root = Path(repo.working_tree_dir or ".")
+    machine, _doc = load_defaults(tree, opts.machine_name)  # a machine that does not load: exit 2, as everywhere
+    overrides = parse_set(opts.overrides)
+    loaded: list[Loaded] = []
+    problems: list[tuple[str, str]] = []
+    for name in list_names(tree):
+        try:
+            loaded.append(load(tree, name, opts.machine_name, overrides, repo_root=root, check_tasks=False))
+        except ConfigError as exc:
+            problems.append((name, str(exc.problems[0]) + (f" (+{len(exc.problems) - 1} more)" if len(exc.problems) > 1 else "")))
+    return checkup(
+        machine=machine, defaults_file=f"{DEFAULTS_DIR}/{opts.machine_name}.yaml", scheduler=opts.scheduler or machine.machine.scheduler,
+        productions=loaded, problems=problems, repo_root=root, status_branch=opts.status_branch,
+    )

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from reconciler import __version__
-from reconciler.cli import desired, gitops, inspect, loop
+from reconciler.cli import desired, doctor, gitops, inspect, loop
 from reconciler.errors import EXIT_INVALID, ConfigError, ReconcilerError
 
 Handler = Callable[[argparse.Namespace], int]
-VERBS = (desired, loop, inspect, gitops)
+VERBS = (desired, loop, inspect, gitops, doctor)
 """Verb modules in the order `reconcile --help` lists them; a new verb goes in one of them."""
 
 
