@@ -749,3 +749,40 @@ def test_a_pass_over_2000_tasks_makes_at_most_two_slurm_reads(make_prod: Callabl
         assert c["sbatch"] == 0 and c["scancel"] == 0, (n, c)
         print(f"pass {n + 2}: {dict(c)}")
     assert len(scripts(p)) == 2
+
+
+# ---------------------------------------------------------------- 8. reconcile doctor on the test cluster
+
+
+def doctor_checks(p: Prod) -> tuple[int, dict[str, dict[str, str]]]:
+    """`doctor --json` over the scratch repository, without alpha: its gpu_intensive job type
+    does not exist on the test cluster's defaults (the doctor rightly WARNs that it does not load)."""
+    if (p.repo / "productions" / "alpha.yaml").exists():
+        git(p.repo, "rm", "-q", "productions/alpha.yaml")
+        git(p.repo, "commit", "-qm", "no GPU productions on the test cluster")
+    r = p.run("doctor", "--machine", MACHINE, "--json", timeout=120)
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return r.returncode, {c["check"]: c for c in json.loads(r.stdout)["checks"]}
+
+
+def test_doctor_is_all_ok_on_the_test_cluster(make_prod: Callable[..., Prod]) -> None:
+    p = make_prod("doc", realizations=1, redshifts=[0.5], batch_size=1, light=True)
+    code, checks = doctor_checks(p)
+    assert code == 0 and {c["level"] for c in checks.values()} == {"OK"}, checks
+    for name in ("slurm.tools", "slurm.sacct", "slurm.comments", "slurm.max_array_size", "slurm.job_limits", f"slurm.partition:{p.name}"):
+        assert name in checks, sorted(checks)
+    assert any(n.endswith(":flock") for n in checks) and "results.remote" in checks
+
+
+def test_doctor_warns_with_the_fix_where_comments_are_not_stored(
+    make_prod: Callable[..., Prod], slurm_without_comments: None
+) -> None:
+    p = make_prod("docnc", realizations=1, redshifts=[0.5], batch_size=1, light=True)
+    code, checks = doctor_checks(p)
+    assert code == 0, checks  # a WARN is no failure
+    c = checks["slurm.comments"]
+    assert c["level"] == "WARN" and "not stored" in c["message"], c
+    assert c["fix"] == "ask admins for AccountingStoreFlags=job_comment; tokens are matched by job name meanwhile"
+    assert [n for n, x in checks.items() if x["level"] != "OK"] == ["slurm.comments"], checks
+    text = p.run("doctor", "--machine", MACHINE)
+    assert "WARN  slurm.comments" in text.stdout and "fix: ask admins for AccountingStoreFlags=job_comment" in text.stdout
