@@ -12,6 +12,8 @@ Slurm requeued keeps its job id and shows once), what the engine sent from the s
 scripts it wrote to logs/. The cluster's node advertises 4x the machine's cores
 (8 on a 2-core machine: see scripts/slurm-test-cluster), MinJobAge=2 and sched_interval=2. Every
 test cancels its leftover jobs in a `finally` and waits until the queue holds none of them.
+Tests that take the `slurm_without_comments` fixture (tests/conftest.py) run against the
+cluster reconfigured as a site that does not store job comments in accounting.
 """
 
 from __future__ import annotations
