@@ -70,7 +70,7 @@ class Engine:
         machine = loaded.machine.machine
         self.limits = Limits(machine.max_array_size, machine.max_queued_tasks, scheduler.lookup_grace_s)
         kind = loaded.spec.task.validator.kind
-        self.observer = Observer(self.desired, self.expansion, kind, scheduler, ledger, self.outputs, clock, production=loaded.name)
+        self.observer = Observer(self.desired, self.expansion, kind, scheduler, ledger, self.outputs, clock)
         self.actor = Actor(loaded, scheduler, ledger, self.outputs, clock, python or sys.executable)
 
     def observe(self) -> Observed:

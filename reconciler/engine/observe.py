@@ -69,11 +69,8 @@ class Observed:
 class Observer:
     """Reads one production's world through its adapters."""
 
-    def __init__(
-        self, desired: Desired, expansion: Expansion, validator_kind: str, scheduler: Scheduler, ledger: Ledger, outputs: OutputTree,
-        clock: Callable[[], float], *, production: str,
-    ) -> None:
-        self.production = production  # names its jobs (script.job_name), by which a lost answer is found
+    def __init__(self, desired: Desired, expansion: Expansion, validator_kind: str, scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float]) -> None:
+        self.production = expansion.name  # names its jobs (script.job_name), by which a lost answer is found
         self.desired = desired
         self.tasks = expansion.tasks
         self.by_key = expansion.by_key
