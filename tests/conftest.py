@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,20 @@ def slurm_cluster() -> dict[str, str]:
         pytest.skip(f"{SLURM_SKIP_REASON} ({problem})")
     os.environ["SLURM_CONF"] = conf
     return {"SLURM_CONF": conf}
+
+
+@pytest.fixture
+def slurm_without_comments(slurm_cluster: dict[str, str]) -> Iterator[None]:
+    """The test cluster as a site that does not store job comments in accounting (no
+    ``AccountingStoreFlags=job_comment``: sacct shows no comment), restored after the test.
+
+    ``scripts/slurm-test-cluster comments off|on`` rewrites slurm.conf and reconfigures
+    slurmctld (a few ms), so each test that needs it pays only for itself.
+    """
+    off = _slurm_cluster_cmd("comments", "off")
+    assert off.returncode == 0, off.stderr
+    try:
+        yield
+    finally:
+        on = _slurm_cluster_cmd("comments", "on")
+        assert on.returncode == 0, on.stderr

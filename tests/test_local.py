@@ -294,7 +294,7 @@ def demo_batch(tmp_path: Path) -> tuple[LocalScheduler, Path, Callable[[list[int
         script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(script_text)
         out, err = log_patterns(pdir, batch)
-        job = ArrayJob(token, job_name(prod.production.name, batch), script, script_text, tuple(local), prod.execution.array_throttle, pdir, out, err)
+        job = ArrayJob(token, job_name(prod.production.name, batch, token), script, script_text, tuple(local), prod.execution.array_throttle, pdir, out, err)
         return token, sched.submit(job)
 
     submit.tasks = tasks  # type: ignore[attr-defined]

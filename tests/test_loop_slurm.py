@@ -4,14 +4,16 @@ Like tests/test_loop_local.py: `python -m reconciler.cli once NAME --machine slu
 as a subprocess in a scratch git repository, every ~1 s, until the summary it prints with
 `--json` says done (`reconcile status --json` is then checked once). The scratch repository gets machine defaults `defaults/slurmtest.yaml`
 (scheduler: slurm, partition debug, account reconciler) and one production per test, named
-uniquely per run so that its job names (`<production>.<batch>`) single out its jobs in
-squeue and sacct.
+uniquely per run so that its job names (`<production>.<batch>.<token tag>`) single out its
+jobs in squeue and sacct.
 
 What Slurm actually ran is read back from sacct (`-X`: one record per array task; a task
 Slurm requeued keeps its job id and shows once), what the engine sent from the sbatch
 scripts it wrote to logs/. The cluster's node advertises 4x the machine's cores
 (8 on a 2-core machine: see scripts/slurm-test-cluster), MinJobAge=2 and sched_interval=2. Every
 test cancels its leftover jobs in a `finally` and waits until the queue holds none of them.
+Tests that take the `slurm_without_comments` fixture (tests/conftest.py) run against the
+cluster reconfigured as a site that does not store job comments in accounting.
 """
 
 from __future__ import annotations
@@ -290,7 +292,7 @@ def accounted(p: Prod) -> list[Rec]:
         if len(parts) != 4 or not ours(p.name, parts[1]):
             continue
         job_id, job_name, comment, state = parts
-        batch = int(job_name.rsplit(".", 1)[1])
+        batch = int(job_name.rsplit(".", 2)[1])  # <production>.<batch>.<token tag>
         m = re.fullmatch(r"(\d+)_(\d+)", job_id)
         if m:
             recs.append(Rec(m[1], int(m[2]), batch, comment, state))
@@ -343,7 +345,7 @@ def scripts(p: Prod) -> list[Script]:
         text = path.read_text()
         array = re.search(r"^#SBATCH --array=(\S+)$", text, re.M)
         comment = re.search(r"^#SBATCH --comment=reconciler:(\S+)$", text, re.M)
-        batch = re.search(r"^#SBATCH --job-name=\S+\.(\d{4})$", text, re.M)
+        batch = re.search(r"^#SBATCH --job-name=\S+\.(\d{4})\.[0-9a-f]{8}$", text, re.M)
         assert array and comment and batch, path
         out.append(Script(path, int(batch[1]), comment[1], tuple(parse_array_spec(array[1])[0])))
     return out
@@ -553,7 +555,8 @@ def wait_node_idle(node: str, timeout: float = 60) -> None:
 # ---------------------------------------------------------------- 5. sbatch that reports a timeout after submitting
 
 
-def test_sbatch_timeout_after_submitting_is_recovered_not_resubmitted(make_prod: Callable[..., Prod], tmp_path: Path) -> None:
+def lying_sbatch(tmp_path: Path) -> Path:
+    """A directory whose sbatch submits for real, then reports a socket timeout: the answer is lost."""
     real = shutil.which("sbatch")
     assert real
     wrap = tmp_path / "wrap"
@@ -566,8 +569,12 @@ def test_sbatch_timeout_after_submitting_is_recovered_not_resubmitted(make_prod:
         "exit 1\n"
     )
     sb.chmod(0o755)
+    return wrap
+
+
+def test_sbatch_timeout_after_submitting_is_recovered_not_resubmitted(make_prod: Callable[..., Prod], tmp_path: Path) -> None:
     p = make_prod("tmo", realizations=2, redshifts=[0.5, 1.0, 1.5], batch_size=3)
-    lying = {**p.env, "PATH": f"{wrap}{os.pathsep}{p.env['PATH']}"}
+    lying = {**p.env, "PATH": f"{lying_sbatch(tmp_path)}{os.pathsep}{p.env['PATH']}"}
     r = p.once(env=lying)
     assert r.returncode == 4, r.stdout + r.stderr
     assert "outcome unknown" in r.stderr and "socket timed out" in r.stderr.lower(), r.stderr
@@ -584,6 +591,40 @@ def test_sbatch_timeout_after_submitting_is_recovered_not_resubmitted(make_prod:
     jobs_per_batch = {b: {r.job for r in recs if r.batch == b} for b in (0, 1)}
     assert all(len(j) == 1 for j in jobs_per_batch.values()), jobs_per_batch
     assert [s.batch for s in scripts(p)] == [0, 1]
+
+
+def test_lost_answer_of_a_job_gone_from_squeue_is_found_by_name_where_comments_are_not_stored(
+    make_prod: Callable[..., Prod], tmp_path: Path, slurm_without_comments: None
+) -> None:
+    """A site without AccountingStoreFlags=job_comment: sbatch's answer is lost, the job runs,
+    ends and leaves squeue (MinJobAge=2); sacct has it with no comment. The next pass finds it
+    by its job name, which carries the token's tag, and adopts it: nothing runs twice."""
+    p = make_prod("nocom", realizations=1, redshifts=[0.5, 1.0], batch_size=2, light=True)
+    lying = {**p.env, "PATH": f"{lying_sbatch(tmp_path)}{os.pathsep}{p.env['PATH']}"}
+    r = p.once(env=lying)
+    assert r.returncode == 4 and "outcome unknown" in r.stderr, r.stdout + r.stderr
+    (sent,) = scripts(p)
+    end = time.monotonic() + 60
+    while True:  # until the job ended, slurmctld purged it (squeue --states=all, as the backend reads), and slurmdbd has it
+        recs = [x for x in accounted(p) if x.index >= 0]
+        in_ctld = [n for n in slurm("squeue", "-h", "--states=all", "-o", "%j").split() if ours(p.name, n)]
+        if not in_ctld and len(recs) == 2 and all(x.state == "COMPLETED" for x in recs):
+            break
+        assert time.monotonic() < end, (queued(p.name), recs)
+        time.sleep(0.5)
+    assert {x.comment for x in recs} == {""}, recs  # the site really keeps no comment
+    found = p.once(None, "--json")  # the very next pass finds it, or the test fails here, at once
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert f"recovered submission {sent.token} as job {recs[0].job}" in found.stderr, found.stderr
+    passes = [Pass(json.loads(found.stdout)[0]["applied"], json.loads(found.stdout)[0]["summary"], found.stderr)]
+    if not passes[0].summary["done"]:
+        passes += p.converge(timeout=120)
+    assert not any("submit" in x.applied or "resubmit" in x.applied for x in passes), [x.applied for x in passes]
+    st = p.status()
+    assert_all_outputs(p, st)
+    assert not st["retried"], st["retried"]
+    assert [(s.token, s.indices) for s in scripts(p)] == [(sent.token, (0, 1))]  # nothing submitted again
+    assert per_task(accounted(p)) == Counter({(0, 0): 1, (0, 1): 1})
 
 
 # ---------------------------------------------------------------- 6. slurmctld down during a pass
@@ -710,3 +751,40 @@ def test_a_pass_over_2000_tasks_makes_at_most_two_slurm_reads(make_prod: Callabl
         assert c["sbatch"] == 0 and c["scancel"] == 0, (n, c)
         print(f"pass {n + 2}: {dict(c)}")
     assert len(scripts(p)) == 2
+
+
+# ---------------------------------------------------------------- 8. reconcile doctor on the test cluster
+
+
+def doctor_checks(p: Prod) -> tuple[int, dict[str, dict[str, str]]]:
+    """`doctor --json` over the scratch repository, without alpha: its gpu_intensive job type
+    does not exist on the test cluster's defaults (the doctor rightly WARNs that it does not load)."""
+    if (p.repo / "productions" / "alpha.yaml").exists():
+        git(p.repo, "rm", "-q", "productions/alpha.yaml")
+        git(p.repo, "commit", "-qm", "no GPU productions on the test cluster")
+    r = p.run("doctor", "--machine", MACHINE, "--json", timeout=120)
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    return r.returncode, {c["check"]: c for c in json.loads(r.stdout)["checks"]}
+
+
+def test_doctor_is_all_ok_on_the_test_cluster(make_prod: Callable[..., Prod]) -> None:
+    p = make_prod("doc", realizations=1, redshifts=[0.5], batch_size=1, light=True)
+    code, checks = doctor_checks(p)
+    assert code == 0 and {c["level"] for c in checks.values()} == {"OK"}, checks
+    for name in ("slurm.tools", "slurm.sacct", "slurm.comments", "slurm.max_array_size", "slurm.job_limits", f"slurm.partition:{p.name}"):
+        assert name in checks, sorted(checks)
+    assert any(n.endswith(":flock") for n in checks) and "results.remote" in checks
+
+
+def test_doctor_warns_with_the_fix_where_comments_are_not_stored(
+    make_prod: Callable[..., Prod], slurm_without_comments: None
+) -> None:
+    p = make_prod("docnc", realizations=1, redshifts=[0.5], batch_size=1, light=True)
+    code, checks = doctor_checks(p)
+    assert code == 0, checks  # a WARN is no failure
+    c = checks["slurm.comments"]
+    assert c["level"] == "WARN" and "not stored" in c["message"], c
+    assert c["fix"] == "ask admins for AccountingStoreFlags=job_comment; tokens are matched by job name meanwhile"
+    assert [n for n, x in checks.items() if x["level"] != "OK"] == ["slurm.comments"], checks
+    text = p.run("doctor", "--machine", MACHINE)
+    assert "WARN  slurm.comments" in text.stdout and "fix: ask admins for AccountingStoreFlags=job_comment" in text.stdout

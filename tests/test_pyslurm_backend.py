@@ -29,6 +29,7 @@ from reconciler.core.states import SchedState
 from reconciler.errors import SubmitRejected, TransientError, UsageError
 from reconciler.scheduler import make_scheduler, slurm_cli
 from reconciler.scheduler.base import ArrayJob, JobRef, TaskSched
+from reconciler.scheduler.script import job_name
 from reconciler.scheduler.slurm_cli import SlurmCLI
 from reconciler.scheduler.slurm_parse import parse_sacct, parse_squeue
 from reconciler.scheduler.slurm_pyslurm import (
@@ -344,6 +345,24 @@ def test_backend_observe_with_accounting() -> None:
     view = b.observe([JobRef("tok-timeout", None, 1000.0)])
     assert fake.filters == [{"users": ["root"], "start_time": 1000 - 3600}]  # by comment: no ids
     assert view.found == {"tok-timeout": "24"}
+
+
+def test_backend_finds_a_lost_token_by_job_name_where_accounting_keeps_no_comments() -> None:
+    """pyslurm.db.Job.comment is empty without AccountingStoreFlags=job_comment; the name
+    (script.job_name) still carries the token's tag."""
+    token = "1761000000-3f9c0a17b2e4"
+    name = job_name("cap", 4, token)
+    db = [
+        ctld_job(5, 3, None, "COMPLETED", comment="", name=name, start_time=1000, end_time=1003),
+        ctld_job(3, 3, 1, "COMPLETED", comment="", name=name, start_time=1000, end_time=1003),
+        ctld_job(8, 4, None, "COMPLETED", comment="", name="cap.0004.aaaaaaaa", start_time=1000, end_time=1003),
+    ]
+    fake = FakePyslurm([], db)
+    b = PyslurmScheduler(module=fake, user="root")
+    view = b.observe([JobRef(token, None, 1000.0, (0, 1), name)])
+    assert [c[0] for c in b.calls] == ["pyslurm.Jobs.load", "pyslurm.db.Jobs.load"]
+    assert view.found == {token: "3"} and set(view.tasks) == {"3"}
+    assert {i: t.state for i, t in view.tasks["3"].items()} == {0: S.COMPLETED, 1: S.COMPLETED}
 
 
 def test_backend_observe_transient() -> None:

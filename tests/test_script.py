@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.scheduler.script import render_script
+from reconciler.scheduler.script import job_name, render_script, token_tag
 from reconciler.spec.load import WorkTree, load
 
 from .conftest import git
@@ -41,9 +41,16 @@ def stage(repo: Path, base: Path, name: str, *args: str) -> list[Path]:
     return sorted((base / name / "logs").glob("batch_*.sh"))
 
 
+TOKEN_RE = re.compile(r"(?<![0-9])\d{10}-[0-9a-f]{12}(?![0-9a-f])")
+
+
 def normalized(text: str, production_dir: Path) -> str:
+    """Placeholders for what changes per run; a job name's tag becomes ``<TAG>`` only when it
+    is the tag of the token in the same text, so a name that lost its token fails the golden."""
     text = text.replace(str(production_dir), "<PRODUCTION_DIR>").replace(sys.executable, "<PYTHON>")
-    return re.sub(r"(?<![0-9])\d{10}-[0-9a-f]{12}(?![0-9a-f])", "<TOKEN>", text)
+    for token in set(TOKEN_RE.findall(text)):
+        text = text.replace(f".{token_tag(token)}\n", ".<TAG>\n")
+    return TOKEN_RE.sub("<TOKEN>", text)
 
 
 def check_golden(name: str, text: str) -> None:
@@ -83,7 +90,29 @@ def test_a_sparse_resubmission_renders_only_its_indices(repo: Path) -> None:
         manifest=Path("/p/alpha/logs/batch_0003_1234567890-abcdefabcdef.json"), production_dir=Path("/p/alpha"), python="/usr/bin/python3",
     )
     check_golden("alpha_nersc_resubmit_batch_0003.sh", text)
-    assert "#SBATCH --array=0-2,5,7-8\n" in text and "#SBATCH --job-name=alpha.0003\n" in text
+    assert "#SBATCH --array=0-2,5,7-8\n" in text and "#SBATCH --job-name=alpha.0003.abcdefab\n" in text
+
+
+@pytest.mark.parametrize(
+    ("token", "tag"),
+    [
+        ("1234567890-abcdefabcdef", "abcdefab"),  # what engine/apply.py makes: the random part's start
+        ("1761000000-3f9c0a17b2e4", "3f9c0a17"),
+        ("tok-pend", "903c6f85"),  # any other token: a digest, still 8 hex digits
+    ],
+)
+def test_token_tag(token: str, tag: str) -> None:
+    assert token_tag(token) == tag
+    assert re.fullmatch(r"[0-9a-f]{8}", tag)
+    assert token_tag(token) == token_tag(token)  # a pure function of the token
+
+
+def test_job_name_carries_production_batch_and_token_tag_and_is_a_valid_slurm_name() -> None:
+    longest = "p" + "x" * 63  # NAME_PATTERN allows 64 characters
+    name = job_name(longest, 12345, "1234567890-abcdefabcdef")
+    assert name == f"{longest}.12345.abcdefab"
+    assert len(name) < 100 and re.fullmatch(r"[A-Za-z0-9._-]+", name)  # no space, |, %, / or quote
+    assert job_name("alpha", 3, "1234567890-abcdefabcdef") != job_name("alpha", 3, "1234567890-0bcdefabcdef")
 
 
 def test_config_values_never_reach_a_shell(repo: Path, tmp_path: Path) -> None:

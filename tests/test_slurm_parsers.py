@@ -14,6 +14,7 @@ import pytest
 from reconciler.core.states import SchedState
 from reconciler.errors import NotSubmitted, SubmitRejected, TransientError
 from reconciler.scheduler.base import ArrayJob, JobRef, TaskSched
+from reconciler.scheduler.script import job_name
 from reconciler.scheduler.slurm_cli import SlurmCLI
 from reconciler.scheduler.slurm_parse import (
     SQUEUE_FIELDS,
@@ -36,9 +37,11 @@ from reconciler.scheduler.slurm_query import is_transient
 from reconciler.scheduler.slurm_view import (
     CANCELLED_UNRECORDED,
     STATE_MAP,
+    lost_by_name,
     map_state,
     merge_view,
     needs_accounting,
+    record_token,
     task_sched,
 )
 
@@ -568,3 +571,55 @@ def test_plain_record_of_a_known_array_says_only_that_it_exists() -> None:
     assert as_array.tasks.get("24", {}) == {} and as_array.gone == set()
     plain = merge_view([JobRef("tok-timeout", "24", 0.0)], [], recs)
     assert plain.tasks["24"][0].state is S.TIMEOUT
+
+
+# ---------------------------------------------------------------- tokens in job names (no comments in accounting)
+# sacct_no_comment.txt: two arrays of one batch submitted while the cluster did not store
+# comments (`scripts/slurm-test-cluster comments off`), named as script.job_name names
+# them; squeue_name_tagged.txt: the same jobs running (squeue shows comments regardless).
+
+LOST = "1761000000-3f9c0a17b2e4"  # job 3, named cap.0004.3f9c0a17
+OTHER = "1761000001-aaaaaaaa0000"  # job 4, named cap.0004.aaaaaaaa: same production and batch
+
+
+def test_sacct_without_comments_shows_none() -> None:
+    recs = parse_sacct(read("sacct_no_comment.txt"))
+    assert {r.job_id for r in recs} == {"3", "4"}
+    assert all(r.comment == "" and r.token is None for r in recs)
+    assert {r.name for r in recs} == {job_name("cap", 4, LOST), job_name("cap", 4, OTHER)}
+
+
+def test_lost_token_found_in_sacct_by_job_name_when_comments_are_not_stored() -> None:
+    refs = [JobRef(LOST, None, 0.0, (0, 1, 2, 3), job_name("cap", 4, LOST))]
+    view = merge_view(refs, [], parse_sacct(read("sacct_no_comment.txt")))
+    assert view.found == {LOST: "3"}  # not job 4, whose name differs only in the tag
+    assert {i: t.state for i, t in view.tasks["3"].items()} == {i: S.COMPLETED for i in range(4)}
+    assert "4" not in view.tasks
+
+
+def test_without_the_name_a_lost_token_is_not_found_where_comments_are_not_stored() -> None:
+    """What the name is for: before it, this lookup came back empty and the tasks ran twice."""
+    view = merge_view([JobRef(LOST, None, 0.0, (0, 1, 2, 3))], [], parse_sacct(read("sacct_no_comment.txt")))
+    assert view.found == {} and view.tasks == {}
+
+
+def test_two_lost_tokens_of_one_batch_each_find_their_own_job() -> None:
+    refs = [JobRef(t, None, 0.0, (), job_name("cap", 4, t)) for t in (LOST, OTHER)]
+    view = merge_view(refs, [], parse_sacct(read("sacct_no_comment.txt")))
+    assert view.found == {LOST: "3", OTHER: "4"}
+
+
+def test_squeue_shows_the_tagged_name_whole_and_the_comment_wins() -> None:
+    recs = parse_squeue(read("squeue_name_tagged.txt"))
+    assert {r.name for r in recs if r.job_id == "3"} == {"cap.0004.3f9c0a17"}
+    assert record_token(recs[0], lost_by_name([JobRef(OTHER, None, 0.0, (), recs[0].name)])) == LOST
+    view = merge_view([JobRef(LOST, None, 0.0, (0, 1, 2, 3), job_name("cap", 4, LOST))], recs, None)
+    assert view.found == {LOST: "3"} and {i: t.state for i, t in view.tasks["3"].items()} == {i: S.RUNNING for i in range(4)}
+
+
+def test_names_are_matched_only_for_lost_answers() -> None:
+    """A ref with a job id is matched by id; its name does not pull in look-alike jobs."""
+    refs = [JobRef(LOST, "3", 0.0, (0, 1, 2, 3), job_name("cap", 4, LOST))]
+    assert lost_by_name(refs) == {}
+    view = merge_view(refs, [], parse_sacct(read("sacct_no_comment.txt")))
+    assert set(view.tasks) == {"3"} and view.found == {}

@@ -10,6 +10,7 @@ import pytest
 from reconciler.core.states import SchedState
 from reconciler.errors import TransientError
 from reconciler.scheduler.base import JobRef
+from reconciler.scheduler.script import job_name
 from reconciler.scheduler.slurm_parse import COMMENT_PREFIX, SlurmRecord
 from reconciler.scheduler.slurm_query import (
     SACCT_MARGIN_S,
@@ -83,6 +84,20 @@ def test_a_lost_token_not_in_the_queue_is_looked_up_in_all_accounting() -> None:
     view = observe_in_two_reads(refs, reads.read_queue, reads.read_accounting)
     assert reads.calls == [("queue", [], None), ("accounting", [], 100.0 - SACCT_MARGIN_S)]
     assert view.found == {"lost": "42"} and view.tasks["42"][0].state is S.COMPLETED
+
+
+def test_a_lost_token_is_found_by_job_name_in_accounting_that_keeps_no_comments() -> None:
+    """A site without AccountingStoreFlags=job_comment: the finished job's record has its
+    name but no comment; still one accounting read, and the job is found, not resubmitted."""
+    name = job_name("p", 0, "1761000000-3f9c0a17b2e4")
+    bare = SlurmRecord("42", (0, 1), True, "COMPLETED", 0, 0, "", None, None, name, "")
+    look_alike = SlurmRecord("43", (0, 1), True, "COMPLETED", 0, 0, "", None, None, "p.0000.aaaaaaaa", "")
+    reads = Reads([], [look_alike, bare])
+    view = observe_in_two_reads(
+        [JobRef("1761000000-3f9c0a17b2e4", None, 100.0, (0, 1), name)], reads.read_queue, reads.read_accounting
+    )
+    assert reads.calls == [("queue", [], None), ("accounting", [], 100.0 - SACCT_MARGIN_S)]
+    assert view.found == {"1761000000-3f9c0a17b2e4": "42"} and set(view.tasks) == {"42"}
 
 
 def test_a_job_nobody_knows_is_gone_after_both_reads() -> None:

@@ -239,7 +239,7 @@ class Actor:
         out, err = log_patterns(self.production_dir, sub.batch)
         job = ArrayJob(
             token=sub.token,
-            name=job_name(self.loaded.name, sub.batch),
+            name=job_name(self.loaded.name, sub.batch, sub.token),
             script_path=Path(sub.script),
             script=Path(sub.script).read_text(encoding="utf-8"),
             array_indices=tuple(indices),

@@ -23,6 +23,7 @@ from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionS
 from reconciler.core.verification import cursor_of, sample
 from reconciler.ledger import Attempt, Ledger, Seen, Submission
 from reconciler.scheduler.base import JobRef, Scheduler, SchedulerView, TaskSched
+from reconciler.scheduler.script import job_name
 from reconciler.spec.expand import Expansion, Task
 
 SITE_PROBE_KEY = "site_max_array_size"
@@ -90,6 +91,7 @@ class Observer:
     """Reads one production's world through its adapters."""
 
     def __init__(self, desired: Desired, expansion: Expansion, validator_kind: str, scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float]) -> None:
+        self.production = expansion.name  # names its jobs (script.job_name), by which a lost answer is found
         self.desired = desired
         self.tasks = expansion.tasks
         self.by_key = expansion.by_key
@@ -110,7 +112,10 @@ class Observer:
             by_token.setdefault(a.token, []).append(a)
         sent = [s for s in open_subs if s.state is not SubmissionState.STAGED]
         refs = [
-            JobRef(s.token, s.job_id, s.submitted or s.created, tuple(sorted(a.array_index for a in by_token.get(s.token, []))))
+            JobRef(
+                s.token, s.job_id, s.submitted or s.created, tuple(sorted(a.array_index for a in by_token.get(s.token, []))),
+                job_name(self.production, s.batch, s.token),
+            )
             for s in sent
         ]
         view = self.scheduler.observe(refs) if refs else SchedulerView()

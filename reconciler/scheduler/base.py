@@ -15,12 +15,13 @@ class ArrayJob:
     """One submission: a (possibly sparse) array of batch-local indices of one batch.
 
     ``script`` is the exact sbatch script text (also what ``reconcile stage`` writes);
-    ``token`` is unique per submission and travels in the job's comment so that a lost
-    sbatch answer can be recovered by looking the token up instead of submitting again.
+    ``token`` is unique per submission and travels in the job's comment and (its tag) in
+    the job's name, so that a lost sbatch answer can be recovered by looking the token up
+    instead of submitting again, also where accounting keeps no comments.
     """
 
     token: str
-    name: str  # "<production>.<batch:04d>"
+    name: str  # "<production>.<batch:04d>.<token tag>" (script.job_name)
     script_path: Path
     script: str
     array_indices: tuple[int, ...]
@@ -49,6 +50,7 @@ class JobRef:
     job_id: str | None  # None when sbatch's answer was lost
     submitted_at: float
     array_indices: tuple[int, ...] = ()  # what was submitted: lets a backend see which tasks left the queue
+    name: str = ""  # the job name it was given (script.job_name): found by it where comments are not stored
 
 
 @dataclass

@@ -8,8 +8,10 @@ only from validated fields (see spec.models: SlurmValue, Name).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
@@ -70,8 +72,35 @@ def slurm_time(hours: float) -> str:
     return f"{days}-{h:02d}:{m:02d}:00" if days else f"{h:02d}:{m:02d}:00"
 
 
-def job_name(production: str, batch: int) -> str:
-    return f"{production}.{batch:04d}"
+TOKEN_TAG_LEN = 8
+"""Hex digits of the token a job name carries: 32 bits, and the name also holds the
+production and the batch, so two lost submissions of one batch never share a name in practice."""
+
+_HEX_TAIL = re.compile(rf"-([0-9a-f]{{{TOKEN_TAG_LEN},}})$")
+
+
+def token_tag(token: str) -> str:
+    """The ``TOKEN_TAG_LEN`` hex digits of a token that its job name carries.
+
+    Tokens are ``<epoch>-<12 hex>`` (engine/apply.py): the tag is the start of the random
+    part, so a person can match ``alpha.0003.3f9c0a17`` in squeue to the token in logs/ by
+    eye. Any other token (none is made today) gets a digest, so the name stays valid.
+    """
+    m = _HEX_TAIL.search(token)
+    return m.group(1)[:TOKEN_TAG_LEN] if m else hashlib.sha256(token.encode()).hexdigest()[:TOKEN_TAG_LEN]
+
+
+def job_name(production: str, batch: int, token: str) -> str:
+    """``<production>.<batch:04d>.<token tag>``: the submission's token, findable by name.
+
+    The token also travels in ``--comment``, but sacct shows comments only where the site
+    set ``AccountingStoreFlags=job_comment``; a job name is recorded everywhere, so a lost
+    sbatch answer is found by name after the job left squeue. Slurm's rules for job names
+    hold: production names match ``[A-Za-z][A-Za-z0-9._-]{0,63}`` (spec.models.NAME_PATTERN),
+    so the name has no whitespace, ``|`` (our squeue/sacct separator), ``%`` or ``/``, and
+    stays under 100 characters, well inside what slurmdbd stores (255).
+    """
+    return f"{production}.{batch:04d}.{token_tag(token)}"
 
 
 def log_patterns(production_dir: Path, batch: int) -> tuple[str, str]:
@@ -114,7 +143,7 @@ def render_script(
     """The sbatch script of one submission; every dynamic value is validated or quoted."""
     out_pat, err_pat = log_patterns(production_dir, batch)
     header = [
-        ("job-name", job_name(prod.production.name, batch)),
+        ("job-name", job_name(prod.production.name, batch, token)),
         ("comment", f"reconciler:{token}"),
         ("array", array_spec(array_indices, prod.execution.array_throttle)),
         ("output", out_pat),

@@ -138,8 +138,9 @@ def merge_view(
     squeue is the fresher source (sacct lags slurmctld, and keeps a requeued task's old
     record), so for an index both know, squeue wins; sacct fills in the indices slurmctld
     already purged. Records of other jobs are ignored. A ref without job id is resolved by
-    its token in the job's comment (``view.found``). A job id neither source knows is
-    ``gone``.
+    its token in the job's comment, or by its job name (``ref.name``, which carries the
+    token's tag: sacct shows no comment where the site does not store them), into
+    ``view.found``. A job id neither source knows is ``gone``.
 
     Slurm keeps no record at all of an array task cancelled while still pending inside the
     folded array record (``scancel 32_1`` on ``32_[0-3]``: neither squeue nor sacct ever
@@ -156,13 +157,14 @@ def merge_view(
     view = SchedulerView()
     wanted = {r.job_id for r in refs if r.job_id}
     tokens = {r.token for r in refs if not r.job_id}
+    by_name = lost_by_name(refs)
     arrays = {r.job_id or r.token for r in refs if r.array_indices}
     in_squeue: set[str] = set()
     in_sacct: set[str] = set()  # jobs sacct knows as arrays (or plain jobs, when asked so)
     known: set[str] = set()
     for source, seen_in in ((sacct or (), in_sacct), (squeue, in_squeue)):  # squeue last: it wins
         for rec in source:
-            tok = rec.token
+            tok = record_token(rec, by_name)
             if rec.job_id not in wanted:
                 if tok is None or tok not in tokens:
                     continue
@@ -185,6 +187,23 @@ def merge_view(
             for i in ref.array_indices:
                 per_job.setdefault(i, TaskSched(SchedState.CANCELLED, None, CANCELLED_UNRECORDED))
     return view
+
+
+def lost_by_name(refs: Iterable[JobRef]) -> dict[str, str]:
+    """{job name: token} of the refs whose sbatch answer was lost (no job id) and that know
+    the name they were submitted under."""
+    return {r.name: r.token for r in refs if not r.job_id and r.name}
+
+
+def record_token(rec: SlurmRecord, by_name: dict[str, str]) -> str | None:
+    """The token of a record: from its comment when that is ours, else from its job name
+    when that is the name of a lost submission (``lost_by_name``), else None.
+
+    The comment wins when there is one (squeue always shows it; sacct where the site stores
+    comments): it holds the whole token, the name only its tag.
+    """
+    tok = rec.token
+    return tok if tok is not None else by_name.get(rec.name)
 
 
 def needs_accounting(ref: JobRef, job_id: str, squeue: Sequence[SlurmRecord]) -> bool:

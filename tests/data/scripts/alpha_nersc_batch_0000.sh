@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=alpha.0000
+#SBATCH --job-name=alpha.0000.<TAG>
 #SBATCH --comment=reconciler:<TOKEN>
 #SBATCH --array=0-23
 #SBATCH --output=<PRODUCTION_DIR>/logs/batch_0000_%A_%a.out

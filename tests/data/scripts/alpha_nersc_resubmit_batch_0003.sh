@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=alpha.0003
+#SBATCH --job-name=alpha.0003.abcdefab
 #SBATCH --comment=reconciler:1234567890-abcdefabcdef
 #SBATCH --array=0-2,5,7-8
 #SBATCH --output=/p/alpha/logs/batch_0003_%A_%a.out

@@ -1,5 +1,5 @@
 #!/bin/bash
-#SBATCH --job-name=demo.0001
+#SBATCH --job-name=demo.0001.<TAG>
 #SBATCH --comment=reconciler:<TOKEN>
 #SBATCH --array=0-15%4
 #SBATCH --output=<PRODUCTION_DIR>/logs/batch_0001_%A_%a.out
