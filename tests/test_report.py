@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from pathlib import Path
@@ -149,3 +150,19 @@ def test_pictures_are_deterministic_palette_pngs() -> None:
         assert b"PLTE" in chunks, name
         assert data[25] == 3, name  # colour type 3: palette
         assert not {b"tIME", b"tEXt", b"iTXt", b"zTXt"} & set(chunks), (name, chunks)
+
+
+def test_palette_heatmap_keeps_every_category_colour_exactly() -> None:
+    """Quantizing must not fold a rare category colour into a common one: one cell of each."""
+    from PIL import Image
+
+    keys = [f"r{r:04d}/z{z:.3f}" for r in range(300) for z in (0.5, 1.0, 1.5)]
+    states = dict.fromkeys(keys[:-1], "complete")
+    for i, state in enumerate(["failed", "retrying", "stale", "missing", "queued", "running", "adopted", "a-newer-state"]):
+        states[keys[40 * i + 7]] = state
+    summary = {"total": len(keys), "counts": {}, "progress": 0.99, "success_rate": 0.99, "done": False, "failures": [], "retried": [], "excluded": [{"key": keys[-1], "reason": "x"}], "states": states}
+    status = build_status(summary, production="rare", version="v1", tag=None, commit="c", ref="HEAD", machine="local", now=0.0, keys=keys[:-1])
+    with Image.open(io.BytesIO(plots_bytes(status, [])["heatmap.png"])) as img:
+        colours = {c for _, c in img.convert("RGB").getcolors(1 << 16) or []}
+    lost = [name for name, c in CATEGORIES if tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) not in colours]
+    assert lost == []
