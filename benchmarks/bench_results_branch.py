@@ -11,7 +11,8 @@ month runs in minutes, with pictures, history and STATUS.md exactly as ``watch``
 It reports: commits on the results branch, the branch's size, bytes per commit (mean), and
 the time taken. The size is that of a bare repository holding **only** the results branch
 (fetched into it), after ``git gc --aggressive --prune=now``: the sum of its pack files
-(what a clone of the branch costs; ``git count-objects -v`` agrees to the KiB). The loose
+(what a clone of the branch costs; ``git count-objects -v``'s size-pack, which also counts
+the pack index, is reported too). The loose
 size before any gc is reported too: what the objects take between two auto-gcs.
 
     python benchmarks/bench_results_branch.py                  # a month: 8,640 passes
