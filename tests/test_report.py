@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from pathlib import Path
@@ -75,7 +76,7 @@ def test_plots_are_valid_pngs(tmp_path: Path) -> None:
         data = path.read_bytes()
         w, h = _png_size(data)
         assert 300 <= w <= 2000 and 200 <= h <= 2000, (name, w, h)
-        assert 10_000 < len(data) < 2_000_000, (name, len(data))
+        assert 3_000 < len(data) < 2_000_000, (name, len(data))  # palette PNGs: a few KB
     assert not list((tmp_path / "plots").glob("*.tmp"))
 
 
@@ -126,3 +127,42 @@ def test_heatmap_of_many_realizations_bins_rows() -> None:
     status = build_status(summary, production="big", version="v1", tag=None, commit="c", ref="HEAD", machine="local", now=0.0, keys=keys)
     w, h = _png_size(plots_bytes(status, [])["heatmap.png"])
     assert h <= 1300
+
+
+def _chunks(data: bytes) -> list[bytes]:
+    out, pos = [], len(PNG)
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append(data[pos + 4 : pos + 8])
+        pos += 12 + length
+    return out
+
+
+def test_pictures_are_deterministic_palette_pngs() -> None:
+    """The results branch keeps every blob: the same picture must be the same bytes (no time,
+    no version in the metadata), and small (a palette, not RGBA)."""
+    status, history = synthetic()
+    first, again = plots_bytes(status, history), plots_bytes(status, history)
+    assert first == again
+    for name, data in first.items():
+        chunks = _chunks(data)
+        assert chunks[0] == b"IHDR" and chunks[-1] == b"IEND", name
+        assert b"PLTE" in chunks, name
+        assert data[25] == 3, name  # colour type 3: palette
+        assert not {b"tIME", b"tEXt", b"iTXt", b"zTXt"} & set(chunks), (name, chunks)
+
+
+def test_palette_heatmap_keeps_every_category_colour_exactly() -> None:
+    """Quantizing must not fold a rare category colour into a common one: one cell of each."""
+    from PIL import Image
+
+    keys = [f"r{r:04d}/z{z:.3f}" for r in range(300) for z in (0.5, 1.0, 1.5)]
+    states = dict.fromkeys(keys[:-1], "complete")
+    for i, state in enumerate(["failed", "retrying", "stale", "missing", "queued", "running", "adopted", "a-newer-state"]):
+        states[keys[40 * i + 7]] = state
+    summary = {"total": len(keys), "counts": {}, "progress": 0.99, "success_rate": 0.99, "done": False, "failures": [], "retried": [], "excluded": [{"key": keys[-1], "reason": "x"}], "states": states}
+    status = build_status(summary, production="rare", version="v1", tag=None, commit="c", ref="HEAD", machine="local", now=0.0, keys=keys[:-1])
+    with Image.open(io.BytesIO(plots_bytes(status, [])["heatmap.png"])) as img:
+        colours = {c for _, c in img.convert("RGB").getcolors(1 << 16) or []}
+    lost = [name for name, c in CATEGORIES if tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) not in colours]
+    assert lost == []

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,13 @@ from reconciler.results.document import (
     dumps_status,
     encode_keys,
     history_line,
+    iso_time,
     parse_history,
     task_keys,
     task_states,
 )
 from reconciler.results.layout import builder, files_for, render_status_md
+from reconciler.results.retention import HOURLY_S, RECENT_S, compact_history, phase, plots_due
 
 from .conftest import git
 
@@ -353,3 +356,85 @@ def test_status_md_says_done_only_when_every_task_is_complete() -> None:
     assert "(done)" in render_status_md([row(0, 0)], {})
     ended = render_status_md([row(2, 1)], {})
     assert "(done)" not in ended and "(ended: 2 failed, 1 stale)" in ended
+
+
+# ---------------------------------------------------------------- a branch that lives for months
+
+
+def test_phase_and_when_pictures_are_redrawn() -> None:
+    running = {"counts": {"complete": 5, "running": 3}, "done": False, "plots": ["progress.png"], "plots_updated": "2024-06-01T00:00:00+00:00"}
+    drawn = datetime(2024, 6, 1, tzinfo=UTC).timestamp()
+    assert phase(running) == "running"
+    assert phase({**running, "counts": {"failed": 1}}) == "failing"
+    assert phase({"counts": {"complete": 8}, "done": True}) == "done"
+    assert phase({"counts": {"complete": 7, "stale": 1}, "done": True}) == "ended"
+    assert plots_due(None, running, drawn)  # nothing on the branch yet
+    assert plots_due({**running, "plots": []}, running, drawn + 60)  # no pictures there
+    assert not plots_due(running, running, drawn + 3599)
+    assert plots_due(running, running, drawn + 3600)
+    assert not plots_due(running, running, drawn + 599, every=600) and plots_due(running, running, drawn + 600, every=600)
+    assert plots_due(running, {"counts": {"complete": 8}, "done": True}, drawn + 60)  # it finished: at once
+    assert plots_due(running, {"counts": {"failed": 1}, "done": False}, drawn + 60)  # the first give-up: at once
+    assert plots_due({k: v for k, v in running.items() if k != "plots_updated"}, running, drawn + 60)  # written before plots_updated
+
+
+def _line(t: float, done: int, submit: int = 1) -> dict:
+    return {"t": t, "time": iso_time(t), "total": 100, "counts": {"complete": done}, "progress": done / 100, "actions": {"submit": submit}}
+
+
+def test_history_is_compacted_by_hour_then_by_day_and_never_loses_a_pass() -> None:
+    t0 = datetime(2024, 1, 1, tzinfo=UTC).timestamp()
+    lines = [_line(t0 + 300 * i, i) for i in range(12 * 24 * 100)]  # 100 days of 5-minute passes
+    now = lines[-1]["t"]
+    out = compact_history(lines, now)
+    assert sum(ln.get("passes", 1) for ln in out) == len(lines)
+    assert sum(ln["actions"]["submit"] for ln in out) == len(lines)  # actions are summed
+    assert [ln["t"] for ln in out] == sorted(ln["t"] for ln in out) and out[-1] == lines[-1]
+    raw = len(out) - next(i for i in range(len(out) - 1, -1, -1) if "passes" in out[i]) - 1
+    assert out[-raw:] == lines[-raw:] and out[-raw]["t"] <= now - RECENT_S  # every pass of the last day (and of the hour before)
+    assert raw <= 12 * 25
+    hourly = [ln for ln in out[:-raw] if now - ln["t"] <= HOURLY_S]
+    daily = [ln for ln in out[:-raw] if now - ln["t"] > HOURLY_S]
+    assert 88 * 24 <= len(hourly) <= 89 * 24 + 1 and all(ln.get("passes", 1) <= 12 for ln in hourly)
+    assert 10 <= len(daily) <= 11 and all(ln["passes"] <= 288 for ln in daily)
+    assert all(datetime.fromtimestamp(ln["t"], UTC).strftime("%H:%M") == "23:55" for ln in daily[:-1])
+    # a folded line is the last pass of its bucket: the counts at the hour's end
+    first = hourly[0]
+    assert first["counts"] == next(ln for ln in lines if ln["t"] == first["t"])["counts"] and first["time"].endswith(":55:00+00:00")
+    assert len(out) < 2600 and compact_history(out, now) == out  # bounded, and compacting again changes nothing
+    # the next pass (on the hour) appends its line, folds the hour that left the last day into
+    # one line, and moves one line from hourly to daily: a few lines change, the rest stay bytes
+    nxt = compact_history([*out, _line(now + 300, 0)], now + 300)
+    before = {json.dumps(ln, sort_keys=True) for ln in out}
+    changed = [ln for ln in nxt if json.dumps(ln, sort_keys=True) not in before]
+    assert len(changed) == 3 and changed[-1] == nxt[-1] == _line(now + 300, 0) and len(nxt) == len(out) + 1 - 11 - 1
+    assert sum(ln.get("passes", 1) for ln in nxt) == len(lines) + 1
+
+
+def test_a_month_of_passes_stays_under_12_kb_per_commit_and_draws_the_finish(tmp_path: Path) -> None:
+    """The benchmark's simulation, 100 five-minute passes (8.3 h) of a production whose counts
+    change on every pass, published for real: the branch alone, after gc --aggressive, is
+    under 12 KB per commit; pictures are redrawn hourly, and on the pass that finishes."""
+    pytest.importorskip("matplotlib")
+    from benchmarks.bench_results_branch import BRANCH as BENCH_BRANCH
+    from benchmarks.bench_results_branch import T0, branch_size, simulate
+
+    root = tmp_path / "repo"
+    passes = 100
+    commits = simulate(root, passes, tasks=1000)
+    assert len(commits) == passes  # the counts changed on every pass
+    drawn = []
+    for sha in commits:
+        changed = git(root, "diff-tree", "--no-commit-id", "--name-only", "-r", "--root", sha).split()
+        if "productions/bench/progress.png" in changed:
+            drawn.append(sha)
+    last = json.loads(git(root, "show", f"{BENCH_BRANCH}:productions/bench/status.json"))
+    assert last["done"] and last["plots_updated"] == last["updated"] == iso_time(T0 + 300 * (passes - 1))
+    assert drawn[-1] == commits[-1]  # the finish is drawn at once
+    assert git(root, "rev-parse", BENCH_BRANCH).strip() == commits[-1]
+    hours = passes * 300 / 3600
+    assert hours <= len(drawn) <= hours + 4, len(drawn)  # hourly, plus phase changes (first give-up, the end)
+    history = parse_history(read_branch_file(root, "productions/bench/history.jsonl", BENCH_BRANCH))
+    assert len(history) == passes
+    size = branch_size(root)["pack_bytes"]
+    assert size / len(commits) < 12_000, size / len(commits)

@@ -126,6 +126,7 @@ class StatusDoc(_Doc):
     stale_omitted: int = 0
     adopted: int = 0
     plots: list[str] = Field(default_factory=list, description="picture files next to this one, e.g. progress.png")
+    plots_updated: str | None = Field(default=None, description="ISO 8601 time (UTC) of the pass that drew the pictures: they are redrawn at most hourly, and when the production's phase changes")
     error: str | None = Field(default=None, description="why the latest pass failed, the counts being those of the last pass that did not; null when it succeeded")
     tasks: TaskTable
 

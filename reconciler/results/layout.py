@@ -4,8 +4,9 @@ Layout on the results branch (paths relative to the branch root)::
 
     STATUS.md                              one table over every production on the branch
     productions/<name>/status.json         the StatusDoc (reconciler.results.document), rewritten every pass
-    productions/<name>/history.jsonl       one line per pass: time, counts, actions taken
-    productions/<name>/progress.png ...    pictures from reconciler.results.plots, when available
+    productions/<name>/history.jsonl       one line per pass: time, counts, actions taken (old passes
+                                           folded per hour, then per day: reconciler.results.retention)
+    productions/<name>/progress.png ...    pictures from reconciler.results.plots, redrawn at most hourly
 
 ``builder`` gives ``reconciler.results.branch.publish`` the files of one production,
 recomputed from whatever tree the commit lands on.
@@ -17,15 +18,13 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from reconciler.results.document import dumps_status
+from reconciler.results.document import dumps_status, parse_history
+from reconciler.results.retention import compact_history
 
 STATUS_FILE = "status.json"
 HISTORY_FILE = "history.jsonl"
 STATUS_MD = "STATUS.md"
 PRODUCTIONS = "productions"
-
-MAX_HISTORY_LINES = 20_000
-"""history.jsonl keeps this many passes (two weeks at one pass a minute): it is rewritten each pass."""
 
 
 # ---------------------------------------------------------------- STATUS.md
@@ -106,30 +105,37 @@ def files_for(
     line: Mapping[str, Any] | None,
     other_statuses: Sequence[Mapping[str, Any]],
     plots: Mapping[str, bytes],
-    *,
-    max_history: int = MAX_HISTORY_LINES,
 ) -> dict[str, bytes]:
     """The files one production publishes: its status.json, history.jsonl (+ ``line``), plots, STATUS.md.
 
     ``other_statuses`` are the status documents of the other productions already on the
     branch (STATUS.md covers them all); a document of this production among them is ignored.
-    ``max_history`` keeps history.jsonl bounded, dropping the oldest lines.
+    ``line`` is appended to history.jsonl and the passes before it are compacted as of its
+    time (``retention.compact_history``), so the file stays bounded and each commit changes
+    it by little more than one line. ``plots`` are the pictures drawn this pass (none: the
+    branch's stay).
     """
     name = str(status["production"])
     doc = dict(status)
     doc["plots"] = sorted(set(doc.get("plots") or ()) | set(plots))
     out: dict[str, bytes] = {status_path(name): dumps_status(doc)}
     if line is not None:
-        prev = (history_jsonl_prev or b"").splitlines()
-        prev = [ln for ln in prev if ln.strip()]
-        prev.append(json.dumps(dict(line), sort_keys=True, separators=(",", ":")).encode())
-        out[status_path(name, HISTORY_FILE)] = b"\n".join(prev[-max_history:]) + b"\n"
+        t = line.get("t")
+        lines = [*parse_history(history_jsonl_prev), dict(line)]
+        if isinstance(t, int | float):
+            lines = compact_history(lines, float(t))
+        out[status_path(name, HISTORY_FILE)] = b"".join(dumps_history_line(ln) for ln in lines)
     for fname, data in plots.items():
         out[status_path(name, fname)] = data
     everyone = [s for s in other_statuses if s.get("production") != name] + [doc]
     links = {str(s["production"]): status_path(str(s["production"]), "progress.png") for s in everyone if "progress.png" in (s.get("plots") or ())}
     out[STATUS_MD] = render_status_md(everyone, links).encode()
     return out
+
+
+def dumps_history_line(line: Mapping[str, Any]) -> bytes:
+    """One line of history.jsonl, in one canonical form: an unchanged line is unchanged bytes."""
+    return json.dumps(dict(line), sort_keys=True, separators=(",", ":")).encode() + b"\n"
 
 
 def read_statuses(branch: BranchReader) -> list[dict[str, Any]]:

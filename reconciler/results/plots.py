@@ -8,6 +8,12 @@ status document alone, so they can be remade anywhere the results branch is.
 
 matplotlib is imported lazily (it costs ~0.3 s, and most passes draw nothing) and only ``Figure`` objects are used (no pyplot global state), so drawing is headless and
 safe inside a long-running watch loop.
+
+Every picture is committed to the results branch, where nothing is ever forgotten, so the
+PNGs are made small and deterministic (``_png``): quantized to a palette of ``COLOURS``
+colours (the pictures are flat colours and anti-aliased lines: ~3x smaller, hardly a
+visible change; the heatmap's category colours are kept exactly) and written without any time or version in their metadata, so that drawing the
+same picture twice gives the same bytes, the same git blob, and costs the branch nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
 _RANK = {name: i for i, (name, _) in enumerate(CATEGORIES)}
 _KEY = re.compile(r"^r(\d+)/z(-?\d+(?:\.\d+)?)(?:/.*)?$")
 DPI = 100
+COLOURS = 64
+"""Palette size of every PNG (Pillow, which matplotlib depends on, quantizes)."""
 MAX_ROWS = 400
 """Heatmap rows at most; more realizations are binned (the figure is at most ~1100 px tall)."""
 
@@ -52,9 +60,29 @@ def _figure(width: float, height: float) -> Any:
 
 
 def _png(fig: Any) -> bytes:
+    """The figure as a palette PNG with no metadata: the same figure always gives the same bytes.
+
+    The palette is ``COLOURS`` colours chosen for the picture (median cut) plus every
+    heatmap category's colour exactly, each pixel mapped to its nearest entry without
+    dithering: a lone failed cell keeps its red however few pixels it has.
+    """
+    from PIL import Image
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": "reconciler"})
-    return buf.getvalue()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, facecolor="white")
+    buf.seek(0)
+    with Image.open(buf) as rgba:
+        rgb = rgba.convert("RGB")
+    flat = rgb.quantize(colors=COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).getpalette() or []
+    exact = [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for _, c in CATEGORIES] + [(0, 0, 0), (255, 255, 255)]
+    # Pillow maps pixels to the palette through a coarse colour cache: a chosen colour close
+    # to an exact one could take its pixels, so the exact ones have their neighbourhood alone
+    chosen = [c for c in zip(flat[0::3], flat[1::3], flat[2::3], strict=False) if all(max(abs(a - b) for a, b in zip(c, e, strict=True)) > 8 for e in exact)]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([v for c in [*dict.fromkeys(exact), *chosen[:COLOURS]] for v in c])
+    out = io.BytesIO()
+    rgb.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG", optimize=True)  # no tIME or text chunk
+    return out.getvalue()
 
 
 def _title(status: Mapping[str, Any], what: str) -> str:

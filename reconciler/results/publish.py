@@ -4,6 +4,11 @@ A pass that changed nothing (same counts, same per-task states, same tag, same e
 commits nothing: the document is compared with the branch's without its timestamp. A pass
 that failed (the scheduler did not answer, say) republishes the last good counts with the
 error, so the people reading STATUS.md see that the loop is stuck, and why.
+
+Pictures are redrawn only when ``retention.plots_due`` says so (hourly, and when the
+production's phase changes); other passes keep the branch's pictures and their
+``plots_updated``. The time of the pass is a parameter, so a simulation can publish a
+month of passes in minutes (benchmarks/bench_results_branch.py).
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from reconciler.results.branch import publish, read_branch_file
 from reconciler.results.document import build_status, history_line, iso_time, parse_history
 from reconciler.results.layout import HISTORY_FILE, builder, status_path
 from reconciler.results.plots import plots_bytes
+from reconciler.results.retention import PLOTS_EVERY_S, compact_history, plots_due
 from reconciler.spec.load import Loaded
 
-COMPARE_IGNORED = ("updated", "plots")
+COMPARE_IGNORED = ("updated", "plots", "plots_updated")
 
 
 class PassOutcome(Protocol):
@@ -43,17 +49,21 @@ def publish_status(
     branch: str,
     remote: str | None,
     on_warning: Callable[[str], None],
+    now: float | None = None,
+    plots_every: float = PLOTS_EVERY_S,
 ) -> str | None:
     """Commit this pass's status (or, when the pass failed before it had one, the previous
     status with ``error``) when it differs from the branch's. ``attempts`` and ``runtimes``
-    are per task, from the ledger's latest attempts. Returns the commit, or None."""
+    are per task, from the ledger's latest attempts; ``now`` is the time of the pass
+    (default: the clock); pictures are redrawn at most every ``plots_every`` seconds, and
+    when the production's phase changes. Returns the commit, or None."""
     name = loaded.name
     prev_raw = read_branch_file(repo_root, status_path(name), branch)
     try:
         prev = json.loads(prev_raw) if prev_raw is not None else None
     except ValueError:
         prev = None
-    now = time.time()
+    now = time.time() if now is None else now
     if result is None:
         if not isinstance(prev, dict) or prev.get("error") == error:
             return None
@@ -75,13 +85,19 @@ def publish_status(
     doc["error"] = error
     if isinstance(prev, dict) and _comparable(prev) == _comparable(doc):
         return None
-    history = parse_history(read_branch_file(repo_root, status_path(name, HISTORY_FILE), branch))
+    previous = prev if isinstance(prev, dict) else None
+    if previous is not None:  # the pictures on the branch stay until they are redrawn
+        doc["plots"] = list(previous.get("plots") or [])
+        doc["plots_updated"] = previous.get("plots_updated")
     line = history_line(result.summary, result.applied, now)
-    try:
-        plots = plots_bytes(doc, [*history, line])
-    except ReconcilerError as exc:  # matplotlib missing: status without pictures
-        on_warning(f"{name}: no pictures on the status branch: {exc}")
-        plots = {}
+    plots: dict[str, bytes] = {}
+    if plots_due(previous, doc, now, plots_every):
+        history = parse_history(read_branch_file(repo_root, status_path(name, HISTORY_FILE), branch))
+        try:
+            plots = plots_bytes(doc, compact_history([*history, line], now))
+            doc["plots_updated"] = iso_time(now)
+        except ReconcilerError as exc:  # matplotlib missing: status without pictures
+            on_warning(f"{name}: no pictures on the status branch: {exc}")
     applied = ", ".join(f"{k} {v}" for k, v in sorted(result.applied.items())) or "nothing to do"
     c = result.summary["counts"]
     message = f"status: {name}: {applied} | {c['complete'] + c['adopted']}/{result.summary['total']} complete"
