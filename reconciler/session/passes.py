@@ -3,6 +3,7 @@ status last), read_plan, read_status."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,10 @@ def run_pass(
                 else:
                     commit = None
             return PassReport(name, prod.directory, prod.tag, result, commit, problem)
-    except (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError, OSError) as exc:
+    except OSError as exc:
         pdir = desired.loaded.production_dir
+        if not _within(exc.filename, pdir):
+            raise  # not the directory's fault (the scheduler's, say): the caller says what it is
         unusable = DirectoryUnusable(
             f"production directory {pdir} cannot be used: {exc.strerror or exc}"
             f"{f' ({exc.filename})' if getattr(exc, 'filename', None) else ''}; check that its file system is mounted "
@@ -75,6 +78,15 @@ def run_pass(
         )
         report_problem(opts, name, desired.commit, str(unusable), on_warning)
         raise unusable from None
+
+
+def _within(filename: object, pdir: Path) -> bool:
+    """Whether an OSError's file is the production directory, inside it, or one of its parents
+    (creating the directory fails on a parent that is missing or read-only)."""
+    if not isinstance(filename, str | bytes):
+        return False
+    path = Path(os.fsdecode(filename))
+    return path == pdir or pdir in path.parents or path in pdir.parents
 
 
 def _known_keys(name: str, keys: frozenset[str], known: Collection[str]) -> None:
