@@ -2,26 +2,27 @@
 
 flock cannot be trusted where production directories live (node-local on some NFS mounts,
 ENOSYS on Lustre without ``-o flock``, granted on every node at once on GPFS), so the lease
-uses only what shared filesystems do atomically: ``link`` (fails if the name exists) and
-``rename`` (replaces a name in one step). Modelled on Kubernetes leases and Dagu's
-directory lock:
+uses one thing shared filesystems do atomically: ``link`` onto a new name, which fails if the
+name exists. Modelled on Kubernetes leases and Dagu's directory lock:
 
-- ``lease.json`` names the holder (host, pid, boot id, a random nonce) and its *generation*.
-  A new holder claims generation N+1 by linking a complete file to ``lease.claim.<N+1>``:
-  of several takers exactly one link succeeds. It then renames a copy onto ``lease.json``;
-  the claim file stays as the record that N+1 is taken (the last few are kept).
-- The holder renews by rewriting ``lease.beat.<generation>`` every ``ttl / 3`` seconds (a
-  heartbeat thread, so a long pass renews too) and at every pass. Only the holder of a
-  generation writes that generation's beat, so a deposed holder that wakes up cannot make
-  the new holder's lease look alive, nor overwrite it.
+- ``lease.claim.<N>`` names the holder of generation N (host, pid, boot id, a random nonce).
+  The highest N *is* the lease: a new holder claims N+1 by linking a complete file to that
+  name, and of several takers exactly one link succeeds. Claim files are never rewritten,
+  so no slow writer can put an older holder back; the last few are kept as the record.
+- The holder renews by rewriting ``lease.beat.<N>`` every ``ttl / 3`` seconds (a heartbeat
+  thread, so a long pass renews too) and at every pass; ``lease.released.<N>`` says it gave
+  the lease up. Only holder N writes those two, so a deposed holder that wakes up can
+  neither make the new holder's lease look alive nor overwrite it.
 - A lease is stale when its beat has not changed for ``ttl`` seconds *of the taker's own
   monotonic clock* (a loop that keeps watching; no two hosts' clocks are compared), or when
   the beat file's mtime is older than ``2 * ttl`` against a file the taker just created
   (both stamped by the file server's clock), or at once when the holder ran on this host
   and its process is gone.
-- Fencing: before every sbatch and every ledger write, ``check()`` re-reads ``lease.json``;
-  if another holder took it, this one is *deposed*: it raises ``Deposed`` and acts no more.
-  Every submission's manifest carries the generation it was made under.
+- Fencing: before every sbatch and ledger write, ``check()`` lists the claims; if a higher
+  generation exists, this holder is *deposed*: it raises ``Deposed`` and acts no more. The
+  ledger keeps the highest generation that wrote it and refuses, inside the same SQLite
+  transaction, a write from a lower one (``Ledger.fence``): the check and the write cannot
+  be separated there. Every submission's manifest carries its generation.
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _alive(pid: int) -> bool:
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds (or held) a lease, as ``lease.json`` records it."""
+    """Who holds (or held) a lease, as its ``lease.claim.<N>`` file records it."""
 
     generation: int
     host: str
@@ -78,7 +79,6 @@ class Holder:
     nonce: str
     started: float  # wall clock of the holder, for people only
     ttl_s: float
-    released: bool = False
     stolen_from: str = ""  # "host pid N (generation G)" when this holder took it with --steal
 
     @classmethod
@@ -86,14 +86,13 @@ class Holder:
         return cls(
             int(doc["generation"]), str(doc["host"]), int(doc["pid"]), str(doc.get("boot_id", "")),
             str(doc["nonce"]), float(doc.get("started", 0.0)), float(doc.get("ttl_s", DEFAULT_TTL_S)),
-            bool(doc.get("released", False)), str(doc.get("stolen_from", "")),
+            str(doc.get("stolen_from", "")),
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "generation": self.generation, "host": self.host, "pid": self.pid, "boot_id": self.boot_id,
-            "nonce": self.nonce, "started": self.started, "ttl_s": self.ttl_s, "released": self.released,
-            "stolen_from": self.stolen_from,
+            "nonce": self.nonce, "started": self.started, "ttl_s": self.ttl_s, "stolen_from": self.stolen_from,
         }
 
     def describe(self) -> str:
@@ -105,7 +104,7 @@ class Holder:
 class LeaseInfo:
     """What ``reconcile lease NAME`` shows."""
 
-    path: Path
+    directory: Path
     holder: Holder | None
     beat_age_s: float | None  # by the file server's clock; None without a beat
     state: str  # "free", "released", "held", "stale", "dead"
@@ -123,58 +122,61 @@ class Lease:
         self.ttl_s = ttl_s
         self.clock = clock
         self.me: Holder | None = None  # set while we hold it
-        self.deposed_by: Holder | None = None
         self.deposed = ""  # why this object may hold the lease no more, once another took it
         self.took_over = ""  # whom we replaced and why, when it had not released
-        self._seen: tuple[int, str, str] | None = None  # (generation, nonce, beat) of another holder
+        self._seen: tuple[int, str] | None = None  # (generation, beat) of another holder
         self._seen_at = 0.0
         self._beats = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._io = threading.Lock()  # the heartbeat thread and the pass never write at once
+        self._io = threading.Lock()  # the heartbeat thread and the pass never renew at once
 
     # ------------------------------------------------------------------ files
-    @property
-    def path(self) -> Path:
-        return self.dir / "lease.json"
-
-    def _beat_path(self, generation: int) -> Path:
-        return self.dir / f"lease.beat.{generation}"
-
-    def _claim_path(self, generation: int) -> Path:
-        return self.dir / f"lease.claim.{generation}"
+    def _path(self, kind: str, generation: int) -> Path:
+        return self.dir / f"lease.{kind}.{generation}"
 
     def _tmp(self, tag: str) -> Path:
         return self.dir / f".lease.{tag}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}"
 
-    def read(self) -> Holder | None:
+    def _generations(self, kind: str) -> list[int]:
+        prefix = f"lease.{kind}."
         try:
-            return Holder.from_json(json.loads(self.path.read_text()))
+            names = os.listdir(self.dir)
         except FileNotFoundError:
-            return None
+            return []
+        return [int(n[len(prefix):]) for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()]
+
+    def current(self) -> tuple[int, Holder | None]:
+        """(the highest generation claimed, its holder); (0, None) for a lease never taken."""
+        claims = self._generations("claim")
+        if not claims:
+            return 0, None
+        n = max(claims)
+        try:
+            return n, Holder.from_json(json.loads(self._path("claim", n).read_text()))
         except (ValueError, KeyError, TypeError) as exc:
-            raise LeaseHeld(f"{self.path} is unreadable ({exc}); inspect it, then `reconcile lease NAME --steal`") from None
+            raise LeaseHeld(f"{self._path('claim', n)} is unreadable ({exc}); inspect it, then `reconcile lease NAME --steal`") from None
+
+    def _released(self, generation: int) -> bool:
+        return self._path("released", generation).exists()
 
     def _read_beat(self, generation: int) -> str:
         try:
-            return self._beat_path(generation).read_text()
+            return self._path("beat", generation).read_text()
         except FileNotFoundError:
             return ""
 
-    def _beat_age(self, generation: int) -> float | None:
-        """Seconds since the holder's last beat, by the file server's clock."""
-        return self._age(self._beat_path(generation))
-
     def _age(self, path: Path) -> float | None:
-        """Seconds since ``path`` was written, by the file server's clock (a fresh file's mtime)."""
+        """Seconds since ``path`` was written, by the file server's clock (a fresh file's
+        mtime); None when it does not exist or the directory cannot be written."""
         try:
-            beat = path.stat().st_mtime
-        except FileNotFoundError:
+            written = path.stat().st_mtime
+            probe = self._tmp("clock")
+            probe.write_text("")
+        except OSError:
             return None
-        probe = self._tmp("clock")
-        probe.write_text("")
         try:
-            return probe.stat().st_mtime - beat
+            return probe.stat().st_mtime - written
         finally:
             probe.unlink(missing_ok=True)
 
@@ -188,71 +190,68 @@ class Lease:
     def held(self) -> bool:
         return self.me is not None
 
-    def acquire(self, *, steal: bool = False) -> Lease:
-        """Take the lease, or raise ``LeaseHeld`` naming its holder. Idempotent while held."""
+    @property
+    def generation(self) -> int:
+        me = self.me
+        return me.generation if me else 0
+
+    def acquire(self, *, steal: bool = False, floor: int = 0) -> Lease:
+        """Take the lease, or raise ``LeaseHeld`` naming its holder. Idempotent while held.
+
+        ``floor``: a generation already seen elsewhere (the ledger's), so that a lease whose
+        files were deleted by hand starts above every generation that ever wrote the ledger.
+        """
         if self.me is not None:
             self.check()
             return self
         if self.deposed and not steal:  # a loop that was deposed leaves the production to its new holder
             raise Deposed(self.deposed)
         self.dir.mkdir(parents=True, exist_ok=True)
-        cur = self.read()
-        stolen = why = ""
-        if cur is not None and not cur.released:
-            why = self._gone(cur)
-            if steal:
-                stolen = f"{cur.host} pid {cur.pid} (generation {cur.generation})"
-            elif not why:
+        n, cur = self.current()
+        why = ""
+        live = cur is not None and not self._released(n)
+        if cur is not None and live:
+            why = "stolen with --steal" if steal else self._gone(cur, n)
+            if not why:
                 raise LeaseHeld(
-                    f"another reconciler holds {self.path}: {cur.describe()}; it renews every {cur.ttl_s / 3:.0f} s "
-                    f"and is taken over {cur.ttl_s:.0f} s after it stops (`reconcile lease NAME` shows it; --steal takes it)"
+                    f"another reconciler holds {self.dir}/lease.claim.{n}: {cur.describe()}; it renews every "
+                    f"{cur.ttl_s / 3:.0f} s and is taken over {cur.ttl_s:.0f} s after it stops "
+                    "(`reconcile lease NAME` shows it; --steal takes it)"
                 )
-        base = cur.generation if cur else 0
-        generation = base + 1
-        ahead = [g for g in self._claims() if g > base]
-        if ahead:  # another taker claimed the next generation and has not written lease.json yet
-            age = self._age(self._claim_path(max(ahead)))
-            if age is not None and age <= 2 * self.ttl_s:
-                raise LeaseHeld(f"another reconciler is taking {self.path} over (generation {max(ahead)})")
-            generation = max(ahead) + 1  # that taker died between its claim and its write
+        generation = max(n, floor) + 1
+        stolen = f"{cur.host} pid {cur.pid} (generation {n})" if steal and cur is not None and live else ""
         me = Holder(generation, socket.gethostname(), os.getpid(), boot_id(), secrets.token_hex(8), time.time(), self.ttl_s, stolen_from=stolen)
-        text = json.dumps(me.to_json())
         tmp = self._tmp("claim")
-        tmp.write_text(text)
+        tmp.write_text(json.dumps(me.to_json()))
         try:
-            os.link(tmp, self._claim_path(generation))  # the one atomic step: one taker per generation
+            os.link(tmp, self._path("claim", generation))  # the one atomic step: one taker per generation
         except FileExistsError:
-            raise LeaseHeld(f"another reconciler took generation {generation} of {self.path} first") from None
+            raise LeaseHeld(f"another reconciler took generation {generation} of {self.dir}/lease first") from None
         finally:
             tmp.unlink(missing_ok=True)
-        again = self.read()
-        if (again.generation if again else 0) != base:  # someone moved on while we claimed
-            raise LeaseHeld(f"{self.path} changed while taking it: {again.describe() if again else 'removed'}")
-        self._write(self._beat_path(generation), "0")
-        self._write(self.path, text)
-        self.me, self.deposed_by, self.deposed, self._seen = me, None, "", None
-        self.took_over = f"{cur.describe()}: {'stolen with --steal' if steal else why}" if cur is not None and not cur.released else ""
+        self._write(self._path("beat", generation), "0")
+        self.me, self.deposed, self._seen, self._beats = me, "", None, 0
+        self.took_over = f"{cur.describe()}: {why}" if cur is not None and live else ""
         if self.took_over:
             self._log(f"generation {generation}: {me.host} pid {me.pid} took over from {self.took_over}")
         self._tidy(generation)
         self._start_heartbeat()
         return self
 
-    def _gone(self, cur: Holder) -> str:
+    def _gone(self, cur: Holder, generation: int) -> str:
         """Why the holder ``cur`` is no longer there ("" if it may be): see the module docstring."""
         if cur.host == socket.gethostname():
             if cur.boot_id and cur.boot_id != boot_id():
                 return "its host rebooted"
             if not _alive(cur.pid):
                 return "its process is gone"
-        beat = self._read_beat(cur.generation)
-        seen = (cur.generation, cur.nonce, beat)
+        seen = (generation, self._read_beat(generation))
         now = self.clock()
         if seen != self._seen:
             self._seen, self._seen_at = seen, now
         elif now - self._seen_at >= cur.ttl_s:
             return f"not renewed for {now - self._seen_at:.0f} s (ttl {cur.ttl_s:.0f} s)"
-        age = self._beat_age(cur.generation)
+        age = self._age(self._path("beat", generation))
         if age is not None and age > 2 * cur.ttl_s:
             return f"last renewed {age:.0f} s ago (ttl {cur.ttl_s:.0f} s)"
         return ""
@@ -262,40 +261,30 @@ class Lease:
         with open(self.dir / "lease.log", "a", encoding="utf-8") as fh:
             fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {line}\n")
 
-    def _claims(self) -> list[int]:
-        return [int(p.suffix[1:]) for p in self.dir.glob("lease.claim.*") if p.suffix[1:].isdigit()]
-
     def _tidy(self, generation: int) -> None:
-        """Remove beats of earlier generations and all but the last few claims."""
-        for p in self.dir.glob("lease.beat.*"):
-            if p.suffix[1:].isdigit() and int(p.suffix[1:]) < generation:
-                p.unlink(missing_ok=True)
-        for g in self._claims():
-            if g < generation - KEEP_CLAIMS:
-                self._claim_path(g).unlink(missing_ok=True)
+        """Remove beats and release marks of earlier generations, and all but the last few claims."""
+        for kind, keep in (("beat", 0), ("released", 0), ("claim", KEEP_CLAIMS)):
+            for g in self._generations(kind):
+                if g < generation - keep:
+                    self._path(kind, g).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ holding it
-    @property
-    def generation(self) -> int:
-        return self.me.generation if self.me else 0
-
     def check(self) -> None:
-        """The fence: raise ``Deposed`` if another holder has taken the lease. Call before
-        every sbatch and every ledger write."""
-        if self.me is None:
-            raise Deposed(f"{self.path}: not held" + (f"; taken by {self.deposed_by.describe()}" if self.deposed_by else ""))
-        cur = self.read()
-        if cur is None or cur.nonce != self.me.nonce:
-            self._depose(cur)
+        """The fence: raise ``Deposed`` if another holder has claimed a later generation. Call
+        before every sbatch and every ledger write (the ledger checks again, atomically)."""
+        me = self.me  # one read: the heartbeat thread may depose us meanwhile
+        if me is None:
+            raise Deposed(self.deposed or f"{self.dir}/lease: not held")
+        if max(self._generations("claim"), default=0) != me.generation:
+            self._depose()
 
-    def _depose(self, cur: Holder | None) -> None:
-        self.deposed_by = cur
+    def _depose(self) -> None:
+        n, cur = self.current()
         self.me = None
         self._stop.set()
-        who = cur.describe() if cur else "nobody (the lease file was removed)"
-        stolen = " with --steal" if cur and cur.stolen_from else ""
+        who = f"{cur.describe()}{' with --steal' if cur.stolen_from else ''}" if cur else "nobody (the lease files were removed)"
         self.deposed = (
-            f"deposed: the lease {self.path} was taken{stolen} by {who}; this reconciler stops acting on it "
+            f"deposed: the lease of {self.dir} was taken by {who}; this reconciler stops acting on it "
             "(restart it to take part again)"
         )
         raise Deposed(self.deposed)
@@ -304,9 +293,10 @@ class Lease:
         """Check we still hold it, then beat. Every pass, and every ttl/3 from the heartbeat."""
         with self._io:
             self.check()
-            assert self.me is not None
-            self._beats += 1
-            self._write(self._beat_path(self.me.generation), str(self._beats))
+            me = self.me
+            if me is not None:
+                self._beats += 1
+                self._write(self._path("beat", me.generation), str(self._beats))
 
     def _start_heartbeat(self) -> None:
         self._stop = threading.Event()
@@ -318,39 +308,35 @@ class Lease:
                     self.renew()
                 except Deposed:
                     return
-                except OSError:  # a filesystem hiccup: the next beat tries again; the TTL allows two misses
+                except Exception:  # noqa: BLE001 - a filesystem hiccup: the next beat tries again; the TTL allows two misses
                     continue
 
         self._thread = threading.Thread(target=beat, name=f"lease-heartbeat:{self.dir}", daemon=True)
         self._thread.start()
 
     def release(self) -> None:
-        """Give the lease up, marking it released, so the next taker need not wait out the TTL."""
+        """Give the lease up (``lease.released.<N>``), so the next taker need not wait out the TTL."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if self.me is None:
-            return
         with self._io:
-            cur = self.read()
-            if cur is not None and cur.nonce == self.me.nonce:
-                done = Holder(**{**self.me.__dict__, "released": True})
-                self._write(self.path, json.dumps(done.to_json()))
-            self.me = None
+            me, self.me = self.me, None
+            if me is not None and max(self._generations("claim"), default=0) == me.generation:
+                self._path("released", me.generation).write_text(json.dumps({"released": time.time()}))
 
     def info(self) -> LeaseInfo:
-        """The lease as another process sees it, for `reconcile lease`."""
-        cur = self.read()
+        """The lease as another process sees it, for `reconcile lease`. Reads only (the age
+        probe is skipped where the directory cannot be written)."""
+        n, cur = self.current()
         if cur is None:
-            return LeaseInfo(self.path, None, None, "free")
-        age = self._beat_age(cur.generation)
-        if cur.released:
-            return LeaseInfo(self.path, cur, age, "released")
-        gone = cur.host == socket.gethostname() and ((cur.boot_id and cur.boot_id != boot_id()) or not _alive(cur.pid))
-        if gone:
-            return LeaseInfo(self.path, cur, age, "dead")
-        return LeaseInfo(self.path, cur, age, "stale" if age is not None and age > 2 * cur.ttl_s else "held")
+            return LeaseInfo(self.dir, None, None, "free")
+        age = self._age(self._path("beat", n))
+        if self._released(n):
+            return LeaseInfo(self.dir, cur, age, "released")
+        if cur.host == socket.gethostname() and ((cur.boot_id and cur.boot_id != boot_id()) or not _alive(cur.pid)):
+            return LeaseInfo(self.dir, cur, age, "dead")
+        return LeaseInfo(self.dir, cur, age, "stale" if age is not None and age > 2 * cur.ttl_s else "held")
 
 
 class Leases:

@@ -24,8 +24,12 @@ from pathlib import Path
 from reconciler.core import causes
 from reconciler.core.model import TaskHistory
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
+from reconciler.errors import Deposed
 
 OPEN = tuple(s for s in SubmissionState if s.open)
+
+LEASE_KEY = "lease_generation"
+"""meta key: the highest lease generation that wrote this ledger (see ``Ledger.fence``)."""
 
 SCHEMA_VERSION = 2
 SCHEMA = """
@@ -161,6 +165,7 @@ class Ledger:
         never in place under a loop that may be writing it.
         """
         self.path = path
+        self.generation: int | None = None  # of the lease this ledger's writer holds (fence)
         self.existed = path.exists()
         self.network_fs: str | None = None
         if read_only and self.existed:
@@ -206,10 +211,34 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def fence(self, generation: int) -> None:
+        """From now on, refuse every write once a later generation of the production's lease
+        has written here (``lease.py``): the check is inside each write's transaction, so a
+        reconciler taken over between its lease check and its write cannot slip one in."""
+        self.generation = generation
+        with self.transaction():
+            pass
+
+    @staticmethod
+    def fenced_generation(path: Path) -> int:
+        """The highest lease generation that wrote the ledger at ``path`` (0 if none), read only."""
+        if not path.exists():
+            return 0
+        db = sqlite3.connect(path, timeout=30)  # a plain SELECT; no write
+        try:
+            row = db.execute("SELECT v FROM meta WHERE k = ?", (LEASE_KEY,)).fetchone()
+        except sqlite3.Error:
+            return 0
+        finally:
+            db.close()
+        return int(row[0]) if row else 0
+
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         self.db.execute("BEGIN IMMEDIATE")
         try:
+            if self.generation is not None:
+                self._fence(self.generation)
             yield self.db
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -283,10 +312,23 @@ class Ledger:
             )
 
     def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (key, value))
+        with self.transaction() as db:
+            db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (key, value))
 
     def event(self, kind: str, message: str, now: float, key: str | None = None) -> None:
-        self.db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (now, kind, key, message))
+        with self.transaction() as db:
+            db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (now, kind, key, message))
+
+    def _fence(self, generation: int) -> None:
+        row = self.db.execute("SELECT v FROM meta WHERE k = ?", (LEASE_KEY,)).fetchone()
+        stored = int(row[0]) if row else 0
+        if stored > generation:
+            raise Deposed(
+                f"deposed: generation {stored} of the production's lease has written the ledger {self.path}; "
+                f"this reconciler (generation {generation}) was taken over and stops acting"
+            )
+        if stored < generation:
+            self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v", (LEASE_KEY, str(generation)))
 
     # ------------------------------------------------------------ submissions
 

@@ -34,10 +34,9 @@ class Clock:
 
 
 def other_host_holds(d: Path, generation: int = 1, ttl: float = 60.0) -> Holder:
-    """Write lease.json as a reconciler on another login node would have."""
+    """Write the claim and beat as a reconciler on another login node would have."""
     d.mkdir(parents=True, exist_ok=True)
     h = Holder(generation, "login-elsewhere", 4242, "another-boot", "cafe" * 4, time.time(), ttl)
-    (d / "lease.json").write_text(json.dumps(h.to_json()))
     (d / f"lease.claim.{generation}").write_text(json.dumps(h.to_json()))
     (d / f"lease.beat.{generation}").write_text("7")
     return h
@@ -89,7 +88,7 @@ def test_a_holder_whose_process_is_gone_on_this_host_is_taken_over_at_once(tmp_p
     from reconciler.lease import boot_id
 
     h = Holder(5, os.uname().nodename, pid, boot_id(), "dead" * 4, time.time(), 600)
-    (tmp_path / "lease.json").write_text(json.dumps(h.to_json()))
+    (tmp_path / "lease.claim.5").write_text(json.dumps(h.to_json()))
     lease = Lease(tmp_path, 60).acquire()
     try:
         assert lease.generation == 6 and "its process is gone" in lease.took_over
@@ -102,8 +101,8 @@ def test_a_deposed_holder_stops_acting_and_says_so(tmp_path: Path) -> None:
     b = Lease(tmp_path, 60)
     b.acquire(steal=True)
     try:
-        assert b.generation == 2 and json.loads((tmp_path / "lease.json").read_text())["stolen_from"].endswith("(generation 1)")
-        with pytest.raises(Deposed, match="taken with --steal by pid"):
+        assert b.generation == 2 and json.loads((tmp_path / "lease.claim.2").read_text())["stolen_from"].endswith("(generation 1)")
+        with pytest.raises(Deposed, match=r"taken by pid .* with --steal"):
             a.check()  # the fence: before its next sbatch or ledger write
         with pytest.raises(Deposed):
             a.acquire()  # and it leaves the production alone from now on
@@ -223,5 +222,41 @@ def test_two_watch_loops_with_flock_off_one_acts_the_other_takes_over_and_nothin
                 p.kill()
     counts = sent_to_scheduler(tmp_path / "spool")
     assert len(counts) == n  # the demo's two fail-once tasks ran twice by design; no task more
+    assert counts == Counter({k: 2 if k in {"r0004/z1.500", "r0005/z0.500"} else 1 for k in counts})
+    wait_quiet(tmp_path / "spool")
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def test_a_holder_stopped_between_its_lease_check_and_its_ledger_write_is_refused_by_the_ledger(repo: Path, tmp_path: Path) -> None:
+    """The window a file check cannot close: A passed its lease check, then hung before
+    journaling its submission. B takes over and does everything; when A wakes, the ledger
+    (which B's generation has written) refuses A's write inside the same transaction, so A
+    never calls sbatch."""
+    env = env_for(tmp_path)
+    n = shrink_demo(repo)
+    cmd = [sys.executable, "-m", "reconciler.cli", "watch", "demo", "--jitter", "0", "--lease-ttl", str(TTL), "--no-status"]
+    a = subprocess.Popen([*cmd, "--interval", "2"], cwd=repo, env={**env, "RECONCILER_FAILPOINT": "after_fence:stop"},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while process_state(a.pid) != "T":  # A stopped itself between check and write
+            assert time.time() < deadline and a.poll() is None, "A never reached the failpoint"
+            time.sleep(0.05)
+        b = subprocess.run([*cmd, "--interval", "0.5", "--until-done"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+        assert b.returncode == 0, b.stderr
+        assert "not renewed for" in b.stderr
+        a.send_signal(signal.SIGCONT)
+        time.sleep(3.0)
+        a.send_signal(signal.SIGTERM)
+        _, a_err = a.communicate(timeout=30)
+        assert "deposed: generation 2 of the production's lease has written the ledger" in a_err, a_err
+    finally:
+        if a.poll() is None:
+            a.kill()
+    counts = sent_to_scheduler(tmp_path / "spool")
+    assert len(counts) == n
     assert counts == Counter({k: 2 if k in {"r0004/z1.500", "r0005/z0.500"} else 1 for k in counts})
     wait_quiet(tmp_path / "spool")

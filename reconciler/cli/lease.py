@@ -28,15 +28,15 @@ def cmd_lease(args: argparse.Namespace) -> int:
     info = lease.info()
     h = info.holder
     data: dict[str, Any] = {
-        "production": args.name, "path": str(info.path), "state": info.state,
+        "production": args.name, "directory": str(info.directory), "state": info.state,
         "holder": h.to_json() if h else None, "last_renewal_age_s": info.beat_age_s,
     }
     if h is None:
-        text = f"{args.name}: lease {info.path} is free (no reconciler has held it)"
+        text = f"{args.name}: the lease in {info.directory} is free (no reconciler has held it)"
     else:
         age = f"last renewed {info.beat_age_s:.0f} s ago" if info.beat_age_s is not None else "never renewed"
         text = (
-            f"{args.name}: lease {info.path}: {info.state}\n"
+            f"{args.name}: the lease in {info.directory}: {info.state}\n"
             f"  holder {h.describe()}, boot id {h.boot_id or '?'}\n"
             f"  {age} (file server's clock); ttl {h.ttl_s:.0f} s"
             + (f"\n  stolen from {h.stolen_from}" if h.stolen_from else "")
@@ -48,6 +48,6 @@ def cmd_lease(args: argparse.Namespace) -> int:
 def register(add: Any) -> None:
     p = add("lease", cmd_lease, "show who holds a production's lease; --steal takes it from a holder that is gone", EXAMPLE)
     p.add_argument("name")
-    p.add_argument("--steal", action="store_true", help="take the lease now, whoever holds it (recorded in lease.json and lease.log)")
+    p.add_argument("--steal", action="store_true", help="take the lease now, whoever holds it (recorded in its claim file and lease.log)")
     add_source(p)
     add_lease(p)

@@ -43,13 +43,18 @@ RETRIES = frozenset({Reason.BACKOFF_ELAPSED, Reason.MANUAL_RETRY, Reason.OUTPUT_
 
 
 def failpoint(name: str) -> None:
-    """Die here, as SIGKILL would, when the test suite asks for it (``RECONCILER_FAILPOINT=name``).
+    """Die here, as SIGKILL would, when the test suite asks for it (``RECONCILER_FAILPOINT=name``),
+    or stop here, as a hung login node would (``name:stop``: SIGSTOP, until SIGCONT).
 
     Failpoints let the crash tests hit the narrow windows (between journal and sbatch, between
-    sbatch and recording the job id) that random kills would rarely land in.
+    sbatch and recording the job id, between the lease check and the write it guards) that
+    random kills would rarely land in.
     """
-    if os.environ.get(CRASH_ENV) == name:
+    wanted = os.environ.get(CRASH_ENV)
+    if wanted == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif wanted == f"{name}:stop":
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 class Fence(Protocol):
@@ -231,6 +236,7 @@ class Actor:
         sub = Submission(token, a.batch, kind, state, None, self.scheduler.name, str(script_path), str(manifest_path), now, None)
         failpoint("before_record")
         self.fence.check()
+        failpoint("after_fence")  # a holder stopped here is deposed meanwhile: the ledger refuses the write
         self.ledger.record_submission(sub, [(i, t.key) for i, t in sorted(tasks.items())])
         if state is SubmissionState.RECORDED:
             self._send(sub, sorted(tasks))

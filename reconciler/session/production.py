@@ -63,8 +63,8 @@ def open_production(
         if lease is not None:
             if lease.held:
                 lease.renew()
-            else:
-                lease.acquire()
+            else:  # above every generation that ever wrote the ledger, even if lease files were deleted
+                lease.acquire(floor=Ledger.fenced_generation(default_path(pdir)))
                 if lease.took_over:
                     on_warning(f"took over the lease of {name} from {lease.took_over}")
         if init:
@@ -77,11 +77,11 @@ def open_production(
         existed = path.exists()
         ledger = Ledger(path if init or existed else Path(":memory:"), read_only=not init)
         try:
+            if lease is not None:
+                ledger.fence(lease.generation)  # every write of this ledger is checked against the lease
             if ledger.network_fs:
                 on_warning(f"the ledger {path} is on a network file system ({ledger.network_fs}); using rollback journal mode, not WAL")
             if not existed and any((pdir / "logs").glob("batch_*.json")):
-                if lease is not None:
-                    lease.check()  # the fence, before this ledger write as before every other
                 # a read-only open rebuilds in memory, so `plan` shows what `once` would do
                 n = rebuild(ledger, pdir, scheduler.name, time.time())
                 on_warning(f"ledger {path} was missing: {'rebuilt' if init else 'read (in memory)'} {n} submission(s) "
