@@ -191,7 +191,8 @@ def test_two_watch_loops_with_flock_off_one_acts_the_other_takes_over_and_nothin
     env = env_for(tmp_path, PYTHONPATH=f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", NO_FLOCK_UNDER=str(repo / "work"))
     n = shrink_demo(repo)
     cmd = [sys.executable, "-m", "reconciler.cli", "watch", "demo", "--jitter", "0", "--lease-ttl", str(TTL), "--no-status"]
-    a = subprocess.Popen([*cmd, "--interval", "2"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    a_log = tmp_path / "a.err"
+    a = subprocess.Popen([*cmd, "--interval", "2"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=a_log.open("w"), text=True)
     b: subprocess.Popen[str] | None = None
     try:
         assert a.stdout is not None
@@ -212,10 +213,9 @@ def test_two_watch_loops_with_flock_off_one_acts_the_other_takes_over_and_nothin
         assert ("not renewed for" if stop == signal.SIGSTOP else "its process is gone") in err, err
         if stop == signal.SIGSTOP:
             a.send_signal(signal.SIGCONT)
-            time.sleep(2.0)  # A wakes, checks its lease before acting, and stops acting on demo
+            wait_for(a_log, "deposed: the lease")  # A wakes, checks its lease before acting, and stops acting on demo
             a.send_signal(signal.SIGTERM)
-            _, a_err = a.communicate(timeout=30)
-            assert "deposed: the lease" in a_err, a_err
+            a.communicate(timeout=30)
     finally:
         for p in (a, b):
             if p is not None and p.poll() is None:
@@ -224,6 +224,14 @@ def test_two_watch_loops_with_flock_off_one_acts_the_other_takes_over_and_nothin
     assert len(counts) == n  # the demo's two fail-once tasks ran twice by design; no task more
     assert counts == Counter({k: 2 if k in {"r0004/z1.500", "r0005/z0.500"} else 1 for k in counts})
     wait_quiet(tmp_path / "spool")
+
+
+def wait_for(log: Path, text: str, timeout: float = 60) -> None:
+    """Until ``text`` appears in the file a process writes its stderr to."""
+    deadline = time.time() + timeout
+    while text not in log.read_text():
+        assert time.time() < deadline, f"{text!r} never appeared in {log}:\n{log.read_text()}"
+        time.sleep(0.1)
 
 
 def process_state(pid: int) -> str:
@@ -238,8 +246,9 @@ def test_a_holder_stopped_between_its_lease_check_and_its_ledger_write_is_refuse
     env = env_for(tmp_path)
     n = shrink_demo(repo)
     cmd = [sys.executable, "-m", "reconciler.cli", "watch", "demo", "--jitter", "0", "--lease-ttl", str(TTL), "--no-status"]
+    a_log = tmp_path / "a.err"
     a = subprocess.Popen([*cmd, "--interval", "2"], cwd=repo, env={**env, "RECONCILER_FAILPOINT": "after_fence:stop"},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=a_log.open("w"), text=True)
     try:
         deadline = time.time() + 60
         while process_state(a.pid) != "T":  # A stopped itself between check and write
@@ -249,10 +258,9 @@ def test_a_holder_stopped_between_its_lease_check_and_its_ledger_write_is_refuse
         assert b.returncode == 0, b.stderr
         assert "not renewed for" in b.stderr
         a.send_signal(signal.SIGCONT)
-        time.sleep(3.0)
+        wait_for(a_log, "deposed: generation 2 of the production's lease has written the ledger")
         a.send_signal(signal.SIGTERM)
-        _, a_err = a.communicate(timeout=30)
-        assert "deposed: generation 2 of the production's lease has written the ledger" in a_err, a_err
+        a.communicate(timeout=30)
     finally:
         if a.poll() is None:
             a.kill()

@@ -8,6 +8,7 @@ import random
 import signal
 import sys
 import time
+import traceback
 from typing import Any
 
 from reconciler.cli.options import add_lease, add_publishing, add_scheduler, add_source, options
@@ -18,10 +19,13 @@ from reconciler.core.summary import shortfall
 from reconciler.errors import (
     EXIT_INCOMPLETE,
     EXIT_INVALID,
+    EXIT_LOCKED,
     EXIT_OK,
     EXIT_TRANSIENT,
     ConfigError,
+    Deposed,
     LeaseHeld,
+    ReconcilerError,
     TransientError,
 )
 from reconciler.lease import Leases
@@ -62,31 +66,32 @@ def _as_json(r: PassReport) -> dict[str, Any]:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    """One pass over each production. An invalid one does not stop the others; the exit
-    code (2) says so once all of them are done."""
+    """One pass over each production. One production's trouble does not stop the others; the
+    exit code says what went wrong once all of them are done (2 if any is invalid)."""
     opts = options(args)
     if getattr(args, "fetch", None):
         fetch_desired(opts, args.fetch)
     reports = []
-    invalid = []
+    codes: list[int] = []
     for name in production_names(opts, args.names):
         try:
             r = _pass(opts, name)
         except ConfigError as exc:
             print(f"{name}: not reconciled: its desired state does not load and never did:\n{exc}", file=sys.stderr)
-            invalid.append(name)
+            codes.append(EXIT_INVALID)
+            continue
+        except ReconcilerError as exc:
+            print(f"{name}: not reconciled: {exc}", file=sys.stderr)
+            codes.append(exc.exit_code)
             continue
         reports.append(r)
         if r.problem:
-            invalid.append(name)
+            codes.append(EXIT_INVALID)
         if not args.json:
             print(f"{name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}", flush=True)
     if args.json:
         print(json.dumps([_as_json(r) for r in reports], indent=2, sort_keys=True))
-    if invalid:
-        print(f"invalid desired state (exit {EXIT_INVALID}): {', '.join(invalid)}", file=sys.stderr)
-        return EXIT_INVALID
-    return EXIT_OK
+    return EXIT_INVALID if EXIT_INVALID in codes else codes[0] if codes else EXIT_OK
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
@@ -184,7 +189,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
     try:
         with Stop() as stop:
             while not stop.requested:
+                rc = EXIT_OK  # this tick's: 4 if any production's pass failed
                 all_done = True
+                deposed: set[str] = set()  # productions another loop took from this one: not ours to finish
                 short: dict[str, str] = {}  # production -> why it ended incomplete
                 if args.fetch:
                     fetch_desired(opts, args.fetch)
@@ -198,7 +205,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         all_done = False
                         rc = EXIT_TRANSIENT
                         continue
-                    except LeaseHeld as exc:  # another loop has it, or took it from us: leave it alone
+                    except Deposed as exc:  # another loop took it from us: leave it to that one
+                        say(f"{name}: {exc}")
+                        deposed.add(name)
+                        continue
+                    except LeaseHeld as exc:  # another loop has it: wait, and take over if it goes quiet
                         say(f"{name}: {exc}")
                         all_done = False
                         continue
@@ -206,12 +217,19 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         say(f"{name}: paused: its desired state does not load and never did:\n{exc}")
                         all_done = False
                         continue
-                    rc = EXIT_OK
+                    except Exception as exc:  # noqa: BLE001 - one production's bug or surprise must not stop the others
+                        say(f"{name}: pass failed ({type(exc).__name__}: {exc}); the loop goes on with the others\n{traceback.format_exc()}")
+                        all_done = False
+                        rc = EXIT_TRANSIENT
+                        continue
                     stamp = time.strftime("%H:%M:%S")
                     print(f"[{stamp}] {name}: {applied_line(r.result.applied)} | {counts_line(r.result.summary)}", flush=True)
                     all_done = all_done and r.result.summary["done"] and not r.problem
                     if r.result.summary["done"] and not r.result.summary["all_complete"]:
                         short[name] = shortfall(r.result.summary)
+                if args.until_done and all_done and deposed:
+                    print(f"left to the loops that took them over: {', '.join(sorted(deposed))} (exit {EXIT_LOCKED})", flush=True)
+                    return EXIT_LOCKED
                 if args.until_done and all_done:
                     if not short:
                         print("every task is complete", flush=True)

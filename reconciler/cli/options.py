@@ -29,9 +29,24 @@ def add_scheduler(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", choices=["local", "slurm", "pyslurm", "auto"], default=None, help="override the machine's scheduler backend")
 
 
+MIN_LEASE_TTL_S = 2.0
+
+
+def _lease_ttl(text: str) -> float:
+    """--lease-ttl: a TTL too short to renew in (or zero) would let two loops take the lease
+    from each other every pass."""
+    try:
+        ttl = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not ttl >= MIN_LEASE_TTL_S:
+        raise argparse.ArgumentTypeError(f"{text} s is too short: at least {MIN_LEASE_TTL_S:.0f} s (the default is {Options().lease_ttl:.0f})")
+    return ttl
+
+
 def add_lease(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--lease-ttl", type=float, default=Options().lease_ttl, metavar="SECONDS",
+        "--lease-ttl", type=_lease_ttl, default=Options().lease_ttl, metavar="SECONDS",
         help="how long after this reconciler's last renewal another may take the production over "
         f"(default {Options().lease_ttl:.0f}; renewed every third of it)",
     )

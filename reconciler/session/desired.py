@@ -15,6 +15,8 @@ from reconciler.errors import ConfigError
 from reconciler.lease import DEFAULT_TTL_S
 from reconciler.results import DEFAULT_BRANCH
 from reconciler.spec.load import (
+    DEFAULTS_DIR,
+    PRODUCTIONS_DIR,
     Loaded,
     list_names,
     load,
@@ -114,10 +116,13 @@ def desired_or_last_good(opts: Options, name: str, on_warning: Warn) -> tuple[De
         desired = load_desired(opts, name, on_warning=on_warning)
     except ConfigError as exc:
         repo = gitops.open_repo(opts.repo)
-        head = gitops.GitTree(repo, opts.ref).commit.hexsha if not opts.allow_dirty else "working tree"
+        tree = gitops.GitTree(repo, opts.ref)
+        if opts.allow_dirty or name not in list_names(tree) or not all(_in_desired_state(p.file) for p in exc.problems):
+            raise  # removed at the ref, or the command line's own mistake (--set, --machine): not a bad commit
+        head = tree.commit.hexsha
         good = gitops.last_good(repo, name)
         where = f"desired state of {name} at {opts.ref} ({head[:10]}) does not load: {'; '.join(str(p) for p in exc.problems)}"
-        if good is None or opts.allow_dirty:
+        if good is None:
             problem = f"{where}; paused: it never loaded before, so there is no last good revision to reconcile"
             report_problem(opts, name, head, problem, on_warning)
             raise ConfigError([*exc.problems]) from None
@@ -127,6 +132,11 @@ def desired_or_last_good(opts: Options, name: str, on_warning: Warn) -> tuple[De
     if not opts.allow_dirty:
         gitops.set_last_good(desired.repo, name, desired.commit)
     return desired, None
+
+
+def _in_desired_state(file: str) -> bool:
+    """Whether a problem is located in a committed file of desired state (productions/ or defaults/)."""
+    return file.startswith((f"{PRODUCTIONS_DIR}/", f"{DEFAULTS_DIR}/"))
 
 
 def report_problem(opts: Options, name: str, commit: str, problem: str, on_warning: Warn) -> None:

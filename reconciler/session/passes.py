@@ -71,10 +71,9 @@ def run_pass(
         pdir = desired.loaded.production_dir
         if not _within(exc.filename, pdir):
             raise  # not the directory's fault (the scheduler's, say): the caller says what it is
-        unusable = DirectoryUnusable(
-            f"production directory {pdir} cannot be used: {exc.strerror or exc}"
-            f"{f' ({exc.filename})' if getattr(exc, 'filename', None) else ''}; check that its file system is mounted "
-            "and that this user can write it (outputs.base_path in the production or machine defaults says where it is)"
+        unusable = DirectoryUnusable(  # no file name: it may be a temporary one, and status must not change every pass
+            f"production directory {pdir} cannot be used: {exc.strerror or type(exc).__name__}; check that its file system "
+            "is mounted and that this user can write it (outputs.base_path in the production or machine defaults says where it is)"
         )
         report_problem(opts, name, desired.commit, str(unusable), on_warning)
         raise unusable from None
