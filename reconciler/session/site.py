@@ -76,7 +76,7 @@ def load_report_inputs(opts: Options, name: str, branch: str) -> tuple[dict[str,
 
 def lease_of(opts: Options, name: str) -> Lease:
     """The lease of production ``name`` (its directory from desired state at the ref, or at its
-    last good revision when the ref's does not load), neither taken nor changed."""
+    last good revision when the ref's does not load), not taken: `info()` only reads (and writes a probe file for the file server's clock where it can)."""
     try:
         desired = load_desired(opts, name)
     except ConfigError:
