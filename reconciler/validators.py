@@ -6,11 +6,15 @@ asks about (``observe_outputs(deep=...)``), never on the common listing-only pat
 imported only when an hdf5 validator runs (it costs ~0.2 s of every task's start-up).
 
 Filesystem errors other than "not there" raise TransientError: a flaky mount must never be
-read as "the outputs are missing" and trigger thousands of resubmissions.
+read as "the outputs are missing" and trigger thousands of resubmissions, nor as "the
+outputs are corrupt" (verification would move good data to qa/corrupt/ and rerun it). The
+line between the two: an OSError that carries an errno (EIO, ESTALE, EACCES...) is the
+filesystem's answer, not the file's content; h5py and ``open`` give format errors none.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -43,10 +47,18 @@ def _hdf5_problem(path: Path, rel: str, datasets: Iterable[str]) -> str | None:
                 if obj.size:
                     # Read one element: catches data that the header promises but the file lacks.
                     _ = obj[(-1,) * obj.ndim] if obj.ndim else obj[()]
-    except (OSError, RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return f"not a readable HDF5 file: {rel} ({first})"
+    except OSError as exc:
+        if exc.errno is not None:
+            raise  # the filesystem failed (or the file vanished): ``validate`` says which
+        return _unreadable(rel, exc)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        return _unreadable(rel, exc)
     return None
+
+
+def _unreadable(rel: str, exc: Exception) -> str:
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"not a readable HDF5 file: {rel} ({first})"
 
 
 def _sha256_problem(path: Path, rel: str) -> str | None:
@@ -71,7 +83,9 @@ def validate(production_dir: Path, outputs: Sequence[str], validator: ValidatorL
     """None when every output passes ``validator``, else a short reason naming the output.
 
     Every output must exist and be a non-empty regular file; ``hdf5`` and ``sha256`` then
-    apply to every output of the task.
+    apply to every output of the task. Raises TransientError when the filesystem fails
+    (an OSError with an errno other than ENOENT, read permission included): a verdict then
+    would move good data aside and rerun it, for a fault that is the site's, not the task's.
     """
     for rel in outputs:
         path = production_dir / rel
@@ -92,9 +106,9 @@ def validate(production_dir: Path, outputs: Sequence[str], validator: ValidatorL
                 why = _sha256_problem(path, rel)
             else:
                 why = None
-        except PermissionError as exc:
-            return f"unreadable {rel}: {exc.strerror}"
         except OSError as exc:
+            if exc.errno == errno.ENOENT:  # gone between the stat and the open: really missing
+                return f"missing {rel}"
             raise TransientError(f"cannot read {path}: {exc}") from exc
         if why:
             return why

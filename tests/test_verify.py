@@ -8,17 +8,21 @@ the output tree on disk (what ``move_corrupt`` moves and the REASON.json it leav
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler import outputs
+from reconciler import outputs, validators
 from reconciler.core.model import Desired, Limits, Policy, TaskHistory, TaskObs, World
 from reconciler.core.planner import plan
 from reconciler.core.reasons import Reason
@@ -26,6 +30,7 @@ from reconciler.core.states import OutputState, SchedState
 from reconciler.core.verification import cursor_of, sample
 from reconciler.engine import Engine
 from reconciler.engine.observe import VERIFY_CURSOR_KEY
+from reconciler.errors import EXIT_TRANSIENT, TransientError
 from reconciler.ledger import Ledger
 from reconciler.spec.expand import Task
 from reconciler.spec.load import WorkTree, load
@@ -266,3 +271,43 @@ def test_move_corrupt_takes_outputs_and_markers_and_leaves_a_reason(tmp_path: Pa
     assert json.loads((dest / outputs.REASON_FILE).read_text()) == record
     assert not marker.exists() and not any((tmp_path / rel).exists() for rel in t.outputs)
     assert outputs.observe_outputs(tmp_path, [t], Validator())[t.key] is OutputState.MISSING
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ESTALE, errno.EACCES])
+@pytest.mark.parametrize("kind", ["hdf5", "sha256"])
+def test_a_read_error_while_verifying_is_transient_never_a_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, code: int) -> None:
+    """A flaky mount (EIO, ESTALE) or a permission change (EACCES) says nothing about the
+    bytes: a verdict would move good data to qa/corrupt/ and rerun it. The pass stops (exit 4)."""
+    t = task(0, 0.5)
+    produce(tmp_path, t)
+    path = tmp_path / t.outputs[0]
+    path.with_name(path.name + ".sha256").write_text(hashlib.sha256(path.read_bytes()).hexdigest() + "\n")
+    v = Validator(kind="hdf5", datasets=["galaxies/ra"]) if kind == "hdf5" else Validator(kind="sha256")
+    assert outputs.verify(tmp_path, [t], v) == {}
+
+    def failing_open(*_a: object, **_k: object) -> object:
+        raise OSError(code, os.strerror(code))
+
+    if kind == "hdf5":
+        monkeypatch.setattr(h5py, "File", failing_open)
+    else:
+        monkeypatch.setattr(validators, "open", failing_open, raising=False)  # shadows the builtin
+    with pytest.raises(TransientError) as err:
+        outputs.verify(tmp_path, [t], v)
+    assert err.value.exit_code == EXIT_TRANSIENT and os.strerror(code) in str(err.value)
+    assert path.stat().st_size > 0 and not (tmp_path / outputs.CORRUPT_DIR).exists()
+
+
+def test_a_file_gone_between_stat_and_open_is_missing_and_a_format_error_a_verdict(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = task(0, 0.5)
+    produce(tmp_path, t)
+    v = Validator(kind="hdf5", datasets=["galaxies/ra"])
+
+    def gone(*_a: object, **_k: object) -> object:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+    with monkeypatch.context() as m:
+        m.setattr(h5py, "File", gone)
+        assert outputs.verify(tmp_path, [t], v) == {t.key: f"missing {t.outputs[0]}"}
+    (tmp_path / t.outputs[0]).write_bytes(b"no HDF5 signature here\n")  # h5py's OSError without an errno
+    assert outputs.verify(tmp_path, [t], v)[t.key].startswith("not a readable HDF5 file")
