@@ -8,6 +8,7 @@ the output tree on disk (what ``move_corrupt`` moves and the REASON.json it leav
 
 from __future__ import annotations
 
+import argparse
 import errno
 import hashlib
 import json
@@ -23,15 +24,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler import outputs, validators
+from reconciler.cli import verify as verify_cli
 from reconciler.core.model import Desired, Limits, Policy, TaskHistory, TaskObs, World
 from reconciler.core.planner import plan
 from reconciler.core.reasons import Reason
 from reconciler.core.states import OutputState, SchedState
 from reconciler.core.verification import cursor_of, sample
-from reconciler.engine import Engine
+from reconciler.engine import Engine, PassResult
 from reconciler.engine.observe import VERIFY_CURSOR_KEY
 from reconciler.errors import EXIT_TRANSIENT, TransientError
 from reconciler.ledger import Ledger
+from reconciler.session.passes import PassReport
 from reconciler.spec.expand import Task
 from reconciler.spec.load import WorkTree, load
 from reconciler.spec.models import Validator
@@ -113,6 +116,44 @@ def test_a_staging_pass_moves_the_corrupt_output_and_stages_its_rerun() -> None:
     desired = Desired([T("t0", 0)], Policy(batch_size=10))
     world = World({"t0": DONE}, {"t0": TaskHistory(1)}, corrupt={"t0": "x"})
     assert kinds(plan(desired, world, 1000.0, Limits(), stage=True)) == [("quarantine", "output_corrupt", ("t0",)), ("stage", "output_corrupt", ("t0",))]
+
+
+def _verify_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], p: object, corrupt: dict[str, str], applied: dict[str, int], json_out: bool = False) -> tuple[int, str]:
+    """`reconcile verify` over a pass that planned ``p`` and found ``corrupt``: exit code, stdout."""
+    result = PassResult(p, applied, {"counts": {}, "total": 0}, [], tuple(corrupt), corrupt)  # type: ignore[arg-type]
+    monkeypatch.setattr(verify_cli, "options", lambda _a: None)
+    monkeypatch.setattr(verify_cli, "_pass", lambda *_a, **_k: PassReport("p", Path("."), None, result))
+    monkeypatch.setattr(verify_cli, "counts_line", lambda _s: "counts")
+    code = verify_cli.cmd_verify(argparse.Namespace(name="p", keys=[], json=json_out))
+    return code, capsys.readouterr().out
+
+
+def test_verify_reports_the_moves_the_plan_made_not_every_verdict(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The planner leaves a verdict on a task in flight or with no scheduler answer yet: the
+    report says so, and only a move it made is reported as one (and makes exit 1)."""
+    tasks = [T("done", 0), T("run", 1), T("noanswer", 2)]
+    desired = Desired(tasks, Policy(batch_size=10))
+    corrupt = {"done": "empty a.h5", "run": "empty b.h5", "noanswer": "empty c.h5"}
+    obs = {"done": DONE, "run": TaskObs(OutputState.COMPLETE, SchedState.RUNNING), "noanswer": TaskObs(OutputState.COMPLETE, None)}
+    world = World(obs, {k: TaskHistory(1) for k in obs}, corrupt=corrupt)
+    p = plan(desired, world, 1000.0, Limits())
+    applied = {"quarantine": 1, "resubmit": 1}
+    code, out = _verify_cli(monkeypatch, capsys, p, corrupt, applied)
+    assert code == 1
+    assert "p: verified 3 completed task(s): 0 sound, 3 corrupt (1 moved, 2 left for a later pass)" in out
+    assert "p: corrupt done: output failed verification: empty a.h5 (moved to qa/corrupt/done/" in out
+    assert "p: found corrupt run: output failed verification: empty b.h5 (left for a later pass" in out
+    assert out.count("moved to qa/corrupt/") == 1
+    code, out = _verify_cli(monkeypatch, capsys, p, corrupt, applied, json_out=True)
+    assert {c["key"]: c["moved_to"] for c in json.loads(out)["corrupt"]} == {"done": "qa/corrupt/done/", "run": None, "noanswer": None}
+    # nothing acted on: nothing moved, exit 0
+    left_only = {k: corrupt[k] for k in ("run", "noanswer")}
+    p2 = plan(desired, World(obs, world.history, corrupt=left_only), 1000.0, Limits())
+    code, out = _verify_cli(monkeypatch, capsys, p2, left_only, {})
+    assert code == 0 and "moved to" not in out and out.count("left for a later pass") == 3
+    v = verify_cli.split_verdicts(p, corrupt, applied)
+    assert (v.moved, set(v.left)) == ({"done": "empty a.h5"}, {"run", "noanswer"})
+    assert verify_cli.split_verdicts(p, corrupt, {}).moved == {}  # a plan not applied moved nothing
 
 
 # ------------------------------------------------------------------ the rotation
