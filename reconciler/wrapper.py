@@ -19,6 +19,7 @@ not found", which no retry fixes, from a command that happened to exit 127.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -39,9 +40,14 @@ from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
 EXIT_USAGE = 2
 EXIT_INVALID_OUTPUT = 65
 EXIT_IO = 74
+EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: the command could not be started this time
 EXIT_TIMEOUT = 124
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
+CANNOT_EXECUTE = frozenset({errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR, errno.ENOTDIR})
+"""Launch errors that are the file's (no x bit, a directory, a script without #!): no retry
+runs it either, so the planner gives up at once. Any other (ENOMEM, EAGAIN from a fork under
+pressure, ETXTBSY, EIO or ESTALE on the software mount) is the node's, and may pass."""
 KILL_GRACE_S = 5.0
 POLL_S = 0.2
 TAIL_BYTES = 8192
@@ -171,9 +177,13 @@ def run(manifest_path: Path, array_index: str) -> int:
     except FileNotFoundError:
         _say(f"command not found: {argv[0]}")
         return _failed(manifest_path, array_index, EXIT_NOT_FOUND, CauseKind.NOT_FOUND, argv[0])
-    except OSError as exc:  # EACCES, a directory, ENOEXEC (a script without #!): no retry runs it either
-        _say(f"command not executable: {argv[0]} ({exc.strerror})")
-        return _failed(manifest_path, array_index, EXIT_NOT_EXECUTABLE, CauseKind.NOT_EXECUTABLE, argv[0])
+    except OSError as exc:
+        if exc.errno in CANNOT_EXECUTE:
+            _say(f"command not executable: {argv[0]} ({exc.strerror})")
+            return _failed(manifest_path, array_index, EXIT_NOT_EXECUTABLE, CauseKind.NOT_EXECUTABLE, argv[0])
+        failure = f"{argv[0]}: {exc.strerror or exc}"
+        _say(f"command could not be started: {failure}")
+        return _failed(manifest_path, array_index, EXIT_TEMPFAIL, CauseKind.LAUNCH_FAILED, failure)
     child.append(proc)
     if terminated:  # a signal that arrived between the handler's install and Popen
         killpg(proc.pid, signal.SIGTERM)

@@ -50,7 +50,7 @@ class T:
 
 SCHED = [None, *SchedState]
 OUT = list(OutputState)
-CAUSES = [None, Cause(CauseKind.EXIT, "", 1), Cause(CauseKind.NOT_FOUND, "gen", 127), Cause(CauseKind.NOT_EXECUTABLE, "gen", 126)]
+CAUSES = [None, Cause(CauseKind.EXIT, "", 1), Cause(CauseKind.NOT_FOUND, "gen", 127), Cause(CauseKind.NOT_EXECUTABLE, "gen", 126), Cause(CauseKind.LAUNCH_FAILED, "gen: Resource temporarily unavailable", 75)]
 
 
 @st.composite
@@ -372,7 +372,7 @@ def test_a_command_that_cannot_run_gives_up_on_its_first_failure(kind: CauseKind
     assert "retrying cannot fix" in give_up.message
 
 
-@pytest.mark.parametrize("cause", [None, Cause(CauseKind.EXIT, "", 127), Cause(CauseKind.TIMEOUT, "60", 124), Cause(CauseKind.INVALID_OUTPUT, "empty x.h5", 65)])
+@pytest.mark.parametrize("cause", [None, Cause(CauseKind.EXIT, "", 127), Cause(CauseKind.TIMEOUT, "60", 124), Cause(CauseKind.INVALID_OUTPUT, "empty x.h5", 65), Cause(CauseKind.LAUNCH_FAILED, "gen: Resource temporarily unavailable", 75)])
 def test_any_other_cause_backs_off_as_before(cause: Cause | None) -> None:
     desired, world = _failed_attempt(cause)
     record, wait = plan(desired, world, 110.0, Limits()).actions

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -11,6 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from reconciler import wrapper
 from reconciler.core.causes import Cause, CauseKind, from_doc
 from reconciler.markers import cause_path, marker_path, read_cause, read_marker
 from reconciler.outputs import observe_outputs
@@ -253,6 +257,36 @@ def test_a_file_that_cannot_be_executed_is_recorded_as_such(tmp_path: Path) -> N
     manifest, _ = write_manifest(tmp_path, [str(script)])
     assert run_wrapper(manifest).returncode == 126
     assert the_cause(manifest) == Cause(CauseKind.NOT_EXECUTABLE, str(script), 126)
+
+
+@pytest.mark.parametrize("code", [errno.EAGAIN, errno.ENOMEM, errno.ETXTBSY, errno.EIO, errno.ESTALE])
+def test_a_launch_that_fails_for_the_node_is_retryable_not_permanent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """A fork under memory pressure or a flaky software mount says nothing about the command:
+    recorded as a launch failure the planner backs off from, never as "not executable"."""
+    manifest, _ = write_manifest(tmp_path, ["generator", "--seed", "1"])
+
+    def refuse(*_a: object, **_k: object) -> object:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(signal, "signal", lambda *_a: None)  # in-process: leave pytest's handlers alone
+    assert wrapper.run(manifest, "7") == wrapper.EXIT_TEMPFAIL
+    cause = the_cause(manifest)
+    assert cause == Cause(CauseKind.LAUNCH_FAILED, f"generator: {os.strerror(code)}", wrapper.EXIT_TEMPFAIL)
+    assert not cause.kind.permanent and cause.text == f"command could not be started: generator: {os.strerror(code)}"
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR, errno.ENOTDIR])
+def test_a_launch_that_fails_for_the_file_is_not_executable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    manifest, _ = write_manifest(tmp_path, ["generator"])
+
+    def refuse(*_a: object, **_k: object) -> object:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(signal, "signal", lambda *_a: None)
+    assert wrapper.run(manifest, "7") == wrapper.EXIT_NOT_EXECUTABLE
+    assert the_cause(manifest) == Cause(CauseKind.NOT_EXECUTABLE, "generator", 126)
 
 
 def test_an_exit_carries_the_last_lines_of_stderr_but_not_the_wrappers(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ class CauseKind(StrEnum):
     CANCELLED = "cancelled"  # the wrapper itself got SIGTERM/SIGINT (scancel, preemption, Slurm's time limit)
     NOT_FOUND = "not_found"  # the executable does not exist
     NOT_EXECUTABLE = "not_executable"  # it exists but cannot be executed
+    LAUNCH_FAILED = "launch_failed"  # it could not be started this time (ENOMEM, EAGAIN, ETXTBSY, EIO): may pass
     INVALID_OUTPUT = "invalid_output"  # exited 0, but the validator rejected the outputs
     MARKER_IO = "marker_io"  # outputs valid, but the completion marker could not be written
 
@@ -47,6 +48,7 @@ _LABELS = {
     CauseKind.CANCELLED: "cancelled by",
     CauseKind.NOT_FOUND: "command not found",
     CauseKind.NOT_EXECUTABLE: "command not executable",
+    CauseKind.LAUNCH_FAILED: "command could not be started",
     CauseKind.INVALID_OUTPUT: "outputs invalid",
     CauseKind.MARKER_IO: "completion marker not written",
 }
@@ -79,7 +81,7 @@ class Cause:
     def text(self) -> str:
         """The whole sentence for one task: the group, then its specifics (the validator's
         message, the timeout, the last line the command wrote on stderr)."""
-        if self.kind in (CauseKind.INVALID_OUTPUT, CauseKind.MARKER_IO) and self.detail:
+        if self.kind in (CauseKind.INVALID_OUTPUT, CauseKind.MARKER_IO, CauseKind.LAUNCH_FAILED) and self.detail:
             return f"{self.group}: {self.detail}"
         if self.kind is CauseKind.TIMEOUT and self.detail:
             return f"timeout after {self.detail} s"
