@@ -5,6 +5,7 @@ with and without stored comments, is in tests/test_loop_slurm.py (marked slurm).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -145,12 +146,25 @@ def test_not_slurm_is_ok() -> None:
 
 def test_fs_judgments() -> None:
     good = judge.judge_fs(FsFacts("/p/a", "/p/a", "lustre", skew_s=0.3))
-    assert [c.level for c in good] == [L.OK] * 4 and "network file system" in good[0].message
+    assert [c.level for c in good] == [L.OK] * 6 and "network file system" in good[0].message
     bad = judge.judge_fs(FsFacts("/p/a", "/p", "nfs4", excl_error="PermissionError: Permission denied"))
-    assert [c.level for c in bad] == [L.OK, L.FAIL, L.OK, L.WARN] and "will be created" in bad[0].message
+    assert [c.level for c in bad] == [L.OK, L.FAIL, L.OK, L.OK, L.OK, L.WARN] and "will be created" in bad[0].message
     no_flock = judge.judge_fs(FsFacts("/p/a", "/p/a", "lustre", flock_error="OSError: Function not implemented", skew_s=5.0))
-    assert [c.level for c in no_flock] == [L.OK, L.OK, L.WARN, L.WARN] and "NTP" in no_flock[3].fix
-    assert judge.judge_fs(FsFacts("/p/a", "/p/a", "nfs", skew_s=-400.0))[3].level is L.FAIL
+    assert [c.level for c in no_flock] == [L.OK, L.OK, L.OK, L.OK, L.WARN, L.WARN] and "NTP" in no_flock[5].fix
+    assert judge.judge_fs(FsFacts("/p/a", "/p/a", "nfs", skew_s=-400.0))[5].level is L.FAIL
+
+
+def test_fs_judgments_follow_what_the_lease_uses() -> None:
+    """The lease claims by link and renews by os.replace, never by flock: a filesystem without
+    hard links FAILs, and flock failing is a WARN about the ledger's SQLite locking only."""
+    checks = {c.name.rsplit(":", 1)[1]: c for c in judge.judge_fs(FsFacts("/p/a", "/p/a", "vfat", link_error="os.link failed: PermissionError: Operation not permitted", skew_s=0.0))}
+    assert checks["link"].level is L.FAIL and "Operation not permitted" in checks["link"].message
+    assert checks["link"].fix == "put the production directory (outputs.base_path) on a filesystem that supports hard links"
+    replace = {c.name.rsplit(":", 1)[1]: c for c in judge.judge_fs(FsFacts("/p/a", "/p/a", "x", replace_error="OSError: EIO", skew_s=0.0))}
+    assert replace["replace"].level is L.FAIL and replace["link"].level is L.OK
+    flock = {c.name.rsplit(":", 1)[1]: c for c in judge.judge_fs(FsFacts("/p/a", "/p/a", "lustre", flock_error="OSError: ENOSYS", skew_s=0.0))}["flock"]
+    assert flock.level is L.WARN and "only SQLite's locking of the ledger" in flock.message
+    assert "does not use flock" in flock.fix and "two loops" not in flock.fix
 
 
 def test_remote_judgments() -> None:
@@ -168,8 +182,35 @@ def test_exit_code() -> None:
 def test_filesystem_probe_here(tmp_path: Path) -> None:
     facts = probe.filesystem(tmp_path / "not" / "yet")
     assert facts.probed == str(tmp_path) and facts.excl_error is None and facts.flock_error is None
+    assert facts.link_error is None and facts.replace_error is None
     assert facts.fstype and facts.skew_s is not None and abs(facts.skew_s) < 2
-    assert list(tmp_path.iterdir()) == []  # the probe file is gone
+    assert list(tmp_path.iterdir()) == []  # the probe files are gone
+
+
+@pytest.mark.parametrize("code", [errno.EPERM, errno.ENOTSUP])
+def test_filesystem_probe_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    def no_links(*_a: object, **_k: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "link", no_links)
+    facts = probe.filesystem(tmp_path)
+    assert facts.link_error and os.strerror(code) in facts.link_error
+    assert facts.replace_error is None  # os.replace is probed all the same
+    assert [c.level for c in judge.judge_fs(facts) if c.name.endswith(":link")] == [L.FAIL]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_filesystem_probe_where_a_link_onto_an_existing_name_succeeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem that lets a second link replace the first would let two takers both win."""
+    real = os.link
+
+    def clobbering_link(src: object, dst: object, *a: object, **k: object) -> None:
+        Path(str(dst)).unlink(missing_ok=True)
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "link", clobbering_link)
+    facts = probe.filesystem(tmp_path)
+    assert facts.link_error == "a link onto an existing name succeeded"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")

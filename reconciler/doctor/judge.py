@@ -207,9 +207,12 @@ class FsFacts:
     excl_error: str | None = None  # None: O_CREAT|O_EXCL created the file, and refused a second time
     flock_error: str | None = None  # None: flock(LOCK_EX|LOCK_NB) worked
     skew_s: float | None = None  # fresh file's mtime minus this host's clock
+    link_error: str | None = None  # None: link onto a new name worked, onto an existing one raised FileExistsError
+    replace_error: str | None = None  # None: os.replace over an existing file worked
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
+LINK_FIX = "put the production directory (outputs.base_path) on a filesystem that supports hard links"
 NETWORK_FS = ("nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "beegfs", "ceph", "fuse.sshfs", "panfs", "wekafs")
 
 
@@ -224,12 +227,26 @@ def judge_fs(f: FsFacts) -> list[Check]:
         out.append(Check(f"{name}:create", Level.FAIL, f"atomic create (O_EXCL) failed: {f.excl_error}",
                          "put outputs.base_path on a filesystem where you can create files (permissions, quota, "
                          "a mount that honours O_EXCL)"))
+    # The lease (reconciler/lease.py) claims a generation by linking a complete file onto a
+    # new name (one taker wins, the others get FileExistsError) and renews by os.replace:
+    # without them no lease can be taken here, so these two FAIL.
+    if f.link_error is None:
+        out.append(Check(f"{name}:link", Level.OK, "hard links work, and a link onto an existing name is refused (the lease's claim)"))
+    else:
+        out.append(Check(f"{name}:link", Level.FAIL, f"the lease cannot be claimed here: {f.link_error}", LINK_FIX))
+    if f.replace_error is None:
+        out.append(Check(f"{name}:replace", Level.OK, "atomic replace (os.replace) works (the lease's heartbeat)"))
+    else:
+        out.append(Check(f"{name}:replace", Level.FAIL, f"atomic replace (os.replace) failed: {f.replace_error}",
+                         "put the production directory (outputs.base_path) on a filesystem that supports atomic rename"))
+    # Only SQLite's own locking of the ledger uses file locks; the lease never does.
     if f.flock_error is None:
         out.append(Check(f"{name}:flock", Level.OK, "flock works"))
     else:
-        out.append(Check(f"{name}:flock", Level.WARN, f"flock does not work here: {f.flock_error}",
-                         "run one loop per production (or ask admins to mount with -o flock); "
-                         "the lock cannot keep two loops apart on this filesystem"))
+        out.append(Check(f"{name}:flock", Level.WARN,
+                         f"flock does not work here: {f.flock_error}; this affects only SQLite's locking of the ledger",
+                         "nothing for the lease, which does not use flock; for SQLite's locking of the ledger (a "
+                         "read-only `status` or `plan` while a pass writes), ask admins to mount with -o flock"))
     if f.skew_s is None:
         out.append(Check(f"{name}:clock", Level.WARN, "could not measure the clock skew (no fresh file)",
                          "check that the file server's and this host's clocks agree (NTP)"))

@@ -135,9 +135,10 @@ def existing_ancestor(path: Path) -> Path:
 
 
 def filesystem(path: Path) -> FsFacts:
-    """Create a file with O_EXCL (and check a second create is refused), flock it, compare its
-    mtime with this host's clock; then remove it. Runs in ``path`` or, before the production
-    directory exists, in its nearest existing ancestor, where it would be created."""
+    """Create a file with O_EXCL (and check a second create is refused), link it as the lease
+    claims (``link_and_replace``), flock it, compare its mtime with this host's clock; then
+    remove it all. Runs in ``path`` or, before the production directory exists, in its nearest
+    existing ancestor, where it would be created."""
     where = existing_ancestor(path)
     probe = where / f".reconcile-doctor-{socket.gethostname()}-{os.getpid()}"
     excl_error = flock_error = None
@@ -161,6 +162,7 @@ def filesystem(path: Path) -> FsFacts:
             pass
         except OSError as e:
             excl_error = f"a second O_EXCL create failed with {type(e).__name__} instead of FileExistsError"
+        link_error, replace_error = link_and_replace(probe)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -169,7 +171,40 @@ def filesystem(path: Path) -> FsFacts:
     finally:
         os.close(fd)
         probe.unlink(missing_ok=True)
-    return FsFacts(str(path), str(where), fstype(where), excl_error, flock_error, skew)
+    return FsFacts(str(path), str(where), fstype(where), excl_error, flock_error, skew, link_error=link_error, replace_error=replace_error)
+
+
+def link_and_replace(probe: Path) -> tuple[str | None, str | None]:
+    """(link_error, replace_error) for what the lease does: ``os.link`` of a complete file onto
+    a new name (some filesystems refuse hard links: EPERM, ENOTSUP), then onto that name again,
+    which must raise FileExistsError (of two takers one wins); ``os.replace`` of a fresh file
+    over an existing one (the heartbeat). Removes every name it made."""
+    claim, fresh = probe.with_name(probe.name + ".claim"), probe.with_name(probe.name + ".beat")
+    link_error = replace_error = None
+    try:
+        try:
+            os.link(probe, claim)
+        except OSError as e:
+            link_error = f"os.link failed: {type(e).__name__}: {e.strerror or e}"
+            claim.write_bytes(b"claim\n")  # something for os.replace to replace all the same
+        else:
+            try:
+                os.link(probe, claim)
+                link_error = "a link onto an existing name succeeded"
+            except FileExistsError:
+                pass
+            except OSError as e:
+                link_error = f"a link onto an existing name failed with {type(e).__name__} instead of FileExistsError"
+        fresh.write_bytes(b"beat\n")
+        os.replace(fresh, claim)
+        if claim.read_bytes() != b"beat\n":
+            replace_error = "the replaced file does not hold the new content"
+    except OSError as e:
+        replace_error = f"{type(e).__name__}: {e.strerror or e}"
+    finally:
+        claim.unlink(missing_ok=True)
+        fresh.unlink(missing_ok=True)
+    return link_error, replace_error
 
 
 # ---------------------------------------------------------------- the results branch's remote
