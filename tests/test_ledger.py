@@ -11,7 +11,8 @@ from pathlib import Path
 
 from reconciler.core.causes import Cause, CauseKind
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
-from reconciler.ledger import MIGRATE_0_TO_1, SCHEMA_VERSION, Ledger
+from reconciler.ledger import Ledger
+from reconciler.ledger_schema import MIGRATE_0_TO_1, SCHEMA_VERSION
 
 V0_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
