@@ -307,3 +307,14 @@ def test_load_file_rejects_name_mismatch(tmp_path: Path) -> None:
     (tmp_path / "productions/x.yaml").write_text("production: {name: y}\nscience: {redshifts: [1], realizations: {}}\ntask: {command: a, outputs: [b]}\n")
     with pytest.raises(ConfigError, match="does not match the file name"):
         load_file(WorkTree(tmp_path), "productions/x.yaml")
+
+
+def test_two_tasks_writing_one_output_path_is_a_validate_error_naming_both(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    demo = repo / "productions/demo.yaml"
+    demo.write_text(demo.read_text().replace("catalogs/r{realization:04d}/mock_z{redshift:.3f}.hdf5", "catalogs/r{realization:04d}/mock.hdf5"))
+    assert main(["validate", "productions/demo.yaml", "--repo", str(repo)]) == 2
+    err = capsys.readouterr().err
+    assert "productions/demo.yaml:38:3: task.outputs: tasks r0000/z0.500 and r0000/z1.000 both write 'catalogs/r0000/mock.hdf5'" in err
+    demo.write_text(demo.read_text().replace("    - catalogs/r{realization:04d}/mock.hdf5", "    - catalogs/r{realization:04d}/mock_z{redshift:.3f}.hdf5\n    - catalogs/r{realization:04d}/mock_z{redshift:.3f}.hdf5"))
+    assert main(["validate", "productions/demo.yaml", "--repo", str(repo)]) == 2
+    assert "lists the output 'catalogs/r0000/mock_z0.500.hdf5' twice" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import json
 import re
 import shlex
 import string
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
@@ -274,6 +274,24 @@ def check_output_path(rel: str) -> str | None:
     return None
 
 
+def _collision(tasks: Sequence[Task], key: str, outputs: Sequence[str]) -> None:
+    """Raise for the output of task ``key`` another task (or ``key`` itself, twice) also writes.
+    Only called once a collision is known, so the search costs nothing on valid productions."""
+    mine: set[str] = set()
+    for rel in outputs:
+        if rel in mine:
+            raise TemplateError("task.outputs", f"task {key} lists the output {rel!r} twice", "each entry of task.outputs must render to its own path")
+        mine.add(rel)
+    for other in tasks:
+        for rel in other.outputs:
+            if rel in mine:
+                raise TemplateError(
+                    "task.outputs", f"tasks {other.key} and {key} both write {rel!r}, so one would overwrite the other",
+                    "put every axis in each output path, e.g. catalogs/r{realization:04d}/mock_z{redshift:.3f}.hdf5",
+                )
+    raise AssertionError(f"a collision of {key}'s outputs that no task explains")  # pragma: no cover
+
+
 def expand(prod: Production) -> Expansion:
     """All tasks of ``prod``; raises TemplateError on the first template or path problem."""
     # The cyclic GC would walk the growing task list again and again (10^6 tasks: seconds);
@@ -309,6 +327,7 @@ def _expand(prod: Production) -> Expansion:
     tasks: list[Task] = []
     excluded: list[Excluded] = []
     seen: set[str] = set()
+    written: set[str] = set()  # every output path so far: two tasks writing one path overwrite each other
     axes = renderer.axes
     index = -1
     # Keys by string pieces rendered once per value (same text as task_key; 10^6 tasks a pass).
@@ -340,6 +359,10 @@ def _expand(prod: Production) -> Expansion:
                 why = check_output_path(rel)
                 if why:
                     raise TemplateError("task.outputs", f"output path {rel!r} of task {key} {why}", "outputs are relative to the production directory and stay inside it")
+        before = len(written)
+        written.update(outputs)
+        if len(written) != before + len(outputs):
+            _collision(tasks, key, outputs)
         if fast is None:
             argv = renderer._argv(values, key, SYMBOLIC_DIR, outputs)
         h = hash_base.copy()  # fingerprint: hash of the static parts, then of the symbolic argv
