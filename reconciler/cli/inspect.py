@@ -29,7 +29,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     summary, pdir, tag = read_status(options(args), args.name)
     if args.json:
-        print(json.dumps({"production": args.name, "directory": str(pdir), "tag": tag, **public(summary, args.verbose)}, indent=2, sort_keys=True))
+        doc = {"production": args.name, "directory": str(pdir), "tag": tag, **public(summary, args.verbose or args.tasks)}
+        print(json.dumps(doc, indent=2, sort_keys=True))
     else:
         print(status_text(args.name, summary, args.verbose, pdir, tag))
     return EXIT_OK
@@ -57,7 +58,10 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     with Stop() as stop:
         while True:
             summary, _pdir, _tag = read_status(opts, args.name)
-            if not console.is_terminal or args.count == 1:
+            if args.json:  # one JSON object per line and tick, for scripts (JSON Lines)
+                line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "production": args.name, **public(summary, False)}
+                print(json.dumps(line, sort_keys=True), flush=True)
+            elif not console.is_terminal or args.count == 1:
                 print(f"[{time.strftime('%H:%M:%S')}] {args.name}: {counts_line(summary)}", flush=True)
             else:
                 console.clear()
@@ -86,6 +90,7 @@ def register(add: Any) -> None:
         add_scheduler(p)
         if name == "status":
             p.add_argument("--verbose", action="store_true", help="every failure and every task's state")
+            p.add_argument("--tasks", action="store_true", help="with --json: every task's state (`states`: key -> state)")
         if name == "monitor":
             p.add_argument("--interval", type=float, default=10.0, help="seconds between refreshes")
             p.add_argument("--count", type=int, default=0, help="stop after this many refreshes (0: until Ctrl-C)")
