@@ -318,3 +318,29 @@ def test_two_tasks_writing_one_output_path_is_a_validate_error_naming_both(repo:
     demo.write_text(demo.read_text().replace("    - catalogs/r{realization:04d}/mock.hdf5", "    - catalogs/r{realization:04d}/mock_z{redshift:.3f}.hdf5\n    - catalogs/r{realization:04d}/mock_z{redshift:.3f}.hdf5"))
     assert main(["validate", "productions/demo.yaml", "--repo", str(repo)]) == 2
     assert "lists the output 'catalogs/r0000/mock_z0.500.hdf5' twice" in capsys.readouterr().err
+
+
+def test_list_counts_tasks_without_expanding_and_agrees_with_the_expansion(repo: Path) -> None:
+    from reconciler.spec.expand import count_tasks
+    from reconciler.spec.load import WorkTree, load
+
+    demo = repo / "productions/demo.yaml"
+    text = demo.read_text()
+    variants = {
+        "plain": text,
+        "excluded": text.replace(
+            "    step: 1\n",
+            "    step: 1\n    exclude:\n      - {realization: 2, reason: bad seed}\n      - {realization: 3, redshift: 1.0, reason: bad snapshot}\n"
+            "      - {realization: 2, redshift: 0.5, reason: also within a whole exclusion}\n      - {realization: 3, redshift: 1.0, reason: twice}\n",
+        ),
+    }
+    variants["axes"] = variants["excluded"].replace("  env:\n", "  axes:\n    box: [1, 2, 3]\n  env:\n").replace("--output {output}", "--output {output} --box {box}").replace(
+        "mock_z{redshift:.3f}.hdf5", "mock_z{redshift:.3f}_b{box}.hdf5")
+    for name, body in variants.items():
+        demo.write_text(body)
+        loaded = load(WorkTree(repo), "demo", repo_root=repo)
+        assert count_tasks(loaded.spec) == len(loaded.expansion().tasks), name
+    assert count_tasks(loaded.spec) == (8 * 4 - 4 - 1) * 3
+    for other in ("test_basic",):
+        loaded = load(WorkTree(repo), other, repo_root=repo)
+        assert count_tasks(loaded.spec) == len(loaded.expansion().tasks) > 0

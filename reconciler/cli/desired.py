@@ -15,6 +15,7 @@ from reconciler.errors import EXIT_INVALID, EXIT_OK, ConfigError
 from reconciler.production_dir import init_production_dir
 from reconciler.schema import write_schemas
 from reconciler.session import load_desired
+from reconciler.spec.expand import count_tasks
 from reconciler.spec.load import (
     DEFAULTS_DIR,
     PRODUCTIONS_DIR,
@@ -86,8 +87,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name in list_names(tree):
         row: dict[str, Any] = {"name": name, "file": f"{PRODUCTIONS_DIR}/{name}.yaml", "latest_tag": gitops.latest_tag(repo, name)}
         try:
-            loaded = load(tree, name, opts.machine_name, repo_root=Path(repo.working_tree_dir or "."))
-            row.update(version=loaded.spec.production.version, tasks=len(loaded.expansion().tasks))
+            loaded = load(tree, name, opts.machine_name, repo_root=Path(repo.working_tree_dir or "."), check_tasks=False)
+            row.update(version=loaded.spec.production.version, tasks=count_tasks(loaded.spec))  # counted, not expanded
         except ConfigError as exc:
             row.update(error=f"invalid: {len(exc.problems)} problem(s); run `reconcile validate`")
         rows.append(row)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import re
 import shlex
 import string
@@ -272,6 +273,23 @@ def check_output_path(rel: str) -> str | None:
     if not parts:
         return "is empty"
     return None
+
+
+def count_tasks(prod: Production) -> int:
+    """How many tasks ``expand(prod)`` makes, without making them: `reconcile list` over a
+    2,000,000-task production in milliseconds instead of seconds. Agrees with ``expand`` on
+    every production ``expand`` accepts (tests/test_spec.py holds it); what ``expand`` would
+    refuse is for ``validate`` to say."""
+    sci = prod.science
+    realizations = set(sci.realizations.values())
+    redshifts = set(sci.redshifts)
+    whole = {ex.realization for ex in sci.realizations.exclude if ex.redshift is None} & realizations
+    pairs = {
+        (ex.realization, ex.redshift) for ex in sci.realizations.exclude
+        if ex.redshift is not None and ex.realization in realizations and ex.realization not in whole and ex.redshift in redshifts
+    }
+    per_pair = math.prod(len(values) for values in prod.task.axes.values())
+    return ((len(realizations) - len(whole)) * len(redshifts) - len(pairs)) * per_pair
 
 
 def _collision(tasks: Sequence[Task], key: str, outputs: Sequence[str]) -> None:
