@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from reconciler.cli import main
 from reconciler.errors import ConfigError
 from reconciler.schema import SCHEMAS, render
-from reconciler.spec.expand import expand
+from reconciler.spec.expand import count_tasks, expand
 from reconciler.spec.load import WorkTree, load, load_file, provenance
 from reconciler.spec.models import Production
 from reconciler.spec.yamlsrc import parse
@@ -196,7 +196,8 @@ def _production(realizations: dict, redshifts: list[float], axes: dict | None = 
         {
             "production": {"name": "p", "version": version},
             "science": {"redshifts": redshifts, "realizations": realizations, "catalog_params": {"m": 25.0}},
-            "task": {"command": command, "outputs": ["c/r{realization:04d}/z{redshift:.3f}.h5"], "axes": axes or {}},
+            # every axis in the output path: two tasks writing one path is an error (task.outputs)
+            "task": {"command": command, "outputs": ["c/r{realization:04d}/z{redshift:.3f}" + "".join(f"_{{{a}}}" for a in sorted(axes or {})) + ".h5"], "axes": axes or {}},
         }
     )
 
@@ -217,7 +218,9 @@ def test_expansion_count_keys_and_indices(start: int, count: int, step: int, red
     values = list(range(start, start + count * step, step))
     excl = [{"realization": r, "reason": "bad"} for r in values[:n_excl]]
     axes = {"seed": seeds} if seeds else {}
-    exp = expand(_production({"start": start, "count": count, "step": step, "exclude": excl}, redshifts, axes))
+    prod = _production({"start": start, "count": count, "step": step, "exclude": excl}, redshifts, axes)
+    exp = expand(prod)
+    assert count_tasks(prod) == len(exp.tasks)  # what `list` shows, without expanding
     per_realization = len(redshifts) * max(1, len(seeds))
     assert len(exp.tasks) == (len(values) - len(excl)) * per_realization
     assert exp.total == len(values) * per_realization
