@@ -5,7 +5,7 @@ ENOSYS on Lustre without ``-o flock``, granted on every node at once on GPFS), s
 uses one thing shared filesystems do atomically: ``link`` onto a new name, which fails if the
 name exists. Modelled on Kubernetes leases and Dagu's directory lock:
 
-- ``lease.claim.<N>`` names the holder of generation N (host, pid, boot id, a random nonce).
+- ``lease.claim.<N>`` names the holder of generation N (host, pid, boot id, when).
   The highest N *is* the lease: a new holder claims N+1 by linking a complete file to that
   name, and of several takers exactly one link succeeds. Claim files are never rewritten,
   so no slow writer can put an older holder back; the last few are kept as the record.
@@ -76,7 +76,6 @@ class Holder:
     host: str
     pid: int
     boot_id: str
-    nonce: str
     started: float  # wall clock of the holder, for people only
     ttl_s: float
     stolen_from: str = ""  # "host pid N (generation G)" when this holder took it with --steal
@@ -85,14 +84,14 @@ class Holder:
     def from_json(cls, doc: dict[str, Any]) -> Holder:
         return cls(
             int(doc["generation"]), str(doc["host"]), int(doc["pid"]), str(doc.get("boot_id", "")),
-            str(doc["nonce"]), float(doc.get("started", 0.0)), float(doc.get("ttl_s", DEFAULT_TTL_S)),
+            float(doc.get("started", 0.0)), float(doc.get("ttl_s", DEFAULT_TTL_S)),
             str(doc.get("stolen_from", "")),
         )
 
     def to_json(self) -> dict[str, Any]:
         return {
             "generation": self.generation, "host": self.host, "pid": self.pid, "boot_id": self.boot_id,
-            "nonce": self.nonce, "started": self.started, "ttl_s": self.ttl_s, "stolen_from": self.stolen_from,
+            "started": self.started, "ttl_s": self.ttl_s, "stolen_from": self.stolen_from,
         }
 
     def describe(self) -> str:
@@ -220,7 +219,7 @@ class Lease:
                 )
         generation = max(n, floor) + 1
         stolen = f"{cur.host} pid {cur.pid} (generation {n})" if steal and cur is not None and live else ""
-        me = Holder(generation, socket.gethostname(), os.getpid(), boot_id(), secrets.token_hex(8), time.time(), self.ttl_s, stolen_from=stolen)
+        me = Holder(generation, socket.gethostname(), os.getpid(), boot_id(), time.time(), self.ttl_s, stolen_from=stolen)
         tmp = self._tmp("claim")
         tmp.write_text(json.dumps(me.to_json()))
         try:

@@ -36,7 +36,7 @@ class Clock:
 def other_host_holds(d: Path, generation: int = 1, ttl: float = 60.0) -> Holder:
     """Write the claim and beat as a reconciler on another login node would have."""
     d.mkdir(parents=True, exist_ok=True)
-    h = Holder(generation, "login-elsewhere", 4242, "another-boot", "cafe" * 4, time.time(), ttl)
+    h = Holder(generation, "login-elsewhere", 4242, "another-boot", time.time(), ttl)
     (d / f"lease.claim.{generation}").write_text(json.dumps(h.to_json()))
     (d / f"lease.beat.{generation}").write_text("7")
     return h
@@ -87,7 +87,7 @@ def test_a_holder_whose_process_is_gone_on_this_host_is_taken_over_at_once(tmp_p
     pid = int(dead.stdout)
     from reconciler.lease import boot_id
 
-    h = Holder(5, os.uname().nodename, pid, boot_id(), "dead" * 4, time.time(), 600)
+    h = Holder(5, os.uname().nodename, pid, boot_id(), time.time(), 600)
     (tmp_path / "lease.claim.5").write_text(json.dumps(h.to_json()))
     lease = Lease(tmp_path, 60).acquire()
     try:

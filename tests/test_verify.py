@@ -122,7 +122,7 @@ def _verify_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[s
     """`reconcile verify` over a pass that planned ``p`` and found ``corrupt``: exit code, stdout."""
     result = PassResult(p, applied, {"counts": {}, "total": 0}, [], tuple(corrupt), corrupt)  # type: ignore[arg-type]
     monkeypatch.setattr(verify_cli, "options", lambda _a: None)
-    monkeypatch.setattr(verify_cli, "_pass", lambda *_a, **_k: PassReport("p", Path("."), None, result))
+    monkeypatch.setattr(verify_cli, "report_pass", lambda *_a, **_k: PassReport("p", Path("."), None, result))
     monkeypatch.setattr(verify_cli, "counts_line", lambda _s: "counts")
     code = verify_cli.cmd_verify(argparse.Namespace(name="p", keys=[], json=json_out))
     return code, capsys.readouterr().out

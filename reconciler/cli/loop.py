@@ -48,7 +48,8 @@ EXAMPLES = {
 }
 
 
-def _pass(opts: Options, name: str, on_warning: Warn = warn, **kw: Any) -> PassReport:
+def report_pass(opts: Options, name: str, on_warning: Warn = warn, **kw: Any) -> PassReport:
+    """One pass (session.run_pass), and what it did said on stderr: the problem, events, notes, the status commit."""
     report = run_pass(opts, name, on_warning=on_warning, **kw)
     if report.problem:
         on_warning(f"{name}: {report.problem}")
@@ -75,7 +76,7 @@ def cmd_once(args: argparse.Namespace) -> int:
     codes: list[int] = []
     for name in production_names(opts, args.names):
         try:
-            r = _pass(opts, name)
+            r = report_pass(opts, name)
         except ConfigError as exc:
             print(f"{name}: not reconciled: its desired state does not load and never did:\n{exc}", file=sys.stderr)
             codes.append(EXIT_INVALID)
@@ -95,7 +96,7 @@ def cmd_once(args: argparse.Namespace) -> int:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    r = _pass(options(args), args.name, stage=True)
+    r = report_pass(options(args), args.name, stage=True)
     logs = r.directory / "logs"
     staged = sorted(logs.glob("batch_*.sh"), key=lambda p: p.stat().st_mtime)
     n = r.result.applied.get(ActionKind.STAGE.value, 0)
@@ -108,7 +109,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """One pass, which sends what `reconcile stage` wrote; then says what became of it."""
-    r = _pass(options(args), args.name)
+    r = report_pass(options(args), args.name)
     p = r.result.plan
     sent = p.of(ActionKind.SEND)
     outdated = [a for a in p.of(ActionKind.ABANDON) if a.reason is Reason.STAGED_OUTDATED]
@@ -128,7 +129,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     """Retry failed tasks now: backoff waived, and tasks that gave up get one more attempt."""
-    r = _pass(options(args), args.name, retry=True)
+    r = report_pass(options(args), args.name, retry=True)
     waived = r.result.plan.count(ActionKind.WAIVE)
     now = sum(len(a.keys) for a in r.result.plan.of(ActionKind.RESUBMIT) if a.reason is Reason.MANUAL_RETRY)
     later = f" ({waived - now} when the queue cap allows)" if waived > now else ""
@@ -199,7 +200,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     if stop.requested:
                         break
                     try:
-                        r = _pass(opts, name, on_warning=say, leases=leases)
+                        r = report_pass(opts, name, on_warning=say, leases=leases)
                     except TransientError as exc:
                         warn(f"{name}: {exc} (will retry next tick)")
                         all_done = False

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.cli.loop import _pass
+from reconciler.cli.loop import report_pass
 from reconciler.cli.options import add_lease, add_publishing, add_scheduler, add_source, options
 from reconciler.cli.render import applied_line, counts_line, public
 from reconciler.core.plan import ActionKind, Plan
@@ -64,7 +64,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     verdict the planner left for a later pass is reported, but corrected nothing yet.
     """
     keys = frozenset(args.keys)
-    r = _pass(options(args), args.name, verify=keys or "all")  # the pass `once` runs, and says what it did the same way
+    r = report_pass(options(args), args.name, verify=keys or "all")  # the pass `once` runs, and says what it did the same way
     res = r.result
     v = split_verdicts(res.plan, res.corrupt, res.applied)
     asked = f" of the {len(keys)} task(s) named" if keys else ""
