@@ -56,7 +56,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
                     results.append({"file": path, "ok": True, "kind": "defaults"})
                 else:
                     loaded = load_file(tree, path, machine, repo_root=root)
-                    results.append({"file": path, "ok": True, "kind": "production", "machine": machine, "tasks": len(loaded.expansion().tasks)})
+                    results.append({
+                        "file": path, "ok": True, "kind": "production", "machine": machine, "tasks": len(loaded.expansion().tasks),
+                        "warnings": [str(w) for w in loaded.warnings],
+                    })
             except ConfigError as exc:
                 failed = True
                 results.append({"file": path, "ok": False, "machine": machine, "problems": [str(p) for p in exc.problems]})
@@ -65,14 +68,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"ok": not failed, "files": results}, indent=2))
     else:
+        said: set[str] = set()  # a broken machine file is one problem, not one per production
         for r in results:
             if r["ok"]:
                 extra = f" ({r['tasks']} tasks on {r['machine']})" if r["kind"] == "production" else " (machine defaults)"
                 print(f"ok      {r['file']}{extra}")
             else:
                 print(f"INVALID {r['file']} (machine {r['machine']})")
-                for p in r["problems"]:
+            repeated = [p for p in r.get("problems", []) if p in said]
+            for p in r.get("problems", []):
+                if p not in said:
                     print(f"  {p}", file=sys.stderr)
+                    said.add(p)
+            if repeated:
+                print(f"  ({len(repeated)} problem(s) as above)", file=sys.stderr)
+            for w in r.get("warnings", []):
+                if w not in said:
+                    print(f"  warning: {w}", file=sys.stderr)
+                    said.add(w)
     if not paths:
         print(f"no production or defaults files under {root}", file=sys.stderr)
         return EXIT_INVALID

@@ -82,7 +82,10 @@ def load_desired(opts: Options, name: str, *, on_warning: Warn = warn) -> Desire
         on_warning(f"{how} uncommitted changes: {', '.join(dirt)}")
     commit = tree.commit.hexsha if isinstance(tree, gitops.GitTree) else repo.head.commit.hexsha
     root = Path(repo.working_tree_dir or ".")
-    return DesiredState(load(tree, name, opts.machine_name, overrides, repo_root=root), repo, commit, dirt if opts.allow_dirty else [])
+    loaded = load(tree, name, opts.machine_name, overrides, repo_root=root)
+    for w in loaded.warnings:
+        on_warning(str(w))
+    return DesiredState(loaded, repo, commit, dirt if opts.allow_dirty else [])
 
 
 def production_names(opts: Options, names: Sequence[str] = ()) -> list[str]:

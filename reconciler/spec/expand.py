@@ -72,6 +72,24 @@ class TemplateError(ValueError):
         self.field = field
         self.hint = hint
 
+    @property
+    def errors(self) -> list[TemplateError]:
+        """Every problem this error stands for (one, unless it is a TemplateErrors)."""
+        return [self]
+
+
+class TemplateErrors(TemplateError):
+    """Several template problems found in one look (every unknown placeholder of every
+    template), so that a user fixes them in one round rather than one per run."""
+
+    def __init__(self, errors: list[TemplateError]) -> None:
+        super().__init__(errors[0].field, "; ".join(str(e) for e in errors), errors[0].hint)
+        self._errors = list(errors)
+
+    @property
+    def errors(self) -> list[TemplateError]:
+        return self._errors
+
 
 class _Params:
     """``{catalog_params.x}`` and ``{catalog_params[x]}`` both work in templates."""
@@ -134,6 +152,7 @@ class Renderer:
         allowed = set(BUILTIN_PLACEHOLDERS) | set(self.axes)
         if not self.argv_templates:
             raise TemplateError("task.command", "command is empty")
+        found: list[TemplateError] = []
         for where, templates, extra_forbidden in (
             ("task.command", self.argv_templates, ()),
             ("task.outputs", self.output_templates, ("output", "production_dir", "python")),
@@ -142,15 +161,20 @@ class Renderer:
                 try:
                     fields = list(_fields(tpl))
                 except ValueError as exc:
-                    raise TemplateError(where, f"bad template {tpl!r}: {exc}", "braces must pair; write {{ for a literal brace") from None
+                    found.append(TemplateError(where, f"bad template {tpl!r}: {exc}", "braces must pair; write {{ for a literal brace"))
+                    continue
                 for field, _spec in fields:
                     root, sub = _root(field)
                     if root == "" or root not in allowed or root in extra_forbidden:
                         known = ", ".join(sorted(allowed - set(extra_forbidden)))
-                        raise TemplateError(where, f"unknown placeholder {{{field}}}", f"known placeholders: {known}")
-                    if root == "catalog_params" and (sub is None or sub not in self.prod.science.catalog_params):
+                        found.append(TemplateError(where, f"unknown placeholder {{{field}}}", f"known placeholders: {known}"))
+                    elif root == "catalog_params" and (sub is None or sub not in self.prod.science.catalog_params):
                         known = ", ".join(sorted(self.prod.science.catalog_params)) or "none defined"
-                        raise TemplateError(where, f"unknown placeholder {{{field}}}", f"science.catalog_params has: {known}")
+                        found.append(TemplateError(where, f"unknown placeholder {{{field}}}", f"science.catalog_params has: {known}"))
+        if len(found) == 1:
+            raise found[0]
+        if found:
+            raise TemplateErrors(found)
 
     def _values(self, params: tuple[Any, ...], index: int, key: str, production_dir: str) -> dict[str, Any]:
         values = dict(zip(self.axes, params, strict=True))

@@ -11,20 +11,29 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
 from reconciler.errors import ConfigError, Problem
 from reconciler.spec.expand import Expansion, TemplateError, expand
-from reconciler.spec.models import EXECUTION_KEYS, NAME_PATTERN, MachineDefaults, Production
-from reconciler.spec.yamlsrc import Document, Mark, dotted, parse
+from reconciler.spec.models import (
+    EXECUTION_KEYS,
+    NAME_PATTERN,
+    STRUCTURE_OUTPUTS,
+    Machine,
+    MachineDefaults,
+    Production,
+)
+from reconciler.spec.problems import located, pydantic_problems, renderer_problems, salvage
+from reconciler.spec.yamlsrc import Document, Mark, dotted, parse, parse_collecting
 
 PRODUCTIONS_DIR = "productions"
 DEFAULTS_DIR = "defaults"
+LOCAL = "local"
 _NAME = re.compile(NAME_PATTERN)
 
 
@@ -73,6 +82,7 @@ class Loaded:
     text: str  # the production file as read
     repo_root: Path
     source_label: str
+    warnings: tuple[Problem, ...] = ()  # accepted, but worth a word: said by validate and by every pass
     _expansion: list[Expansion] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -125,54 +135,57 @@ def _must_read(tree: Tree, path: str) -> str:
     return text
 
 
-def _pydantic_problems(exc: ValidationError, marks: Mapping[tuple, Mark], default_file: str) -> list[Problem]:
-    """Turn pydantic errors into located problems, one per field."""
-    out: dict[str, Problem] = {}
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        # pydantic appends union branch names to loc; keep the part that names the data
-        path = loc
-        while path and path not in marks:
-            path = path[:-1]
-        while path != loc and len(path) < len(loc) and not isinstance(loc[len(path)], str | int):
-            break
-        data_path = tuple(p for p in loc if isinstance(p, int) or not any(c in str(p) for c in "[]()'"))
-        kind = err["type"]
-        msg = err["msg"]
-        hint = ""
-        if kind == "extra_forbidden":
-            msg = f"unknown field {loc[-1]!r}"
-            hint = "remove it or fix its spelling; `reconcile schema` lists every field"
-        elif kind == "missing":
-            msg = "required field is missing"
-            hint = "add it"
-        elif kind == "string_pattern_mismatch":
-            hint = "no spaces, quotes, newlines or shell characters"
-        elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
-        m = marks.get(path) or Mark(default_file, 0, 0)
-        key = dotted(data_path)
-        prob = Problem(m.file, m.line, m.col, key, msg, hint)
-        # a union reports one error per branch; keep the most telling one
-        if key not in out or out[key].message.startswith(("Input should be a valid", "Input should be")):
-            out[key] = prob
-    return list(out.values())
+def default_scheduler(machine: str) -> Literal["local", "auto"]:
+    """A machine file that does not say: ``local`` only for the machine named local, ``auto``
+    (Slurm where its tools are) for any other, so a site's file never runs GPU jobs on a login node."""
+    return "local" if machine == LOCAL else "auto"
 
 
 def load_defaults(tree: Tree, machine: str) -> tuple[MachineDefaults, Document]:
+    """``defaults/<machine>.yaml``, validated; ConfigError lists every problem of the file."""
+    model, doc, problems = read_defaults(tree, machine)
+    if problems or model is None:
+        raise ConfigError(problems)
+    return model, doc
+
+
+def read_defaults(tree: Tree, machine: str) -> tuple[MachineDefaults | None, Document, list[Problem]]:
+    """``defaults/<machine>.yaml`` with its problems, not raised: a production loaded over a
+    machine file that is missing or wrong still has its own problems found (in the same round).
+
+    The ``machine:`` section is optional, as in the seed tool's files: its name is the file's,
+    its scheduler ``default_scheduler(name)``.
+    """
     if not _NAME.match(machine):
         raise ConfigError(Problem("<command line>", 0, 0, "--machine", f"{machine!r} is not a machine name"))
     path = f"{DEFAULTS_DIR}/{machine}.yaml"
     text = tree.read(path)
     if text is None:
         known = ", ".join(PurePosixPath(p).stem for p in tree.list(DEFAULTS_DIR)) or "none"
-        raise ConfigError(Problem(path, 0, 0, "", f"no machine defaults for {machine!r}", f"known machines: {known}; choose with --machine or RECONCILER_MACHINE"))
-    doc = parse(text, path)
+        return None, Document(path, {}), [Problem(path, 0, 0, "", f"no machine defaults for {machine!r}", f"known machines: {known}; choose with --machine or RECONCILER_MACHINE")]
     try:
-        model = MachineDefaults.model_validate(doc.data if isinstance(doc.data, dict) else {})
+        doc = parse_collecting(text, path)
+    except ConfigError as exc:
+        return None, Document(path, {}), exc.problems
+    problems = list(doc.problems)
+    data = dict(doc.data) if isinstance(doc.data, dict) else {}
+    if not isinstance(doc.data, dict):
+        problems.append(Problem(path, 1, 1, "", "a machine defaults file is a mapping of sections", "start with `resources:`"))
+    section = data.get("machine", {})
+    if isinstance(section, dict):
+        section = dict(section)
+        name = section.setdefault("name", machine)
+        if name != machine:
+            m = doc.mark(("machine", "name"))
+            problems.append(Problem(m.file, m.line, m.col, "machine.name", f"name {name!r} does not match the file name {machine!r}", f"rename the file to defaults/{name}.yaml, or fix the name (or leave it out)"))
+        section.setdefault("scheduler", default_scheduler(machine))
+        data["machine"] = section
+    try:
+        model: MachineDefaults | None = MachineDefaults.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_pydantic_problems(exc, doc.marks, path)) from None
-    return model, doc
+        problems.extend(pydantic_problems(exc, doc.marks, path))
+        model = None
+    return model, doc, problems
 
 
 def _leaves(data: Any, path: tuple = ()) -> Iterable[tuple[tuple, Any]]:
@@ -228,11 +241,15 @@ def load_file(
     check_tasks: bool = True,
 ) -> Loaded:
     text = _must_read(tree, path)
-    doc = parse(text, path)
+    doc = parse_collecting(text, path)
+    problems: list[Problem] = list(doc.problems)
     if not isinstance(doc.data, dict):
-        raise ConfigError(Problem(path, 1, 1, "", "a production file is a mapping of sections", "start with `production:`"))
-    defaults, ddoc = load_defaults(tree, machine)
-    problems: list[Problem] = []
+        raise ConfigError([*problems, Problem(path, 1, 1, "", "a production file is a mapping of sections", "start with `production:`")])
+    defaults_or_none, ddoc, machine_problems = read_defaults(tree, machine)
+    problems += machine_problems
+    # A machine file that does not load is that machine's problem; the production's own are still found.
+    defaults = defaults_or_none or MachineDefaults(machine=Machine(name=machine, scheduler=default_scheduler(machine)))
+    warnings: list[Problem] = []
 
     merged: dict[str, Any] = {}
     marks: dict[tuple, Mark] = {(): doc.marks.get((), Mark(path, 1, 1))}
@@ -261,7 +278,7 @@ def load_file(
     for key_path, value in overrides:
         if key_path == ("execution", "job_type"):
             job_type = value
-    if job_type is not None:
+    if job_type is not None and defaults_or_none is not None:
         ov = defaults.job_type_overrides.get(str(job_type))
         if ov is None:
             known = ", ".join(defaults.job_type_overrides) or "none"
@@ -282,23 +299,31 @@ def load_file(
     for key_path, value in overrides:
         put({key_path[-1]: value}, None, (), key_path[:-1], "command line")
         marks[key_path] = Mark("<command line>", 0, 0)
+    _outputs_from_structure(doc, merged, marks, sources, warnings)
+    production = doc.data.get("production")
+    if isinstance(production, dict) and "version" not in production:
+        m = doc.mark(("production",))
+        warnings.append(Problem(m.file, m.line, m.col, "production.version", "not set: its tags and status say v1.0", "set it, e.g. `version: v1.0`, and raise it when the science changes"))
 
     spec: Production | None = None
     try:
         spec = Production.model_validate(merged)
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, marks, path))
+        problems.extend(pydantic_problems(exc, marks, path))
+        if check_tasks:
+            problems.extend(renderer_problems(doc, salvage(merged, exc)))
+    expected = PurePosixPath(path).stem
+    given = production.get("name") if isinstance(production, dict) else None
+    if isinstance(given, str) and given != expected:
+        m = doc.mark(("production", "name"))
+        problems.append(Problem(m.file, m.line, m.col, "production.name", f"name {given!r} does not match the file name {expected!r}", f"rename the file to productions/{given}.yaml or fix the name"))
     if spec is not None:
-        expected = PurePosixPath(path).stem
-        if spec.production.name != expected:
-            m = doc.mark(("production", "name"))
-            problems.append(Problem(m.file, m.line, m.col, "production.name", f"name {spec.production.name!r} does not match the file name {expected!r}", f"rename the file to productions/{spec.production.name}.yaml or fix the name"))
         if spec.execution.batch_size > defaults.machine.max_array_size:
             m = marks.get(("execution", "batch_size"), Mark(path, 0, 0))
             problems.append(Problem(m.file, m.line, m.col, "execution.batch_size", f"{spec.execution.batch_size} exceeds the machine's max_array_size {defaults.machine.max_array_size}", "array indices are batch-local; lower batch_size"))
     loaded = None
-    if spec is not None and not problems:
-        loaded = Loaded(spec, defaults, path, ddoc.file, sources, text, repo_root or Path.cwd(), tree.label)
+    if spec is not None:
+        loaded = Loaded(spec, defaults, path, ddoc.file, sources, text, repo_root or Path.cwd(), tree.label, tuple(warnings))
         if any(c.isspace() for c in str(loaded.production_dir)):
             # Slurm splits `#SBATCH --output=...` at whitespace: such a path cannot be sent.
             m = marks.get(("outputs", "base_path"), Mark(path, 0, 0))
@@ -306,16 +331,39 @@ def load_file(
                 m.file, m.line, m.col, "outputs.base_path", f"the production directory {str(loaded.production_dir)!r} contains whitespace",
                 "sbatch cannot take it in #SBATCH --output; choose a base_path (or clone the repository) without spaces",
             ))
-        if check_tasks:
+        if check_tasks:  # templates are checked even when other fields are wrong: every error in one round
             try:
                 loaded.expansion()
             except TemplateError as exc:
-                m = doc.mark(tuple(exc.field.split(".")))
-                problems.append(Problem(m.file, m.line, m.col, exc.field, str(exc), exc.hint))
+                problems.extend(located(doc, exc))
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(sorted(problems, key=lambda p: (p.file, p.line, p.col)))
     assert loaded is not None
     return loaded
+
+
+def _outputs_from_structure(doc: Document, merged: dict[str, Any], marks: dict[tuple, Mark], sources: dict[str, str], warnings: list[Problem]) -> None:
+    """A task without ``outputs`` writes the seed tool's layout that ``outputs.structure`` names
+    (its productions validate with only ``task:`` added); with ``outputs`` given, a structure the
+    production file itself sets would do nothing, and is said to."""
+    task = merged.get("task")
+    section = merged.get("outputs")
+    structure = section.get("structure", "hierarchical") if isinstance(section, dict) else "hierarchical"
+    if not isinstance(task, dict):
+        return
+    if "outputs" not in task:
+        if structure in STRUCTURE_OUTPUTS:
+            task["outputs"] = [STRUCTURE_OUTPUTS[structure]]
+            mark = marks.get(("outputs", "structure"), marks.get(("task",), Mark(doc.file, 0, 0)))
+            marks[("task", "outputs")] = mark
+            sources["task.outputs"] = f"outputs.structure {structure} ({mark})"
+        return
+    own = doc.data.get("outputs")
+    if isinstance(own, dict) and "structure" in own:
+        m = doc.mark(("outputs", "structure"))
+        warnings.append(Problem(m.file, m.line, m.col, "outputs.structure", "has no effect: task.outputs says where this production's outputs go", "remove it, or remove task.outputs to use the layout it names"))
+
+
 
 
 def provenance(loaded: Loaded) -> list[tuple[str, Any, str]]:
@@ -332,4 +380,3 @@ def provenance(loaded: Loaded) -> list[tuple[str, Any, str]]:
                     break
         rows.append((key, value, src or "default"))
     return rows
-

@@ -140,14 +140,36 @@ class Resources(Strict):
 
 
 class CleanupPolicy(Strict):
-    keep_logs_days: int = Field(default=90, ge=0)
-    keep_intermediate: bool = False
-    archive_completed: bool = False
+    """What happens to a production's logs once their submissions have finished (the seed tool's
+    section, kept because every field now does what it says)."""
+
+    keep_logs_days: int = Field(
+        default=90, ge=0,
+        description="Logs (.out/.err, failure causes) of a submission that finished more than this many days ago are removed by a pass (planned: PRUNE_LOGS); manifests and scripts stay.",
+    )
+    keep_intermediate: Literal[False] = Field(
+        default=False,
+        description="A production has no intermediate files (each task writes only its outputs); `true` is refused rather than silently ignored.",
+    )
+    archive_completed: bool = Field(
+        default=False,
+        description="Instead of deleting the logs keep_logs_days prunes, pack each finished submission's logs into logs/archive/<batch>_<token>.tar.gz first.",
+    )
+
+
+STRUCTURE_OUTPUTS = {
+    "hierarchical": "catalogs/r{realization:04d}/mock_z{redshift:.3f}.hdf5",
+    "flat": "catalogs/mock_r{realization:04d}_z{redshift:.3f}.hdf5",
+}
+"""The seed tool's two layouts: a task whose ``task.outputs`` is not given writes this one."""
 
 
 class Outputs(Strict):
     base_path: Annotated[Line, StringConstraints(min_length=1)] = "work/productions"
-    structure: Literal["hierarchical", "flat"] = "hierarchical"
+    structure: Literal["hierarchical", "flat"] = Field(
+        default="hierarchical",
+        description="The seed tool's layout of catalogs, used as task.outputs when a production does not give task.outputs: " + "; ".join(f"{k}: {v}" for k, v in STRUCTURE_OUTPUTS.items()),
+    )
     compression: Literal["gzip", "lzf", "none"] = "none"
     cleanup_policy: CleanupPolicy = Field(default_factory=CleanupPolicy)
 
@@ -163,7 +185,10 @@ class TaskSpec(Strict):
     """What one task runs and what it must produce."""
 
     command: Annotated[Line, StringConstraints(min_length=1)]
-    outputs: list[Annotated[Line, StringConstraints(min_length=1)]] = Field(min_length=1, max_length=100)
+    outputs: list[Annotated[Line, StringConstraints(min_length=1)]] = Field(
+        min_length=1, max_length=100,
+        description="Output path templates, relative to the production directory; when a production file leaves it out, the layout outputs.structure names (spec.load).",
+    )
     env: dict[EnvName, Line] = Field(default_factory=dict)
     validator: Validator = Field(default_factory=Validator)
     axes: dict[Name, list[Scalar]] = Field(default_factory=dict)
@@ -212,10 +237,18 @@ EXECUTION_KEYS = frozenset({"timeout_hours", "batch_size", "array_throttle"})
 
 
 class Machine(Strict):
-    """Site facts: which scheduler and the limits the site enforces."""
+    """Site facts: which scheduler and the limits the site enforces.
+
+    The whole section is optional (the seed tool's machine files have none): the name is the
+    file's, and the scheduler ``auto`` (Slurm, where its tools are found, an error where they
+    are not) for every machine but ``local``. A machine never runs its tasks on this host
+    unless it is ``local`` or says ``scheduler: local``.
+    """
 
     name: Name
-    scheduler: Literal["local", "slurm", "pyslurm", "auto"] = "local"
+    scheduler: Literal["local", "slurm", "pyslurm", "auto"] = Field(
+        default="auto", description="default: local for the machine named local, auto for any other",
+    )
     max_array_size: int = Field(default=1001, ge=1, description="Slurm MaxArraySize: array indices < this")
     max_queued_tasks: int = Field(default=5000, ge=1, description="every array task counts, as in MaxSubmitJobs")
     local_slots: int | None = Field(default=None, ge=1, description="local backend: concurrent tasks (default: cores)")
@@ -224,7 +257,7 @@ class Machine(Strict):
 class MachineDefaults(Strict):
     """A ``defaults/<machine>.yaml`` file."""
 
-    machine: Machine
+    machine: Machine  # filled from the file name when absent (spec.load.load_defaults)
     resources: Resources = Field(default_factory=Resources)
     execution: Execution = Field(default_factory=Execution)
     outputs: Outputs = Field(default_factory=Outputs)

@@ -47,6 +47,9 @@ class Document:
     file: str
     data: Any
     marks: dict[Path, Mark] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    """What was wrong but left the rest readable (a duplicate key: its first value is kept, a
+    refused tag or scalar: None), for a loader that reports everything in one round."""
 
     def mark(self, path: Path) -> Mark:
         """The mark of ``path`` or of its nearest ancestor that exists."""
@@ -68,6 +71,16 @@ def dotted(path: Path) -> str:
 
 def parse(text: str, file: str) -> Document:
     """Parse one YAML document; raise ConfigError with every structural problem found."""
+    doc = parse_collecting(text, file)
+    if doc.problems:
+        raise ConfigError(doc.problems)
+    return doc
+
+
+def parse_collecting(text: str, file: str) -> Document:
+    """Parse one YAML document; problems that leave the rest readable are in ``doc.problems``,
+    so that one duplicate key does not hide every other mistake of the file. Raise ConfigError
+    only when nothing can be read (syntax, size)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise ConfigError(
             Problem(file, 1, 1, "", f"file is larger than {MAX_FILE_BYTES} bytes", "a production file is a few kB; is this the right file?")
@@ -92,8 +105,7 @@ def parse(text: str, file: str) -> Document:
     if builder.problems:
         raise ConfigError(builder.problems)
     doc.data = builder.build(root, ())
-    if builder.problems:
-        raise ConfigError(builder.problems)
+    doc.problems = builder.problems
     return doc
 
 
