@@ -17,7 +17,7 @@ import math
 import re
 import shlex
 import string
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
@@ -25,6 +25,12 @@ from typing import Any
 
 from reconciler.spec.models import Production
 from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
+from reconciler.spec.templates import Params as _Params
+from reconciler.spec.templates import TemplateError, TemplateErrors
+from reconciler.spec.templates import fields as _fields
+from reconciler.spec.templates import root as _root
+
+__all__ = ["TemplateError", "TemplateErrors"]  # where callers have always found them
 
 BUILTIN_PLACEHOLDERS = ("realization", "redshift", "index", "key", "name", "version", "production_dir", "output", "catalog_params", "python")
 
@@ -62,65 +68,6 @@ class Expansion:
     def by_key(self) -> dict[str, Task]:
         """Tasks by key, built once per expansion (the engine's observe and apply share it)."""
         return {t.key: t for t in self.tasks}
-
-
-class TemplateError(ValueError):
-    """A template problem; ``field`` says which template."""
-
-    def __init__(self, field: str, message: str, hint: str = "") -> None:
-        super().__init__(message)
-        self.field = field
-        self.hint = hint
-
-    @property
-    def errors(self) -> list[TemplateError]:
-        """Every problem this error stands for (one, unless it is a TemplateErrors)."""
-        return [self]
-
-
-class TemplateErrors(TemplateError):
-    """Several template problems found in one look (every unknown placeholder of every
-    template), so that a user fixes them in one round rather than one per run."""
-
-    def __init__(self, errors: list[TemplateError]) -> None:
-        super().__init__(errors[0].field, "; ".join(str(e) for e in errors), errors[0].hint)
-        self._errors = list(errors)
-
-    @property
-    def errors(self) -> list[TemplateError]:
-        return self._errors
-
-
-class _Params:
-    """``{catalog_params.x}`` and ``{catalog_params[x]}`` both work in templates."""
-
-    __slots__ = ("_d",)
-
-    def __init__(self, d: Mapping[str, Any]) -> None:
-        self._d = dict(d)
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self._d[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __getitem__(self, name: str) -> Any:
-        return self._d[name]
-
-
-def _fields(template: str) -> Iterator[tuple[str, str | None]]:
-    for _lit, field, spec, _conv in string.Formatter().parse(template):
-        if field is not None:
-            yield field, spec
-
-
-def _root(field: str) -> tuple[str, str | None]:
-    for i, ch in enumerate(field):
-        if ch in ".[":
-            rest = field[i + 1 :].rstrip("]")
-            return field[:i], rest
-    return field, None
 
 
 class Renderer:
