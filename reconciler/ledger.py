@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core import causes
-from reconciler.core.model import TaskHistory
+from reconciler.core.model import FinishedSubmission, TaskHistory
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
 from reconciler.errors import Deposed
 from reconciler.ledger_schema import SCHEMA_VERSION, migrate, network_filesystem
@@ -164,6 +164,9 @@ class Ledger:
         q = f"SELECT * FROM submissions WHERE state IN ({','.join('?' * len(states))}) ORDER BY created, token"
         return [_sub(row) for row in self.db.execute(q, [s.value for s in states])]
 
+    def submission(self, token: str) -> Submission:
+        return _sub(self.db.execute("SELECT * FROM submissions WHERE token = ?", (token,)).fetchone())
+
     def all_submissions(self) -> list[Submission]:
         return [_sub(row) for row in self.db.execute("SELECT * FROM submissions ORDER BY created, token")]
 
@@ -214,13 +217,29 @@ class Ledger:
                 [(s.state.value, s.exit_code, s.reason, s.start, s.end, s.token, s.array_index) for s in seen],
             )
 
-    def finish(self, tokens: Iterable[str]) -> None:
+    def finish(self, tokens: Iterable[str], now: float) -> None:
         """Close submissions whose attempts all ended: later passes no longer ask about them."""
         with self.transaction() as db:
             db.executemany(
-                "UPDATE submissions SET state = ? WHERE token = ? AND state = ?",
-                [(SubmissionState.FINISHED.value, t, SubmissionState.SUBMITTED.value) for t in sorted(tokens)],
+                "UPDATE submissions SET state = ?, finished = ? WHERE token = ? AND state = ?",
+                [(SubmissionState.FINISHED.value, now, t, SubmissionState.SUBMITTED.value) for t in sorted(tokens)],
             )
+
+    def logs_kept(self) -> tuple[FinishedSubmission, ...]:
+        """Finished submissions whose logs have not been pruned; one finished before schema v3
+        counts from its submission."""
+        rows = self.db.execute(
+            "SELECT token, batch, COALESCE(finished, submitted, created) FROM submissions WHERE state = ? AND logs_pruned IS NULL",
+            (SubmissionState.FINISHED.value,),
+        ).fetchall()
+        return tuple(FinishedSubmission(token, batch, when) for token, batch, when in rows)
+
+    def logs_pruned(self, token: str, files: int, archive: str | None, now: float) -> None:
+        """The decision carried out: the submission's logs are gone (``archive``: where they are now)."""
+        with self.transaction() as db:
+            db.execute("UPDATE submissions SET logs_pruned = ? WHERE token = ?", (now, token))
+            where = f"; archived in {archive}" if archive else ""
+            db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (now, "prune_logs", None, f"{token}: {files} log file(s) removed{where}"))
 
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as db:
@@ -251,7 +270,7 @@ class Ledger:
         """Journal a submission and its attempts, durably, before the scheduler is called."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO submissions (token, batch, kind, state, job_id, backend, script, manifest, created, submitted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (sub.token, sub.batch, sub.kind.value, sub.state.value, sub.job_id, sub.backend, sub.script, sub.manifest, sub.created, sub.submitted),
             )
             for array_index, key in tasks:
@@ -342,7 +361,7 @@ def _attempt(row: tuple) -> Attempt:
 
 
 def _sub(row: tuple) -> Submission:
-    token, batch, kind, state, job_id, backend, script, manifest, created, submitted = row
+    token, batch, kind, state, job_id, backend, script, manifest, created, submitted = row[:10]  # then finished, logs_pruned (v3)
     return Submission(token, batch, SubmissionKind(kind), SubmissionState(state), job_id, backend, script, manifest, created, submitted)
 
 

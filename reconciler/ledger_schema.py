@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS submissions (
@@ -23,7 +23,9 @@ CREATE TABLE IF NOT EXISTS submissions (
     script TEXT NOT NULL,
     manifest TEXT NOT NULL,
     created REAL NOT NULL,
-    submitted REAL
+    submitted REAL,
+    finished REAL,                  -- when every attempt had ended (v3)
+    logs_pruned REAL                -- when its logs were removed by outputs.cleanup_policy (v3)
 );
 CREATE TABLE IF NOT EXISTS attempts (
     token TEXT NOT NULL,
@@ -78,9 +80,11 @@ MIGRATE_0_TO_1 = (
 )
 
 ADDED_IN_2 = (("attempts", "cause", "TEXT"), ("tasks", "last_cause", "TEXT"))
+ADDED_IN_3 = (("submissions", "finished", "REAL"), ("submissions", "logs_pruned", "REAL"))
 """Version 2 adds failure causes: columns added in place (ADD COLUMN works on every SQLite a
 login node has), so a long production's ledger is not copied. Version 0 is copied into the
-current SCHEMA, which has them already."""
+current SCHEMA, which has them already. Version 3 adds, the same way, when a submission
+finished and when its logs were pruned (``outputs.cleanup_policy.keep_logs_days``)."""
 
 
 
@@ -91,7 +95,7 @@ def migrate(db: sqlite3.Connection) -> None:
     for statement in (part for text in statements for part in text.split(";")):
         if statement.strip():
             db.execute(statement)
-    for table, column, decl in ADDED_IN_2:  # version 1 -> 2
+    for table, column, decl in (*ADDED_IN_2, *ADDED_IN_3):  # version 1 -> 2 -> 3
         if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

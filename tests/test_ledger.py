@@ -119,6 +119,12 @@ def test_a_read_only_open_migrates_a_copy_and_leaves_the_file_alone(tmp_path: Pa
     db.close()
 
 
+V3_COLUMNS = (
+    ",\n    finished REAL,                  -- when every attempt had ended (v3)\n"
+    "    logs_pruned REAL                -- when its logs were removed by outputs.cleanup_policy (v3)\n"
+)
+
+
 def v1_ledger(path: Path) -> None:
     """A version-1 ledger (the schema before failure causes), made the way version 1 made it:
     by migrating a version-0 one, then stamping user_version 1."""
@@ -127,6 +133,7 @@ def v1_ledger(path: Path) -> None:
     v1_schema = [
         part.replace("    cause TEXT,                     -- core.causes.Cause as JSON, for a failed attempt whose wrapper said why\n", "")
         .replace("    latest_token TEXT,\n    last_cause TEXT                 -- the latest failure's cause (JSON), which the planner reads\n", "    latest_token TEXT\n")
+        .replace(V3_COLUMNS, "\n")
         for part in MIGRATE_0_TO_1
     ]
     for statement in (part for text in v1_schema for part in text.split(";")):
@@ -154,8 +161,35 @@ def test_a_v1_ledger_gains_causes_in_place_keeping_every_count(tmp_path: Path) -
         ledger.waive([("r2/z0.5", 2)], 310.0)  # `reconcile retry`: one more attempt, not an instant give-up
         assert ledger.history()["r2/z0.5"].cause is None
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert db.execute("SELECT cause FROM attempts WHERE token = 'tok2'").fetchone()[0] == cause.dumps()
+    db.close()
+
+
+def test_a_v2_ledger_learns_when_its_submissions_finished_in_place(tmp_path: Path) -> None:
+    """Schema v3 adds submissions.finished and .logs_pruned in place; a submission finished
+    under v2 counts from when it was submitted, so keep_logs_days still reaches it."""
+    path = tmp_path / "production.db"
+    v1_ledger(path)
+    with Ledger(path):
+        pass
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("CREATE TABLE s AS SELECT token, batch, kind, state, job_id, backend, script, manifest, created, submitted FROM submissions")
+    db.execute("DROP TABLE submissions")
+    db.execute("ALTER TABLE s RENAME TO submissions")
+    db.execute("UPDATE submissions SET state = 'finished'")
+    db.execute("PRAGMA user_version = 2")
+    db.close()
+    with Ledger(path) as ledger:
+        kept = ledger.logs_kept()
+        assert kept and all(k.finished is not None for k in kept)
+        first = kept[0]
+        ledger.logs_pruned(first.token, 3, None, 500.0)
+        assert first.token not in {k.token for k in ledger.logs_kept()}
+        ledger.finish(["nothing"], 600.0)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert {"finished", "logs_pruned"} <= {r[1] for r in db.execute("PRAGMA table_info(submissions)")}
     db.close()
 
 

@@ -75,6 +75,16 @@ class World:
     submissions: Sequence[SubmissionObs] = ()  # open ones only
     site_max_array_size: int | None = None  # what the scheduler reports, when it was asked
     corrupt: Mapping[str, str] = field(default_factory=dict)  # complete tasks whose outputs failed deep verification this pass: key -> the check that failed
+    logs_kept: Sequence[FinishedSubmission] = ()  # finished submissions whose logs are still in logs/
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedSubmission:
+    """A submission whose attempts all ended, and when (its logs are pruned from then on)."""
+
+    token: str
+    batch: int
+    finished: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +108,8 @@ class Policy:
     prune: bool = False
     rerun_on_change: bool = False
     adopt_existing: bool = True
+    keep_logs_s: float = 90 * 86400.0  # outputs.cleanup_policy.keep_logs_days
+    archive_logs: bool = False  # outputs.cleanup_policy.archive_completed: pack them before removing
     verify_per_pass: int = 0  # completed tasks deep-verified per pass (core.verification.sample); 0: none
 
     def delay(self, failures: int) -> float:

@@ -33,6 +33,7 @@ class ActionKind(StrEnum):
     RESUBMIT = "resubmit"  # retry of failed tasks of one batch, as a sparse array
     SUBMIT = "submit"  # first attempt of tasks of one batch
     STAGE = "stage"  # write script + manifest for inspection, submit nothing
+    PRUNE_LOGS = "prune_logs"  # remove a finished submission's logs (packed into logs/archive/ first, with archive_completed)
     WAIT = "wait"  # nothing to do for these tasks until `until` (backoff, queue cap, lookup)
 
     @property

@@ -25,7 +25,7 @@ Then per task, in this order of precedence:
   failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
   ended, no failure, no outputs -> RESUBMIT at once (its outputs were deleted after it completed)
 A task (re)submitted over outputs that are present but not certified gets them moved aside
-first (QUARANTINE). Submissions are grouped by batch (index // batch_size) with batch-local
+first (QUARANTINE). Logs of submissions finished keep_logs_days ago are pruned (core.cleanup). Submissions are grouped by batch (index // batch_size) with batch-local
 array indices, and queued tasks (counting those whose submission's answer is still unknown)
 never exceed ``limits.max_queued_tasks``.
 """
@@ -36,6 +36,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from reconciler.core.cleanup import prune_logs
 from reconciler.core.model import (
     EMPTY_HISTORY,
     EMPTY_OBS,
@@ -339,6 +340,8 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         actions.append(Action(ActionKind.WAIT, Reason.AWAITING_SCHEDULER, tuple(unknown)))
     if stale:
         notes.append(Note(Reason.STALE, tuple(stale)))
+    if not stage:
+        actions.extend(prune_logs(world.logs_kept, now, pol))
     actions.sort(key=lambda a: a.order)
     return Plan(tuple(actions), tuple(notes))
 

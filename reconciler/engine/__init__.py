@@ -38,6 +38,8 @@ def policy_of(loaded: Loaded) -> Policy:
         prune=ex.prune,
         rerun_on_change=ex.rerun_on_change,
         adopt_existing=ex.adopt_existing,
+        keep_logs_s=loaded.spec.outputs.cleanup_policy.keep_logs_days * 86400.0,
+        archive_logs=loaded.spec.outputs.cleanup_policy.archive_completed,
         verify_per_pass=ex.verify_per_pass,
     )
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
+from reconciler import logs
 from reconciler.atomic import atomic_write
 from reconciler.core.outcome import failure_text, waived_failures
 from reconciler.core.plan import SENDS, Action, ActionKind, Plan
@@ -99,6 +100,7 @@ class Actor:
         self.fence = fence
         self.max_retries = loaded.spec.execution.retry_policy.max_retries
         self._abandoned: dict[str, int] = {}
+        self._log_names: list[str] | None = None  # logs/, listed once per pass when logs are pruned
 
     def apply(self, p: Plan, obs: Observed) -> tuple[dict[str, int], list[str]]:
         """Journal what ``obs`` saw, perform exactly ``p``'s actions in order, then close the
@@ -116,6 +118,7 @@ class Actor:
         if obs.verify_cursor is not None:  # the verification rotation moves on only when a pass is applied
             self.ledger.set_meta(VERIFY_CURSOR_KEY, str(obs.verify_cursor))
         self._abandoned = {}
+        self._log_names = None
         applied: dict[str, int] = {}
         events: list[str] = []
         for a in p.actions:
@@ -127,7 +130,7 @@ class Actor:
                 events.append(event)
             applied[a.kind.value] = applied.get(a.kind.value, 0) + len(a.keys)
         self.fence.check()
-        self.ledger.finish(obs.finished)
+        self.ledger.finish(obs.finished, self.clock())
         if applied:
             self.ledger.event("pass", json.dumps(applied, sort_keys=True), self.clock())
         return applied, events
@@ -173,7 +176,19 @@ class Actor:
             self._send(replace(sub, state=SubmissionState.RECORDED, created=now), a.array_indices)
         elif a.kind in SENDS:
             self._submit(a, obs)
+        elif a.kind is ActionKind.PRUNE_LOGS:
+            return self._prune_logs(a)
         return None
+
+    def _prune_logs(self, a: Action) -> str:
+        sub = self.ledger.submission(_token(a))
+        logs_dir = self.production_dir / "logs"
+        if self._log_names is None:  # one listing of logs/ per pass, however many submissions are pruned
+            self._log_names = os.listdir(logs_dir) if logs_dir.is_dir() else []
+        files = logs.submission_logs(logs_dir, self._log_names, sub.batch, sub.job_id, sub.manifest)
+        archive = logs.prune(logs_dir, files, Path(sub.manifest).stem, self.spec.outputs.cleanup_policy.archive_completed)
+        self.ledger.logs_pruned(sub.token, len(files), archive, self.clock())
+        return f"logs of submission {sub.token} (batch {sub.batch}): {len(files)} file(s) {'archived to logs/' + archive + ' and ' if archive else ''}removed ({a.note})"
 
     def _cancel(self, a: Action, obs: Observed) -> None:
         per_job: dict[str, list[int]] = {}

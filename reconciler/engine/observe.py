@@ -165,7 +165,7 @@ class Observer:
         finished = [s.token for s in sent if _all_ended(by_token.get(s.token, []), current)]
         verified, cursor = self._to_verify(verify, tasks)
         corrupt = self.outputs.verify([self.by_key[k] for k in verified]) if verified else {}
-        world = World(tasks, history, tuple(submissions), site, corrupt)
+        world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept())
         return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, verified, cursor)
 
     def _to_verify(self, verify: Verify, tasks: dict[str, TaskObs]) -> tuple[tuple[str, ...], int | None]:
