@@ -14,13 +14,16 @@ filled in, by plain replacement of ``@NAME@`` tokens (the workflow's own ``${{ }
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from reconciler import __version__
 from reconciler.errors import UsageError
@@ -57,9 +60,35 @@ class Written:
     enclosing: Path | None  # the repository the files were left uncommitted in, if any
 
 
-def default_pin() -> str:
-    """The requirement CI installs: exactly the reconciler that wrote the repository."""
+def version_pin() -> str:
     return f"reconciler=={__version__}"
+
+
+def pin_from_direct_url(direct_url: Mapping[str, Any] | None) -> str | None:
+    """The requirement that reinstalls a reconciler installed from a URL (PEP 610's
+    ``direct_url.json``): a git commit or a remote archive. None for a local directory or
+    file (CI cannot reach those) and for an install from an index (no such file)."""
+    if not direct_url:
+        return None
+    url = str(direct_url.get("url", ""))
+    vcs = direct_url.get("vcs_info")
+    if isinstance(vcs, dict) and vcs.get("vcs") == "git" and vcs.get("commit_id") and not url.startswith("file:"):
+        return f"reconciler @ git+{url}@{vcs['commit_id']}"
+    if "archive_info" in direct_url and url.startswith("https://"):
+        return f"reconciler @ {url}"
+    return None
+
+
+def default_pin() -> tuple[str, bool]:
+    """The requirement CI installs: exactly the reconciler that writes the repository, and
+    whether it is only a version (then the team's package index must serve that version
+    under this name: on PyPI, ``reconciler`` is another project's)."""
+    try:
+        raw = metadata.distribution("reconciler").read_text("direct_url.json")
+        found = pin_from_direct_url(json.loads(raw)) if raw else None
+    except (metadata.PackageNotFoundError, ValueError):
+        found = None
+    return (found, False) if found else (version_pin(), True)
 
 
 def repo_files(site: str, pin: str) -> dict[str, str]:
@@ -97,7 +126,7 @@ def write_config_repo(directory: Path, site: str = FALLBACK_MACHINE, pin: str | 
     """
     root = directory.resolve()
     env = dict(os.environ if environ is None else environ)
-    files = repo_files(site, pin or default_pin())
+    files = repo_files(site, pin or default_pin()[0])
     present = [rel for rel in files if (root / rel).exists() or (root / rel).is_symlink()]
     if present:
         listing = "\n".join(f"  {root / rel}" for rel in present)

@@ -23,7 +23,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from reconciler import __version__
-from reconciler.config_repo import WORKFLOW
+from reconciler.config_repo import WORKFLOW, pin_from_direct_url
 from reconciler.sites import SITES, site_label, site_text
 from reconciler.spec.load import WorkTree, load_defaults, load_file
 
@@ -118,8 +118,9 @@ def test_init_repo_makes_a_repository_that_validates_and_plans(tmp_path: Path, s
     assert git(target, "branch", "--show-current").strip() == "main"
     assert git(target, "log", "-1", "--format=%an <%ae>").strip() == "reconciler <reconciler@localhost>"
     assert git(target, "status", "--porcelain").strip() == ""
-    pin = f'RECONCILER_PIN: "reconciler=={__version__}"'
+    pin = f'RECONCILER_PIN: "reconciler=={__version__}"'  # this checkout is installed from a directory
     assert pin in (target / WORKFLOW).read_text()
+    assert "note: CI installs" in proc.stdout and "another project's" in proc.stdout
 
     valid = reconcile(target, "validate", "--all-machines")
     assert valid.returncode == 0, valid.stdout + valid.stderr
@@ -195,6 +196,16 @@ def test_pin_is_one_line_requirement(tmp_path: Path) -> None:
     workflow = YAML(typ="safe").load((tmp_path / "b" / WORKFLOW).read_text())
     assert workflow["env"]["RECONCILER_PIN"] == url
     assert url in (tmp_path / "b/README.md").read_text()
+
+
+def test_the_default_pin_reinstalls_what_runs_where_ci_can_reach_it() -> None:
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    git_install = {"url": "https://example.org/team/reconciler", "vcs_info": {"vcs": "git", "commit_id": commit, "requested_revision": "v0.1.0"}}
+    assert pin_from_direct_url(git_install) == f"reconciler @ git+https://example.org/team/reconciler@{commit}"
+    archive = {"url": "https://example.org/reconciler-0.1.0.tar.gz", "archive_info": {}}
+    assert pin_from_direct_url(archive) == "reconciler @ https://example.org/reconciler-0.1.0.tar.gz"
+    for unreachable in ({"url": "file:///home/me/reconciler", "dir_info": {"editable": True}}, {"url": "file:///tmp/r.whl", "archive_info": {}}, None):
+        assert pin_from_direct_url(unreachable) is None
 
 
 # ---------------------------------------------------------------- the generated workflow

@@ -26,33 +26,39 @@ EXAMPLE_USAGE = (
 
 def next_steps(written: Written) -> list[str]:
     """What to run next, from where the user stands (quoted: the directory is theirs)."""
-    where = shlex.quote(str(written.root))
-    machine = "" if written.site == FALLBACK_MACHINE else f" --machine {written.site}"
-    steps = [f"cd {where}"]
+    steps: list[tuple[str, str]] = [(f"cd {shlex.quote(str(written.root))}", "")]
     if written.commit is None:
         files = " ".join(shlex.quote(f) for f in written.files)
-        steps.append(f"git add -- {files} && git commit -m 'Config repository'   # reconcile reads what is committed")
+        steps.append((f"git add -- {files} && git commit -m 'Config repository'", "reconcile reads what is committed"))
     if written.site != FALLBACK_MACHINE:
-        steps.append(f"$EDITOR defaults/{written.site}.yaml   # account, output paths: what is commented there")
-        steps.append(f"reconcile doctor{machine}          # does the site give what that file says?")
+        steps.append((f"$EDITOR defaults/{written.site}.yaml", "account, output paths: what is commented there"))
+        steps.append((f"reconcile doctor --machine {written.site}", "does the site give what that file says?"))
     steps += [
-        "reconcile validate --all-machines          # every production on every machine",
-        "reconcile plan example                     # what a pass would do here, and why",
-        "reconcile watch example --until-done --interval 5",
-        f"# then push it to your forge: {WORKFLOW} checks every pull request",
+        ("reconcile validate --all-machines", "every production on every machine"),
+        ("reconcile plan example", "what a pass would do here, and why"),
+        ("reconcile watch example --until-done --interval 5", "run it to the end on this machine"),
+        ("git push", f"to your forge: {WORKFLOW} checks every pull request"),
     ]
-    return steps
+    width = max(len(cmd) for cmd, why in steps if why and len(cmd) < 60)
+    return [f"{cmd:<{width}}  # {why}" if why else cmd for cmd, why in steps]
 
 
 def cmd_init_repo(args: argparse.Namespace) -> int:
-    written = write_config_repo(Path(args.directory), args.site, args.pin)
+    pin, only_version = (args.pin, False) if args.pin else default_pin()
+    written = write_config_repo(Path(args.directory), args.site, pin)
     print(f"wrote a config repository for site {written.site!r} in {written.root}:")
     for rel in written.files:
         print(f"  {rel}")
     if written.commit is not None:
         print(f"initialized a git repository there (branch main) and committed them: {written.commit[:10]}")
     else:
-        print(f"not committed: {written.root} is the git repository {written.enclosing}, which is yours to commit to")
+        print(f"not committed: they are in your git repository {written.enclosing}; review and commit them yourself")
+    if only_version:
+        print(
+            f"note: CI installs {pin} from your package index (RECONCILER_PIN in {WORKFLOW}).\n"
+            "  On PyPI the name `reconciler` is another project's: unless your index serves this one, set\n"
+            '  RECONCILER_PIN: "reconciler @ git+https://HOST/ORG/reconciler@TAG" there (or rerun with --pin).'
+        )
     print("next:")
     for step in next_steps(written):
         print(f"  {step}")
@@ -63,4 +69,4 @@ def register(add: Any) -> None:
     p = add("init-repo", cmd_init_repo, f"write a ready config repository ({EXAMPLE}, defaults/, CI workflow); never overwrites", EXAMPLE_USAGE)
     p.add_argument("directory", nargs="?", default=".", metavar="DIR", help="where (default: the current directory); created if missing")
     p.add_argument("--site", choices=SITES, default=FALLBACK_MACHINE, help="machine defaults to start from (default: local)")
-    p.add_argument("--pin", default=None, metavar="REQUIREMENT", help=f"what CI pip-installs (default: {default_pin()}, this reconciler); e.g. a git URL")
+    p.add_argument("--pin", default=None, metavar="REQUIREMENT", help="what CI pip-installs (default: this reconciler: its git commit when installed from git, else its version)")
