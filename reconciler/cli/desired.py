@@ -15,6 +15,7 @@ from reconciler.errors import EXIT_INVALID, EXIT_OK, ConfigError
 from reconciler.production_dir import init_production_dir
 from reconciler.schema import write_schemas
 from reconciler.session import load_desired
+from reconciler.sites import FALLBACK_MACHINE
 from reconciler.spec.expand import count_tasks
 from reconciler.spec.load import (
     DEFAULTS_DIR,
@@ -44,7 +45,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     paths = [p for p in paths if p.endswith((".yaml", ".yml"))]
     machines = [opts.machine_name]
     if args.all_machines:
-        machines = [Path(p).stem for p in tree.list(DEFAULTS_DIR) if p.endswith(".yaml")]
+        # every machine of defaults/; without any, the one that needs none (packaged local)
+        machines = [Path(p).stem for p in tree.list(DEFAULTS_DIR) if p.endswith(".yaml")] or [FALLBACK_MACHINE]
     results: list[dict[str, Any]] = []
     failed = False
     for path in paths:

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
+from reconciler import sites
 from reconciler.errors import ConfigError, Problem
 from reconciler.spec.expand import Expansion, TemplateError, expand
 from reconciler.spec.models import (
@@ -160,8 +161,11 @@ def read_defaults(tree: Tree, machine: str) -> tuple[MachineDefaults | None, Doc
         raise ConfigError(Problem("<command line>", 0, 0, "--machine", f"{machine!r} is not a machine name"))
     path = f"{DEFAULTS_DIR}/{machine}.yaml"
     text = tree.read(path)
+    if text is None and machine == sites.FALLBACK_MACHINE:
+        # packaged defaults (issue #13): a repository without defaults/local.yaml runs on this machine
+        path, text = sites.site_label(machine), sites.site_text(machine)
     if text is None:
-        known = ", ".join(PurePosixPath(p).stem for p in tree.list(DEFAULTS_DIR)) or "none"
+        known = ", ".join(sorted({PurePosixPath(p).stem for p in tree.list(DEFAULTS_DIR)} | {sites.FALLBACK_MACHINE}))
         return None, Document(path, {}), [Problem(path, 0, 0, "", f"no machine defaults for {machine!r}", f"known machines: {known}; choose with --machine or RECONCILER_MACHINE")]
     try:
         doc = parse_collecting(text, path)
