@@ -2,7 +2,9 @@
 
 The batch script only names the manifest and passes the array index; everything about the
 task (argv, outputs, environment, timeout, validator) comes from the manifest, so no
-configuration value is ever parsed by a shell. The wrapper is what turns "the command
+configuration value is ever parsed by a shell unquoted (a ``shell: true`` task's argv is
+``bash -c LINE`` with every value quoted by spec/shell.py; a container's runtime goes before
+the argv, reconciler.container). The wrapper is what turns "the command
 exited 0" into "the task is complete": it validates the outputs and only then writes the
 completion marker. Its exit code tells the scheduler (and the person reading the log) what
 happened:
