@@ -2,7 +2,9 @@
 
 The batch script only names the manifest and passes the array index; everything about the
 task (argv, outputs, environment, timeout, validator) comes from the manifest, so no
-configuration value is ever parsed by a shell. The wrapper is what turns "the command
+configuration value is ever parsed by a shell unquoted (a ``shell: true`` task's argv is
+``bash -c LINE`` with every value quoted by spec/shell.py; a container's runtime goes before
+the argv, reconciler.container). The wrapper is what turns "the command
 exited 0" into "the task is complete": it validates the outputs and only then writes the
 completion marker. Its exit code tells the scheduler (and the person reading the log) what
 happened:
@@ -33,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from reconciler.container import container_argv
 from reconciler.core.causes import TAIL_CHARS, TAIL_LINES, Cause, CauseKind
 from reconciler.process import killpg, wait_group
 from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
@@ -138,6 +141,9 @@ def run(manifest_path: Path, array_index: str) -> int:
         timeout_s = float(manifest["timeout_s"])
         token = str(manifest.get("token", ""))
         extra_env = {str(k): str(v) for k, v in dict(manifest.get("env") or {}).items()}
+        shell = bool(manifest.get("shell", False))
+        container = manifest.get("container")
+        compression = manifest.get("compression")
     except (KeyError, TypeError, ValueError) as exc:
         _say(f"malformed manifest {manifest_path}: {exc!r}")
         return EXIT_USAGE
@@ -154,8 +160,20 @@ def run(manifest_path: Path, array_index: str) -> int:
         RECONCILER_TASK_INDEX=str(task.index),
         RECONCILER_ATTEMPT=str(task.attempt),
         RECONCILER_TOKEN=token,
+        RECONCILER_PYTHON=sys.executable,
     )
-    argv = resolve_argv(task.argv, pdir_text)
+    if compression is not None:
+        env["RECONCILER_COMPRESSION"] = str(compression)
+    # A shell line names the production directory and interpreter by the variables just set
+    # (spec/shell.py): substituting them into its text could end a quote the line relies on.
+    argv = list(task.argv) if shell else resolve_argv(task.argv, pdir_text)
+    if container:
+        try:
+            names = [*extra_env, *(k for k in env if k.startswith("RECONCILER_"))]
+            argv = container_argv(str(container["runtime"]), str(container["image"]), pdir_text, names) + argv
+        except (ValueError, KeyError, TypeError) as exc:
+            _say(f"cannot run in the container {container!r}: {exc}")
+            return _failed(manifest_path, array_index, EXIT_NOT_EXECUTABLE, CauseKind.NOT_EXECUTABLE, str(exc))
     for rel in task.outputs:
         (pdir / rel).parent.mkdir(parents=True, exist_ok=True)
 

@@ -83,6 +83,42 @@ def test_demo_on_local_matches_the_golden_scripts(repo: Path, tmp_path: Path) ->
         check_golden(f"demo_local_{p.name[:10]}.sh", normalized(p.read_text(), pdir))
 
 
+def test_job_environment_matches_the_golden_script_and_manifest(repo: Path, tmp_path: Path) -> None:
+    # alpha on nersc with an environment: setup lines (machine, then job type, then the
+    # production's), export_env added to --export once each, a container in the manifest
+    nersc = repo / "defaults" / "nersc.yaml"
+    nersc.write_text(
+        nersc.read_text().replace("    gpus_per_node: 4\n", "    gpus_per_node: 4\n    setup: ['module load cudatoolkit']\n")
+        + "\nenvironment:\n  setup: ['module load python', 'export HDF5_USE_FILE_LOCKING=FALSE']\n"
+        + "  export_env: [LD_LIBRARY_PATH, PATH]\n  container: {image: 'docker:org/covmocks:1.2', runtime: shifter}\n"
+    )
+    alpha = repo / "productions" / "alpha.yaml"
+    alpha.write_text(alpha.read_text() + "\nenvironment:\n  setup: ['conda activate covmocks']\n  export_env: [HDF5_PLUGIN_PATH, LD_LIBRARY_PATH]\n")
+    git(repo, "commit", "-qam", "a job environment")
+    scripts = stage(repo, tmp_path / "out", "alpha", "--machine", "nersc")
+    pdir = tmp_path / "out" / "alpha"
+    check_golden("alpha_env_nersc_batch_0000.sh", normalized(scripts[0].read_text(), pdir))
+    manifest = json.loads(scripts[0].with_suffix(".json").read_text())
+    manifest["tasks"] = {k: manifest["tasks"][k] for k in ("0",)}
+    check_golden("alpha_env_nersc_batch_0000.json", normalized(json.dumps(manifest, indent=1, sort_keys=True) + "\n", pdir))
+
+
+def test_a_shell_command_matches_the_golden_manifest(repo: Path, tmp_path: Path) -> None:
+    # shell: true: bash -euo pipefail -c LINE, every value quoted, the directory a variable
+    demo = repo / "productions" / "demo.yaml"
+    text = demo.read_text()
+    start, end = text.index("  command: >-"), text.index("  outputs:")
+    line = "mkdir -p $(dirname {output}) && {python} -m reconciler.demo_generator --realization {realization} --redshift {redshift} --output {output} 2>&1 | tail -n 5"
+    demo.write_text(text[:start] + f"  shell: true\n  command: {json.dumps(line)}\n" + text[end:])
+    git(repo, "commit", "-qam", "a shell line")
+    scripts = stage(repo, tmp_path / "out", "demo")
+    pdir = tmp_path / "out" / "demo"
+    check_golden("demo_shell_local_batch_0000.sh", normalized(scripts[0].read_text(), pdir))
+    manifest = json.loads(scripts[0].with_suffix(".json").read_text())
+    manifest["tasks"] = {k: manifest["tasks"][k] for k in ("0",)}
+    check_golden("demo_shell_local_batch_0000.json", normalized(json.dumps(manifest, indent=1, sort_keys=True) + "\n", pdir))
+
+
 def test_a_sparse_resubmission_renders_only_its_indices(repo: Path) -> None:
     loaded = load(WorkTree(repo), "alpha", "nersc", repo_root=repo)
     text = render_script(

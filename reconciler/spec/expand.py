@@ -15,7 +15,6 @@ import hashlib
 import json
 import math
 import re
-import shlex
 import string
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,9 @@ from functools import cached_property
 from itertools import product
 from typing import Any
 
+from reconciler.spec.environment import fingerprint_parts
 from reconciler.spec.models import Production
+from reconciler.spec.shell import QUOTING, command_templates, shell_quote
 from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
 from reconciler.spec.templates import Params as _Params
 from reconciler.spec.templates import TemplateError, TemplateErrors
@@ -32,7 +33,7 @@ from reconciler.spec.templates import root as _root
 
 __all__ = ["TemplateError", "TemplateErrors"]  # where callers have always found them
 
-BUILTIN_PLACEHOLDERS = ("realization", "redshift", "index", "key", "name", "version", "production_dir", "output", "catalog_params", "python")
+BUILTIN_PLACEHOLDERS = ("realization", "redshift", "index", "key", "name", "version", "production_dir", "output", "catalog_params", "python", "compression")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +78,13 @@ class Renderer:
         self.prod = prod
         self.axes: tuple[str, ...] = ("realization", "redshift", *sorted(prod.task.axes))
         self.catalog = _Params(prod.science.catalog_params)
-        self.argv_templates = tuple(shlex.split(prod.task.command))
+        self.shell = prod.task.shell  # then every substituted value is shell-quoted (spec/shell.py)
+        self.argv_templates, self._refused = command_templates(prod.task.command, prod.task.shell)
         self.output_templates = tuple(prod.task.outputs)
         self._check()
         # A template without placeholders renders to the same text for every task: render it
         # once ("{{" -> "{"). None marks a template that needs the task's values.
-        self._static = {"name": prod.production.name, "version": prod.production.version, "python": SYMBOLIC_PYTHON, "catalog_params": self.catalog}
+        self._static = {"name": prod.production.name, "version": prod.production.version, "python": SYMBOLIC_PYTHON, "catalog_params": self.catalog, "compression": prod.outputs.compression}
         self._argv_const = tuple(None if any(True for _ in _fields(t)) else t.format_map({}) for t in self.argv_templates)
         static = json.dumps(
             {
@@ -90,6 +92,7 @@ class Renderer:
                 "env": sorted(prod.task.env.items()),
                 "validator": prod.task.validator.model_dump(mode="json"),
                 "version": prod.production.version,
+                **fingerprint_parts(prod),
             },
             sort_keys=True,
         )
@@ -97,6 +100,8 @@ class Renderer:
 
     def _check(self) -> None:
         allowed = set(BUILTIN_PLACEHOLDERS) | set(self.axes)
+        if self._refused is not None:
+            raise TemplateError("task.command", *self._refused)
         if not self.argv_templates:
             raise TemplateError("task.command", "command is empty")
         found: list[TemplateError] = []
@@ -143,7 +148,8 @@ class Renderer:
     def _argv(self, values: dict[str, Any], key: str, production_dir: str, outputs: tuple[str, ...]) -> tuple[str, ...]:
         values["output"] = f"{production_dir}/{outputs[0]}"
         try:
-            return tuple([t.format_map(values) if c is None else c for t, c in zip(self.argv_templates, self._argv_const, strict=True)])
+            render = (lambda t: QUOTING.vformat(t, (), values)) if self.shell else (lambda t: t.format_map(values))
+            return tuple([render(t) if c is None else c for t, c in zip(self.argv_templates, self._argv_const, strict=True)])
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise TemplateError("task.command", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {redshift:.3f}, {realization:04d}") from None
 
@@ -162,6 +168,7 @@ class Renderer:
         sci = self.prod.science
         axis_values: dict[str, list[Any]] = {"realization": list(sci.realizations.values()), "redshift": sorted(sci.redshifts)}
         static = {**self._static, "production_dir": SYMBOLIC_DIR}
+        q = shell_quote if self.shell else str  # a substituted value, as the slow path renders it
         consts: list[str] = []
         tables: list[dict[Any, str]] = []
 
@@ -183,14 +190,14 @@ class Renderer:
                     table: dict[Any, str] = {}
                     for v in axis_values[field]:
                         x = repr(v) if conv == "r" else str(v) if conv == "s" else ascii(v) if conv == "a" else v
-                        table[v] = format(x, spec)
+                        table[v] = q(format(x, spec))
                     tables.append(table)
                     parts.append(f"T[{len(tables) - 1}][{'r' if field == 'realization' else 'z'}]")
                 elif field == "output" and allow_output and not spec and not conv:
-                    parts.append("o")
+                    parts.append("Q(o)" if self.shell else "o")
                 elif _root(field)[0] in static:
                     whole = "{" + field + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
-                    parts.append(const(whole.format_map(static)))
+                    parts.append(const(q(whole.format_map(static))))
                 else:
                     return None  # index, key, or anything unusual
             return " + ".join(parts) if parts else "''"
@@ -213,7 +220,7 @@ class Renderer:
             f"    o = {SYMBOLIC_DIR!r} + '/' + outs[0]\n"
             f"    return outs, ({', '.join(argv)},)\n"
         )
-        ns: dict[str, Any] = {"C": tuple(consts), "T": tuple(tables)}
+        ns: dict[str, Any] = {"C": tuple(consts), "T": tuple(tables), "Q": shell_quote}
         exec(compile(code, "<reconciler.spec.expand: compiled templates>", "exec"), ns)  # noqa: S102
         return ns["render"]
 

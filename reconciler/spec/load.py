@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from reconciler import sites
 from reconciler.errors import ConfigError, Problem
+from reconciler.spec import environment
 from reconciler.spec.expand import Expansion, TemplateError, expand
 from reconciler.spec.models import (
     EXECUTION_KEYS,
@@ -291,6 +292,8 @@ def load_file(
         else:
             raw_ov = dd.get("job_type_overrides", {}).get(str(job_type), {})
             for k, v in raw_ov.items():
+                if k in environment.JOB_TYPE_KEYS:
+                    continue  # merged with the other layers' environment below
                 section = "execution" if k in EXECUTION_KEYS else "resources"
                 put({k: v}, ddoc, ("job_type_overrides", str(job_type)), (section,))
     for section, value in doc.data.items():
@@ -300,6 +303,8 @@ def load_file(
             _set(merged, (section,), value)
             marks[(section,)] = doc.mark((section,))
             sources[section] = str(doc.mark((section,)))
+    # environment: lists that add up across the layers, not replaced (spec/environment.py)
+    environment.merge_into(merged, sources, defaults, ddoc, None if job_type is None else str(job_type), doc)
     for key_path, value in overrides:
         put({key_path[-1]: value}, None, (), key_path[:-1], "command line")
         marks[key_path] = Mark("<command line>", 0, 0)

@@ -181,10 +181,26 @@ class Validator(Strict):
     datasets: list[Line] = Field(default_factory=list, description="hdf5: datasets that must exist")
 
 
+CommandLine = Annotated[Line, StringConstraints(min_length=1)]
+
+
 class TaskSpec(Strict):
     """What one task runs and what it must produce."""
 
-    command: Annotated[Line, StringConstraints(min_length=1)]
+    command: CommandLine | Annotated[list[Line], Field(min_length=1, max_length=10_000)] = Field(
+        description=(
+            "One line (split into arguments as a POSIX shell would, without running one; shell syntax such as "
+            "`&&`, `|`, `>` or `$(...)` is refused unless `shell: true`), or a YAML list: one argument per item, "
+            "each a template, nothing split."
+        )
+    )
+    shell: bool = Field(
+        default=False,
+        description=(
+            "Run the command line with `bash -euo pipefail -c`: pipes, redirections and `&&` work, and every "
+            "substituted value is shell-quoted, so no parameter can inject a command."
+        ),
+    )
     outputs: list[Annotated[Line, StringConstraints(min_length=1)]] = Field(
         min_length=1, max_length=100,
         description="Output path templates, relative to the production directory; when a production file leaves it out, the layout outputs.structure names (spec.load).",
@@ -202,7 +218,46 @@ class TaskSpec(Strict):
                 raise ValueError(f"axis {name!r} has no values")
             if len(set(map(repr, values))) != len(values):
                 raise ValueError(f"axis {name!r} contains a duplicate")
+        if self.shell and isinstance(self.command, list):
+            raise ValueError("shell: true runs one command line; write the command as one string, or drop shell: true to keep the list")
         return self
+
+
+# ---- job environments (merged across layers by spec/environment.py)
+
+SetupLine = Annotated[Line, StringConstraints(min_length=1)]
+"""A shell line run by the batch script before the task wrapper (``module load x``): authored in
+the repository, never a per-task value; one line per item (no newline: spec.models.Line)."""
+Image = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9/][A-Za-z0-9._:/@+=-]{0,255}$")]
+"""A container image (``docker:org/img:1.2``, ``org/img@sha256:...``, ``/path/img.sif``): no space,
+quote, ``$`` or newline, and no leading ``-`` (it is one argument of the runtime's command)."""
+ContainerRuntime = Literal["podman-hpc", "shifter", "apptainer", "none"]
+
+
+class Container(Strict):
+    """The container a task's command runs in (``runtime: none`` turns an inherited one off)."""
+
+    runtime: ContainerRuntime
+    image: Image | None = None
+
+    @model_validator(mode="after")
+    def _image(self) -> Container:
+        if self.runtime != "none" and self.image is None:
+            raise ValueError(f"runtime {self.runtime!r} needs an image, e.g. image: docker:org/img:1.2")
+        return self
+
+
+class Environment(Strict):
+    """What a job needs around its command: setup lines, exported variables, a container."""
+
+    setup: list[SetupLine] = Field(
+        default_factory=list,
+        description="Shell lines run before the task wrapper (module load, conda activate); machine, then job type, then production.",
+    )
+    export_env: list[EnvName] = Field(
+        default_factory=list, description="Variables of the submitting environment added to #SBATCH --export (a union over the layers)."
+    )
+    container: Container | None = Field(default=None, description="The most specific layer that sets one wins; `runtime: none` turns it off.")
 
 
 class Production(Strict):
@@ -213,6 +268,7 @@ class Production(Strict):
     execution: Execution = Field(default_factory=Execution)
     resources: Resources = Field(default_factory=Resources)
     outputs: Outputs = Field(default_factory=Outputs)
+    environment: Environment = Field(default_factory=Environment)
     task: TaskSpec
 
 
@@ -231,9 +287,13 @@ class JobTypeOverride(Strict):
     timeout_hours: float | None = Field(default=None, gt=0)
     batch_size: int | None = Field(default=None, ge=1)
     array_throttle: int | None = Field(default=None, ge=1)
+    setup: list[SetupLine] = Field(default_factory=list, description="Run after the machine's setup lines, before the production's.")
+    container: Container | None = None
 
 
 EXECUTION_KEYS = frozenset({"timeout_hours", "batch_size", "array_throttle"})
+ENVIRONMENT_KEYS = frozenset({"setup", "container"})
+"""Job-type keys merged by spec/environment.py, not copied into resources or execution."""
 
 
 class Machine(Strict):
@@ -261,4 +321,5 @@ class MachineDefaults(Strict):
     resources: Resources = Field(default_factory=Resources)
     execution: Execution = Field(default_factory=Execution)
     outputs: Outputs = Field(default_factory=Outputs)
+    environment: Environment = Field(default_factory=Environment)
     job_type_overrides: dict[Name, JobTypeOverride] = Field(default_factory=dict)

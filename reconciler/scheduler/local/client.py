@@ -27,6 +27,7 @@ from reconciler.scheduler.local.spool import (
     alive,
     default_spool,
     flock,
+    parse_export,
     parse_time_limit,
     read_json,
     to_sched,
@@ -84,7 +85,7 @@ class LocalScheduler:
                 "time_limit_s": parse_time_limit(script),
                 "submitted": now,
                 # The submitter's environment, as sbatch --export=<allowlist> would carry it.
-                "env": {k: os.environ[k] for k in EXPORT_ALLOWLIST if k in os.environ},
+                "env": {k: os.environ[k] for k in parse_export(script, EXPORT_ALLOWLIST) if k in os.environ},
             }
             write_json(staging / "job.json", doc)
             (staging / "lock").touch()

@@ -26,7 +26,7 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,16 @@ def parse_time_limit(script: str) -> float | None:
     if len(parts) == 2:
         return 60.0 * parts[0] + parts[1]
     return float((parts[0] * 60 + parts[1]) * 60 + parts[2])
+
+
+_EXPORT_RE = re.compile(r"^#SBATCH\s+--export[= ]([A-Za-z0-9_,]+)\s*$", re.MULTILINE)
+
+
+def parse_export(script: str, default: Sequence[str]) -> list[str]:
+    """The variable names of the script's ``#SBATCH --export=A,B`` (``default`` when absent),
+    so the local backend passes what sbatch would: the allowlist plus ``environment.export_env``."""
+    m = _EXPORT_RE.search(script)
+    return [n for n in m.group(1).split(",") if n] if m else list(default)
 
 
 def expand_log_pattern(pattern: str, job_id: str, index: int) -> str:
