@@ -36,7 +36,7 @@ from pathlib import Path
 from reconciler.atomic import atomic_write
 from reconciler.core.legacy import LegacyBatch, LegacyImport, LegacyJob, LegacyStatus
 from reconciler.core.states import SubmissionState
-from reconciler.errors import UsageError
+from reconciler.errors import LegacyDatabase, UsageError
 from reconciler.ledger import Ledger, Seen, Submission
 
 OLD_TABLES = frozenset({"jobs", "batches"})
@@ -45,10 +45,6 @@ ASIDE = Path("metadata") / "legacy" / "production.db"
 IMPORTED = Path("metadata") / "legacy" / "IMPORTED"
 META_KEY = "legacy_import"
 SIDECARS = ("-journal", "-wal", "-shm")
-
-
-class LegacyDatabase(UsageError):
-    """A production directory holds the old tool's database, not yet imported (exit 2)."""
 
 
 def _connect_ro(path: Path) -> sqlite3.Connection:
