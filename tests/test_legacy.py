@@ -319,5 +319,7 @@ def test_an_import_cut_short_after_the_move_is_refused_then_finished(old: tuple[
     assert not (db.parent / "production.db.importing").exists()
     p = reconcile(repo, env, "plan", NAME, "--json")
     assert p.returncode == 1, p.stderr
-    planned = {k for a in json.loads(p.stdout)["actions"] if a["kind"] == "submit" or a["kind"] == "resubmit" for k in a["keys"]}
-    assert planned == {"r3000/z1.000", "r3001/z0.500", "r3001/z1.000", "r3001/z1.500"}
+    actions = json.loads(p.stdout)["actions"]
+    planned = {k for a in actions if a["kind"] in ("submit", "resubmit") or a["reason"] == "backoff" for k in a["keys"]}
+    assert planned == {"r3000/z1.000", "r3001/z0.500", "r3001/z1.000", "r3001/z1.500"}  # the retrying one now or after its backoff
+    assert not any("r3000/z1.500" in a["keys"] for a in actions if a["kind"] != "give_up"), actions  # its retries are used up
