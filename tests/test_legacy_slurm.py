@@ -52,7 +52,7 @@ def sbatch(script: Path, env: dict[str, str]) -> str:
     return r.stdout.strip().split(";")[0]
 
 
-def test_queued_jobs_of_the_old_tool_are_watched_to_their_end_and_never_resubmitted(make_prod: Callable[..., Prod]) -> None:
+def test_queued_jobs_of_the_old_tool_are_watched_to_their_end_and_never_resubmitted(make_prod: Callable[..., Prod]) -> None:  # noqa: F811 - the fixture imported above
     p = make_prod("legacy", realizations=1, redshifts=REDSHIFTS, batch_size=10, light=True)
     pdir = p.directory
     (pdir / "logs").mkdir(parents=True)
