@@ -62,6 +62,11 @@ class UsageError(ReconcilerError):
     exit_code = EXIT_INVALID
 
 
+class LegacyDatabase(UsageError):
+    """A production directory holds the old production manager's database, not yet imported
+    (`reconcile import-legacy`): refused by every verb, never opened as a ledger (exit 2)."""
+
+
 class LeaseHeld(ReconcilerError):
     """Another reconciler holds this production's lease (exit 3)."""
 

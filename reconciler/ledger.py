@@ -286,6 +286,13 @@ class Ledger:
                     (key, sub.token),
                 )
 
+    def seed_history(self, rows: Sequence[tuple[str, int, int]]) -> None:
+        """`reconcile import-legacy`, on a new ledger: each task's (key, submissions, failures)
+        made by the old tool *before* the attempt it brings over (record_submission adds that
+        one), so that the retry limit counts them."""
+        with self.transaction() as db:
+            db.executemany("INSERT INTO tasks (key, submissions, failures) VALUES (?, ?, ?)", rows)
+
     def set_submitted(self, token: str, job_id: str, when: float) -> None:
         """The scheduler's job id for ``token`` (sbatch's answer, or found by token)."""
         with self.transaction() as db:

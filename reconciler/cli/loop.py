@@ -25,6 +25,7 @@ from reconciler.errors import (
     ConfigError,
     Deposed,
     LeaseHeld,
+    LegacyDatabase,
     ReconcilerError,
     TransientError,
 )
@@ -193,6 +194,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 rc = EXIT_OK  # this tick's: 4 if any production's pass failed
                 all_done = True
                 deposed: set[str] = set()  # productions another loop took from this one: not ours to finish
+                blocked: set[str] = set()  # productions holding the old tool's database: paused until imported
                 short: dict[str, str] = {}  # production -> why it ended incomplete
                 if args.fetch:
                     fetch_desired(opts, args.fetch)
@@ -214,6 +216,11 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         say(f"{name}: {exc}")
                         all_done = False
                         continue
+                    except LegacyDatabase as exc:  # `reconcile import-legacy` (which this loop does not block) resumes it
+                        say(f"{name}: paused: {exc}")
+                        blocked.add(name)
+                        rc = EXIT_INVALID
+                        continue
                     except ConfigError as exc:
                         say(f"{name}: paused: its desired state does not load and never did:\n{exc}")
                         all_done = False
@@ -228,6 +235,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                     all_done = all_done and r.result.summary["done"] and not r.problem
                     if r.result.summary["done"] and not r.result.summary["all_complete"]:
                         short[name] = shortfall(r.result.summary)
+                if args.until_done and all_done and blocked:
+                    print(f"paused until `reconcile import-legacy` brings the old tool's state over: {', '.join(sorted(blocked))} (exit {EXIT_INVALID})", flush=True)
+                    return EXIT_INVALID
                 if args.until_done and all_done and deposed:
                     print(f"left to the loops that took them over: {', '.join(sorted(deposed))} (exit {EXIT_LOCKED})", flush=True)
                     return EXIT_LOCKED

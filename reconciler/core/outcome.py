@@ -13,7 +13,7 @@ from reconciler.core.reasons import MESSAGES, Reason
 from reconciler.core.states import Outcome, OutputState, SchedState
 
 
-def classify(sched: SchedState | None, output: OutputState) -> tuple[Outcome, Reason | None]:
+def classify(sched: SchedState | None, output: OutputState, *, legacy: bool = False) -> tuple[Outcome, Reason | None]:
     """(outcome, why it failed) of an attempt whose latest scheduler state is ``sched``.
 
     No answer yet, or queued or running: in flight. COMPLETED with certified outputs (or
@@ -21,11 +21,15 @@ def classify(sched: SchedState | None, output: OutputState) -> tuple[Outcome, Re
     the planner reports as stale): succeeded. COMPLETED without a marker: failed, the
     outputs are missing or invalid. Any other end (exit != 0, timeout, out of memory, node
     failure, preemption, cancellation, vanished): failed, in the scheduler's words.
+
+    ``legacy``: an attempt of the old production manager, which writes no marker: COMPLETED
+    with outputs that are present and valid (unmarked, validated by observe) succeeded, and the
+    planner adopts them (ADOPT); anything else failed, as for our own attempts.
     """
     if sched is None or sched.in_flight:
         return Outcome.IN_FLIGHT, None
     if sched is SchedState.COMPLETED:
-        if output.done or output is OutputState.STALE:
+        if output.done or output is OutputState.STALE or (legacy and output is OutputState.UNMARKED):
             return Outcome.SUCCEEDED, None
         return Outcome.FAILED, Reason.NO_MARKER
     return Outcome.FAILED, Reason.ATTEMPT_FAILED

@@ -28,6 +28,7 @@ class ActionKind(StrEnum):
     WAIVE = "waive"  # `reconcile retry`: failed tasks' backoff is over and each gets one more attempt
     GIVE_UP = "give_up"  # retries exhausted: the tasks stay FAILED
     CANCEL = "cancel"  # in-flight tasks that left the desired state (prune: true)
+    ADOPT = "adopt"  # an old-tool job ended COMPLETED with valid outputs: write their .adopted markers
     QUARANTINE = "quarantine"  # move partial outputs to qa/partial/ before their rerun
     SEND = "send"  # submit what `reconcile stage` wrote
     RESUBMIT = "resubmit"  # retry of failed tasks of one batch, as a sparse array

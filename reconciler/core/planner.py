@@ -10,6 +10,8 @@ First the open submissions are settled (``settle``), each by one rule:
   no job id, within the lookup grace-> WAIT (never resend blindly: the job may exist)
   no job id, past the grace         -> ABANDON; its tasks are planned again at once
   an attempt ended, not yet counted -> RECORD_FAILURE when core.outcome.classify says it failed
+  the old tool's attempt completed  -> ADOPT its valid outputs (it writes no marker; see
+                                       `reconcile import-legacy`); failed ones as above
 Then per task, in this order of precedence:
   queued or running             -> nothing (never submitted twice)
   complete, failed verification -> QUARANTINE (to qa/corrupt/, whatever the queue cap), then
@@ -158,11 +160,21 @@ def _abandon(s: Settled, world: World, sub: SubmissionObs, reason: Reason) -> No
 
 
 def _record_failures(s: Settled, world: World, sub: SubmissionObs, now: float) -> None:
+    """Count the attempts that ended in failure; adopt the old tool's that succeeded (it writes
+    no marker, so without ADOPT a completed task of the old tool would read unmarked forever)."""
     by_reason: dict[Reason, list[AttemptObs]] = {}
+    legacy = sub.kind.old_tool
+    adopted: list[AttemptObs] = []
     for att in sub.attempts:
         if att.failure_recorded:
             continue
-        outcome, why = classify(att.sched, _obs(world, att.key).output)
+        output = _obs(world, att.key).output
+        outcome, why = classify(att.sched, output, legacy=legacy)
+        if legacy and outcome is Outcome.SUCCEEDED and output is OutputState.UNMARKED:
+            adopted.append(att)
+            if att.latest:
+                s.tasks[att.key] = TaskObs(OutputState.ADOPTED, att.sched)
+            continue
         if outcome is not Outcome.FAILED or why is None:
             continue
         by_reason.setdefault(why, []).append(att)
@@ -171,6 +183,8 @@ def _record_failures(s: Settled, world: World, sub: SubmissionObs, now: float) -
         s.history[att.key] = replace(h, failures=h.failures + 1, last_end=end, last_reason=failure_text(att, why), cause=att.cause)
     for why, atts in by_reason.items():  # plan() orders every action by kind, batch, token, reason
         s.actions.append(_of(ActionKind.RECORD_FAILURE, why, sub, atts))
+    if adopted:
+        s.actions.append(_of(ActionKind.ADOPT, Reason.LEGACY_COMPLETED, sub, adopted, note=f"job {sub.job_id}"))
 
 
 def _batches(kind: ActionKind, reason: Reason, tasks: Iterable[DesiredTask], batch_size: int) -> list[Action]:

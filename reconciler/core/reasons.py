@@ -28,6 +28,7 @@ class Reason(StrEnum):
     # attempts that ended
     ATTEMPT_FAILED = "attempt_failed"
     NO_MARKER = "no_marker"
+    LEGACY_COMPLETED = "legacy_completed"
     RETRIES_EXHAUSTED = "retries_exhausted"
     CANNOT_RUN = "cannot_run"
     # waiting
@@ -59,6 +60,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.REBUILT_UNKNOWN: "rebuilt ledger: the scheduler no longer knows this submission; its tasks are planned again",
     Reason.ATTEMPT_FAILED: "the attempt failed",
     Reason.NO_MARKER: "exited 0 but its outputs are missing or invalid (no completion marker)",
+    Reason.LEGACY_COMPLETED: "the old production manager's job completed and its outputs are valid: adopted (.adopted marker)",
     Reason.RETRIES_EXHAUSTED: "retries exhausted",
     Reason.CANNOT_RUN: (
         "the command cannot run (not found or not executable), which retrying cannot fix: "

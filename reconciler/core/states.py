@@ -66,6 +66,14 @@ class SubmissionKind(StrEnum):
     SUBMIT = "submit"  # first attempt of its tasks
     RESUBMIT = "resubmit"  # a retry, as a sparse array of its batch
     REBUILT = "rebuilt"  # recovered from a manifest in logs/ after the ledger was lost
+    LEGACY = "legacy"  # an array job of the old production manager, brought over by `reconcile import-legacy`
+    LEGACY_SINGLE = "legacy_single"  # the same, for a batch of one job, which the old tool submitted without --array
+
+    @property
+    def old_tool(self) -> bool:
+        """Submitted by the old production manager: it writes no completion markers, so its
+        attempts are judged by the scheduler and the validator alone (core.outcome.classify)."""
+        return self in (SubmissionKind.LEGACY, SubmissionKind.LEGACY_SINGLE)
 
 
 class SubmissionState(StrEnum):

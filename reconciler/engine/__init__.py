@@ -110,7 +110,8 @@ class Engine:
             latest = self.ledger.latest_attempts()
             staged = (staged - {k for a in applied.of(ActionKind.SEND) for k in a.keys}) | {k for a in applied.of(ActionKind.STAGE) for k in a.keys}
         subs = self.ledger.all_submissions() if latest else []
-        jobs, batches = {s.token: s.job_id for s in subs}, {s.token: s.batch for s in subs}
+        jobs = {s.token: s.job_id for s in subs if not s.kind.old_tool}  # the old tool's logs are its own
+        batches = {s.token: s.batch for s in subs}
         logs: dict[str, str] = {}
         base = f"{self.production_dir}/logs/batch_"
         for key, att in latest.items():

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from reconciler import logs
+from reconciler import logs, markers
 from reconciler.atomic import atomic_write
 from reconciler.core.outcome import failure_text, waived_failures
 from reconciler.core.plan import SENDS, Action, ActionKind, Plan
@@ -166,6 +166,8 @@ class Actor:
             self.ledger.give_up(a.keys, a.message, now)
         elif a.kind is ActionKind.CANCEL:
             self._cancel(a, obs)
+        elif a.kind is ActionKind.ADOPT:
+            return self._adopt(a, obs)
         elif a.kind is ActionKind.QUARANTINE and a.reason is Reason.OUTPUT_CORRUPT:
             return self._quarantine_corrupt(a, obs)
         elif a.kind is ActionKind.QUARANTINE:
@@ -201,6 +203,17 @@ class Actor:
         for job, idx in sorted(per_job.items()):
             self.scheduler.cancel(job, sorted(idx))
         self.ledger.event("cancel", f"cancelled {len(a.keys)} task(s): {a.message}", self.clock())
+
+    def _adopt(self, a: Action, obs: Observed) -> str:
+        """The old tool's job completed and its outputs are valid: `.adopted` markers, as
+        `reconcile adopt` writes them (it writes no marker of its own)."""
+        now = self.clock()
+        history = obs.world.history
+        for key in a.keys:
+            attempt = history[key].submissions if key in history else 0
+            markers.write_marker(self.production_dir, self.by_key[key], attempt=attempt, exit_code=0, start=now, end=now, adopted=True)
+        self.ledger.event("adopt", f"adopted {len(a.keys)} task(s): {a.message}", now)
+        return f"{len(a.keys)} task(s) of the old production manager ({a.note}) completed with valid outputs: adopted"
 
     def _quarantine(self, a: Action, obs: Observed) -> None:
         now = self.clock()

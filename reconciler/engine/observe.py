@@ -19,7 +19,7 @@ from reconciler import outputs as output_tree
 from reconciler.core import causes
 from reconciler.core.model import EMPTY_HISTORY, AttemptObs, Desired, SubmissionObs, TaskObs, World
 from reconciler.core.outcome import classify, validate_deeply
-from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionState
+from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionKind, SubmissionState
 from reconciler.core.verification import cursor_of, sample
 from reconciler.ledger import Attempt, Ledger, Seen, Submission
 from reconciler.scheduler.base import JobRef, Scheduler, SchedulerView, TaskSched
@@ -113,11 +113,12 @@ class Observer:
         sent = [s for s in open_subs if s.state is not SubmissionState.STAGED]
         refs = [
             JobRef(
-                s.token, s.job_id, s.submitted or s.created, tuple(sorted(a.array_index for a in by_token.get(s.token, []))),
+                s.token, s.job_id, s.submitted or s.created,
+                () if s.kind is SubmissionKind.LEGACY_SINGLE else tuple(sorted(a.array_index for a in by_token.get(s.token, []))),
                 job_name(self.production, s.batch, s.token),
             )
             for s in sent
-        ]
+        ]  # the old tool sent a batch of one job without --array: its record is a plain job's
         view = self.scheduler.observe(refs) if refs else SchedulerView()
         site, probed = self._site_max_array_size(now)
 
@@ -142,9 +143,13 @@ class Observer:
         history = self.ledger.history()
         latest = self.ledger.latest_attempts()
         unresolved = {a.key for s in open_subs if s.job_id is None and s.token not in view.found for a in by_token.get(s.token, [])}
+        # the old tool's attempts write no marker: their outputs are validated to be adopted
+        legacy = {a.key for s in open_subs if s.kind.old_tool for a in by_token.get(s.token, [])}
         pol, kind = self.desired.policy, self.validator_kind
 
         def deep(t: Task) -> bool:
+            if t.key in legacy:
+                return kind != "exists"
             return validate_deeply(kind, history.get(t.key, EMPTY_HISTORY).submissions, pol.adopt_existing, t.key in unresolved)
 
         out = self.outputs.observe(self.tasks, deep)
@@ -207,7 +212,7 @@ class Observer:
             end = ts.end if ts is not None and ts.end is not None else a.end
             is_latest = (lt := latest.get(a.key)) is not None and lt.token == a.token
             cause = None
-            if not a.failure_recorded and classify(sched, out.get(a.key, OutputState.MISSING))[0] is Outcome.FAILED:
+            if not s.kind.old_tool and not a.failure_recorded and classify(sched, out.get(a.key, OutputState.MISSING))[0] is Outcome.FAILED:
                 # only attempts that failed and are not yet counted: one small read each, once
                 cause = causes.from_doc(markers.read_cause(Path(s.manifest), a.array_index))
             obs.append(AttemptObs(a.key, a.array_index, sched, reason, end, a.failure_recorded, is_latest, previous.get(a.key), cause))

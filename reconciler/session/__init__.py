@@ -14,6 +14,7 @@ scheduler, results branch) are opened here and handed to the engine.
 - ``production``: open_production (lease, tag, directory tree, ledger, scheduler)
 - ``passes``: run_pass, read_plan, read_status
 - ``site``: adopt, load_report_inputs, lease_of, doctor
+- ``legacy``: import_legacy (the old production manager's database)
 """
 
 from reconciler.session.desired import (
@@ -25,11 +26,12 @@ from reconciler.session.desired import (
     production_names,
     warn,
 )
+from reconciler.session.legacy import ImportReport, import_legacy
 from reconciler.session.passes import PassReport, read_plan, read_status, run_pass
 from reconciler.session.production import Production, open_production
 from reconciler.session.site import adopt, doctor, lease_of, load_report_inputs
 
 __all__ = [
-    "DesiredState", "Options", "PassReport", "Production", "Warn", "adopt", "doctor", "fetch_desired", "lease_of",
+    "DesiredState", "ImportReport", "Options", "PassReport", "Production", "Warn", "adopt", "doctor", "fetch_desired", "import_legacy", "lease_of",
     "load_desired", "load_report_inputs", "open_production", "production_names", "read_plan", "read_status", "run_pass", "warn",
 ]

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from reconciler import gitops
+from reconciler import gitops, legacy
 from reconciler.engine import Engine
 from reconciler.engine.apply import UNFENCED
 from reconciler.lease import Leases
@@ -55,6 +55,7 @@ def open_production(
     init = write if init is None else init
     desired = desired or load_desired(opts, name, on_warning=on_warning)
     loaded, pdir = desired.loaded, desired.loaded.production_dir
+    legacy.check(pdir, default_path(pdir), name)  # the old tool's database is never opened as a ledger
     scheduler = make_scheduler(loaded.machine, opts.scheduler)
     keeper = leases if leases is not None else Leases(opts.lease_ttl)
     lease = keeper.of(pdir / "metadata") if write else None
