@@ -145,3 +145,44 @@ def test_a_slurm_machine_without_slurm_tools_is_a_clear_error_never_the_local_ba
         assert r.returncode == 2, (verb, r.stdout, r.stderr)
         assert "machine 'nersc' (scheduler: auto) needs Slurm, and this host has no Slurm tools (sbatch is not on PATH)" in r.stderr, r.stderr
     assert not base.exists()
+
+
+def test_a_config_repository_from_init_repo_takes_the_old_tools_files_and_its_ci_passes(tmp_path: Path) -> None:
+    """The issue's first day: `init-repo`, then the seed's nersc.yaml and alpha.yaml (with only
+    `task:` added) in a pull request; the generated workflow's steps validate both machines and
+    put a plan per machine in the job summary."""
+    from ruamel.yaml import YAML
+
+    from reconciler.config_repo import WORKFLOW
+
+    from .test_init_repo import _run_steps, _throwaway_venv, clean_env
+    from .test_init_repo import reconcile as reconcile_in
+
+    target = tmp_path / "team-productions"
+    assert reconcile_in(tmp_path, "init-repo", str(target)).returncode == 0
+    shutil.copy(LEGACY / "nersc.yaml", target / "defaults" / "nersc.yaml")  # the machine first, on main
+    git(target, "add", "-A")
+    git(target, "commit", "-qm", "our site, as the old tool had it")
+    git(target, "checkout", "-qb", "alpha")
+    shutil.copy(LEGACY / "alpha.yaml", target / "productions" / "alpha.yaml")
+    git(target, "add", "-A")
+    git(target, "commit", "-qm", "alpha, as the old tool had it")
+    git(target, "update-ref", "refs/remotes/origin/main", "main")
+
+    venv, source = _throwaway_venv(tmp_path)
+    workflow = YAML(typ="safe").load((target / WORKFLOW).read_text())
+    summary = tmp_path / "summary.md"
+    path = os.pathsep.join([str(venv / "bin"), *(p for p in os.environ["PATH"].split(os.pathsep) if p and not p.startswith(sys.prefix))])
+    env = {**clean_env(tmp_path), **workflow["env"], "PATH": path, "GITHUB_STEP_SUMMARY": str(summary)}
+    env.pop("VIRTUAL_ENV", None)
+    env.update(RECONCILER_PIN=str(source), PIP_NO_DEPS="1", PIP_NO_INDEX="1", PIP_NO_BUILD_ISOLATION="0", PIP_DISABLE_PIP_VERSION_CHECK="1")  # pip reads "0" as: no isolation
+    results = _run_steps(workflow, target, env)
+    assert [rc for _, rc, _ in results] == [0, 0, 0], results
+    validated = results[1][2]
+    assert "ok      productions/alpha.yaml (8000 tasks on local)" in validated, validated
+    assert "ok      productions/alpha.yaml (8000 tasks on nersc)" in validated, validated
+    assert "ok      defaults/nersc.yaml (machine defaults)" in validated, validated
+    text = summary.read_text()
+    for machine in ("local", "nersc"):
+        assert f"## Machine `{machine}`" in text, text
+    assert text.count("alpha") >= 2 and "8000" in text.replace(",", ""), text
