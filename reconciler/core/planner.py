@@ -27,9 +27,10 @@ Then per task, in this order of precedence:
   failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
   ended, no failure, no outputs -> RESUBMIT at once (its outputs were deleted after it completed)
 A task (re)submitted over outputs that are present but not certified gets them moved aside
-first (QUARANTINE). Logs of submissions finished keep_logs_days ago are pruned (core.cleanup). Submissions are grouped by batch (index // batch_size) with batch-local
+first (QUARANTINE). Submissions are grouped by batch (index // batch_size) with batch-local
 array indices, and queued tasks (counting those whose submission's answer is still unknown)
-never exceed ``limits.max_queued_tasks``.
+never exceed ``limits.max_queued_tasks``. Last, the logs of submissions that finished
+``keep_logs_days`` ago are pruned (PRUNE_LOGS; core.cleanup).
 """
 
 from __future__ import annotations
