@@ -114,7 +114,13 @@ def enclosing_repository(directory: Path, environ: Mapping[str, str] = os.enviro
     while not probe.exists():
         probe = probe.parent
     proc = _run(["git", "-C", str(probe), "rev-parse", "--show-toplevel"], environ)
-    return Path(proc.stdout.strip()).resolve() if proc.returncode == 0 and proc.stdout.strip() else None
+    if proc.returncode == 0 and proc.stdout.strip():
+        return Path(proc.stdout.strip()).resolve()
+    if "not a git repository" not in proc.stderr:
+        # e.g. "dubious ownership" (a repository of another user, common on shared HPC
+        # directories): a repository we must not treat as absent, let alone git-init over
+        raise UsageError(f"git cannot tell whether {probe} is in a repository: {proc.stderr.strip()} (nothing was written)")
+    return None
 
 
 def write_config_repo(directory: Path, site: str = FALLBACK_MACHINE, pin: str | None = None, environ: Mapping[str, str] | None = None) -> Written:
@@ -141,13 +147,15 @@ def write_config_repo(directory: Path, site: str = FALLBACK_MACHINE, pin: str | 
             f"at a repository's top; run init-repo in {top}, or in a directory outside any repository (nothing was written)"
         )
     made_root = not root.exists()
+    had_git = (root / ".git").exists() or (root / ".git").is_symlink()
     written = _write_all(root, files)
     if top is not None:
         return Written(root, site, tuple(written), None, top)
     try:
         commit = _first_commit(root, written, site, env)
     except UsageError:
-        shutil.rmtree(root / ".git", ignore_errors=True)  # not in a repository before: ours
+        if not had_git:  # only a .git this call created is removed, never one that was there
+            shutil.rmtree(root / ".git", ignore_errors=True)
         _remove(root, written, made_root)
         raise
     return Written(root, site, tuple(written), commit, None)

@@ -16,9 +16,13 @@ crash anywhere leaves repeatable:
 2. ``.adopted`` markers for the completed tasks (idempotent).
 3. ``write_ledger``: the whole ledger is built in ``production.db.importing`` (a leftover one
    is discarded) and renamed onto the ledger's path: the commit point.
-4. ``mark_imported``: ``metadata/legacy/IMPORTED``, so a ledger lost later is rebuilt from
-   logs/ as usual instead of being refused. A crash before it: the ledger exists, so nothing
-   is refused, and import-legacy run again finds the ledger's ``legacy_import`` and writes it.
+4. ``mark_imported``: ``metadata/legacy/IMPORTED``, the import's summary. A crash before it:
+   the ledger exists, so nothing is refused, and import-legacy run again finds the ledger's
+   ``legacy_import`` and writes it.
+
+A ledger lost after the import is refused like an import cut short (``interrupted``): only
+the import knows the old tool's Slurm jobs, so import-legacy run again builds the ledger from
+the copy aside, then recovers our own submissions since from the manifests in logs/.
 
 The decisions (what each old job becomes) are ``core.legacy.plan_import``'s; this module
 only reads and writes.
@@ -100,8 +104,11 @@ def find(production_dir: Path, ledger_path: Path) -> tuple[Path, int] | None:
 
 
 def interrupted(production_dir: Path, ledger_path: Path) -> bool:
-    """An import moved the old database aside and has not committed the ledger yet."""
-    return (production_dir / ASIDE).is_file() and not ledger_path.exists() and not (production_dir / IMPORTED).exists()
+    """An import moved the old database aside and there is no ledger: the import was cut short
+    before it committed the ledger, or the ledger was lost since. Either way only the import
+    can make the ledger again: a rebuild from logs/ alone would not know the old tool's Slurm
+    jobs, and would submit their tasks a second time."""
+    return (production_dir / ASIDE).is_file() and not ledger_path.exists()
 
 
 def check(production_dir: Path, ledger_path: Path, name: str) -> None:
@@ -116,8 +123,9 @@ def check(production_dir: Path, ledger_path: Path, name: str) -> None:
         )
     if interrupted(production_dir, ledger_path):
         raise LegacyDatabase(
-            f"an import of the old production manager's database ({ASIDE}) was interrupted before the ledger was written: "
-            f"run `reconcile import-legacy {name}` again to finish it"
+            f"the old production manager's database was imported ({ASIDE}) but there is no ledger (the import was cut short, "
+            f"or the ledger was lost since): run `reconcile import-legacy {name}` again; it builds the ledger from that copy "
+            "and from the manifests in logs/"
         )
 
 

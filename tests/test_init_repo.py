@@ -316,3 +316,21 @@ def test_generated_workflow_steps_run_in_a_generated_repository(tmp_path: Path) 
     results = _run_steps(workflow, target, env)
     assert [rc for _, rc, _ in results] == [0, 2], results
     assert "science.realizations.count" in results[1][2]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a repository to another user")
+def test_a_repository_git_will_not_read_is_refused_and_left_alone(tmp_path: Path) -> None:
+    """A repository of another user (git: "dubious ownership", common on shared directories)
+    is not "no repository": init-repo refuses, and its .git with its history stays."""
+    other = tmp_path / "theirs"
+    other.mkdir()
+    git(other, "init", "-q", "-b", "main")
+    (other / "notes.txt").write_text("history\n")
+    git(other, "add", "-A")
+    git(other, "commit", "-qm", "their work")
+    before = snapshot(other)
+    subprocess.run(["chown", "-R", "65534:65534", str(other)], check=True)
+    r = reconcile(tmp_path, "init-repo", str(other))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "git cannot tell whether" in r.stderr and "nothing was written" in r.stderr, r.stderr
+    assert snapshot(other) == before

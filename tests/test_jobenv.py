@@ -64,10 +64,16 @@ def test_a_shell_line_is_refused_at_validate_with_the_hint_at_task_command(repo:
     assert main(["validate", "productions/demo.yaml", "--repo", str(repo)]) == 0, capsys.readouterr().err
 
 
-def test_shell_refuses_a_placeholder_in_quotes_and_a_list(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    set_command(repo, json.dumps("gen \"{output}\""), "  shell: true\n")
+@pytest.mark.parametrize("line", ["gen \"{output}\"", "gen '{output}'", "gen \\{output}", "gen ${output}", "gen $'{output}'"])
+def test_shell_refuses_a_placeholder_quoted_or_glued_to_a_backslash_or_dollar(repo: Path, capsys: pytest.CaptureFixture[str], line: str) -> None:
+    """``\\{x}`` would eat the opening quote of the quoted value (``\\'a;touch p;#'`` runs
+    touch), and ``${x}`` would have bash expand it: refused, as a placeholder in quotes is."""
+    set_command(repo, json.dumps(line), "  shell: true\n")
     assert main(["validate", "productions/demo.yaml", "--repo", str(repo)]) == 2
-    assert "task.command: a placeholder is inside quotes" in capsys.readouterr().err
+    assert "task.command: a placeholder is inside quotes or right after a \\ or $" in capsys.readouterr().err
+
+
+def test_shell_refuses_a_list(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     set_command(repo, '["gen", "{output}"]', "  shell: true\n")
     assert main(["validate", "productions/demo.yaml", "--repo", str(repo)]) == 2
     assert "shell: true runs one command line" in capsys.readouterr().err

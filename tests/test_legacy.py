@@ -309,7 +309,7 @@ def test_an_import_cut_short_after_the_move_is_refused_then_finished(old: tuple[
     before = digest(db)
     legacy.move_aside(db, pdir)  # step 1 done, then the import died
     r = reconcile(repo, env, "plan", NAME)
-    assert r.returncode == 2 and f"was interrupted before the ledger was written: run `reconcile import-legacy {NAME}` again" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"but there is no ledger (the import was cut short, or the ledger was lost since): run `reconcile import-legacy {NAME}` again" in r.stderr, r.stderr
     assert not db.exists()
     (db.parent / "production.db.importing").write_text("half a ledger")  # step 3 died too
     r = reconcile(repo, env, "import-legacy", NAME)
@@ -323,3 +323,30 @@ def test_an_import_cut_short_after_the_move_is_refused_then_finished(old: tuple[
     planned = {k for a in actions if a["kind"] in ("submit", "resubmit") or a["reason"] == "backoff" for k in a["keys"]}
     assert planned == {"r3000/z1.000", "r3001/z0.500", "r3001/z1.000", "r3001/z1.500"}  # the retrying one now or after its backoff
     assert not any("r3000/z1.500" in a["keys"] for a in actions if a["kind"] != "give_up"), actions  # its retries are used up
+
+
+def test_a_ledger_lost_after_the_import_is_made_again_by_the_import_not_from_logs_alone(old: tuple[Path, Path, dict[str, str]]) -> None:
+    """A rebuild from logs/ alone would not know the old tool's jobs (their tasks would be sent
+    again, their failure counts lost): every verb refuses until import-legacy runs again, which
+    builds the ledger from the copy aside and then recovers our own submissions from logs/."""
+    repo, pdir, env = old
+    assert reconcile(repo, env, "import-legacy", NAME).returncode == 0
+    once = reconcile(repo, env, "once", NAME)  # our own submissions, with manifests in logs/
+    assert once.returncode == 0, once.stderr
+    ledger = pdir / "metadata" / "production.db"
+    with sqlite3.connect(ledger) as c:
+        ours = {r[0] for r in c.execute("SELECT token FROM submissions WHERE kind IN ('submit', 'resubmit')")}
+    c.close()
+    assert ours
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{ledger}{suffix}").unlink(missing_ok=True)
+    r = reconcile(repo, env, "plan", NAME)
+    assert r.returncode == 2 and "but there is no ledger" in r.stderr and f"reconcile import-legacy {NAME}` again" in r.stderr, r.stderr
+    again = reconcile(repo, env, "import-legacy", NAME)
+    assert again.returncode == 0, again.stderr
+    with sqlite3.connect(ledger) as c:
+        history = {k: (s, f) for k, s, f in c.execute("SELECT key, submissions, failures FROM tasks")}
+        rebuilt = {r[0] for r in c.execute("SELECT token FROM submissions WHERE kind = 'rebuilt'")}
+    c.close()
+    assert history["r3000/z1.500"] == (3, 3)  # the old tool's counts are back
+    assert rebuilt == ours  # and our own submissions, to be looked up by token

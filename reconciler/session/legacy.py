@@ -23,7 +23,8 @@ from reconciler.core.legacy import (
 )
 from reconciler.errors import UsageError
 from reconciler.lease import Leases
-from reconciler.ledger import default_path
+from reconciler.ledger import Ledger, default_path
+from reconciler.recovery import rebuild
 from reconciler.scheduler import make_scheduler
 from reconciler.session.desired import Options, Warn, load_desired, warn
 from reconciler.spec.expand import Task
@@ -88,6 +89,10 @@ def import_legacy(opts: Options, name: str, *, db: Path | None = None, dry_run: 
         _adopt(pdir, exp.by_key, imported)  # 2
         backend = make_scheduler(loaded.machine, opts.scheduler).name
         legacy.write_ledger(ledger_path, imported, source=source, backend=backend, now=time.time(), generation=lease.generation)  # 3
+        if moved:  # the ledger was lost after an import, or never committed: our own submissions since are in logs/
+            with Ledger(ledger_path) as ledger:
+                ledger.fence(lease.generation)
+                rebuild(ledger, pdir, backend, time.time())
         legacy.mark_imported(pdir, legacy.imported_summary(ledger_path) or {})  # 4
     finally:
         lease.release()

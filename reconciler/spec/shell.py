@@ -94,7 +94,10 @@ def shell_syntax(template: str) -> str | None:
 
 
 def quoted_placeholder(template: str) -> bool:
-    """Whether a placeholder sits inside quotes (a ``shell: true`` line quotes values itself)."""
+    """Whether a placeholder sits inside quotes, or right after a ``\\`` or ``$``: a ``shell:
+    true`` line quotes values itself, and a quoted value glued to a backslash (``\\{x}``) loses
+    its opening quote to the escape, so the value would be read as shell text; after ``$``
+    (``${x}``, ``$'...'``) bash would expand it."""
     quote = ""
     text = skeleton(template)
     i = 0
@@ -104,8 +107,10 @@ def quoted_placeholder(template: str) -> bool:
             return True
         if quote == "'":
             quote = "" if ch == "'" else quote
-        elif ch == "\\":
-            i += 1
+        elif ch == "\\" or ch == "$":
+            if text[i + 1 : i + 2] == _FIELD:
+                return True
+            i += 1 if ch == "\\" else 0
         elif quote == '"':
             quote = "" if ch == '"' else quote
         elif ch in "'\"":
@@ -123,7 +128,10 @@ def command_templates(command: str | list[str], shell: bool) -> tuple[tuple[str,
     try:
         if shell:
             if quoted_placeholder(command):
-                return (), ("a placeholder is inside quotes, and a shell: true command quotes every value itself", "remove the quotes around the placeholder")
+                return (), (
+                    "a placeholder is inside quotes or right after a \\ or $, and a shell: true command quotes every value itself",
+                    "remove the quotes (or the \\ or $) around the placeholder",
+                )
             return (*SHELL_PREFIX, command), None
         found = shell_syntax(command)
     except ValueError:
