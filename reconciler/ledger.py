@@ -229,10 +229,10 @@ class Ledger:
         """Finished submissions whose logs have not been pruned; one finished before schema v3
         counts from its submission."""
         rows = self.db.execute(
-            "SELECT token, batch, COALESCE(finished, submitted, created) FROM submissions WHERE state = ? AND logs_pruned IS NULL",
+            "SELECT token, batch, COALESCE(finished, submitted, created), kind FROM submissions WHERE state = ? AND logs_pruned IS NULL",
             (SubmissionState.FINISHED.value,),
         ).fetchall()
-        return tuple(FinishedSubmission(token, batch, when) for token, batch, when in rows)
+        return tuple(FinishedSubmission(token, batch, when, SubmissionKind(kind)) for token, batch, when, kind in rows)
 
     def logs_pruned(self, token: str, files: int, archive: str | None, now: float) -> None:
         """The decision carried out: the submission's logs are gone (``archive``: where they are now)."""

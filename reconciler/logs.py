@@ -14,20 +14,27 @@ from reconciler.markers import CAUSES_DIR
 ARCHIVE_DIR = "archive"
 
 
+def listing(logs: Path) -> list[str]:
+    """Every name in ``logs`` and in ``logs/causes`` (as ``causes/<name>``), listed once for
+    every submission a pass prunes: a production's logs/ holds tens of thousands of files."""
+    names: list[str] = []
+    for sub, prefix in ((logs, ""), (logs / CAUSES_DIR, f"{CAUSES_DIR}/")):
+        try:
+            names += [prefix + n for n in os.listdir(sub)]
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+    return names
+
+
 def submission_logs(logs: Path, names: Iterable[str], batch: int, job_id: str | None, manifest: str) -> list[Path]:
-    """The log files of one submission among ``names`` (a listing of ``logs``, made once for
-    every submission a pass prunes: a production's logs/ holds tens of thousands of files)."""
-    out: list[Path] = []
+    """The log files of one submission among ``names`` (``listing(logs)``)."""
+    prefixes = [f"{CAUSES_DIR}/{Path(manifest).stem}."]  # markers.cause_path
     if job_id:
-        prefix = f"batch_{batch:04d}_{job_id}_"  # scheduler.script.log_patterns, %A_%a
-        out += [logs / n for n in names if n.startswith(prefix) and n.endswith((".out", ".err"))]
-    causes = logs / CAUSES_DIR
-    stem = Path(manifest).stem + "."
-    try:
-        out += [causes / n for n in os.listdir(causes) if n.startswith(stem)]
-    except FileNotFoundError:
-        pass
-    return sorted(out)
+        prefixes.append(f"batch_{batch:04d}_{job_id}_")  # scheduler.script.log_patterns, %A_%a
+    return sorted(
+        logs / n for n in names
+        if n.startswith(prefixes[0]) or (len(prefixes) > 1 and n.startswith(prefixes[1]) and n.endswith((".out", ".err")))
+    )
 
 
 def prune(logs: Path, files: list[Path], name: str, archive: bool) -> str | None:
@@ -45,9 +52,12 @@ def prune(logs: Path, files: list[Path], name: str, archive: bool) -> str | None
             files = [f for f in files if str(f.relative_to(logs)) in held]
         else:
             tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            with tarfile.open(tmp, "w:gz") as tar:
-                for f in files:
-                    tar.add(f, arcname=str(f.relative_to(logs)))
+            with open(tmp, "wb") as raw:
+                with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+                    for f in files:
+                        tar.add(f, arcname=str(f.relative_to(logs)))
+                raw.flush()
+                os.fsync(raw.fileno())  # on disk before the logs it holds are removed
             os.replace(tmp, target)
         where = str(target.relative_to(logs))
     for f in files:

@@ -12,6 +12,8 @@ import pytest
 from reconciler.core.cleanup import prune_logs
 from reconciler.core.model import FinishedSubmission, Policy
 from reconciler.core.plan import ActionKind
+from reconciler.core.reasons import Reason
+from reconciler.core.states import SubmissionKind
 
 from .conftest import git
 from .test_loop_local import env_for, reconcile, shrink_demo
@@ -23,9 +25,11 @@ def test_only_submissions_older_than_keep_logs_days_are_pruned_in_finish_order()
     kept = [FinishedSubmission("b", 1, 10 * DAY), FinishedSubmission("a", 0, 5 * DAY), FinishedSubmission("c", 2, 29 * DAY)]
     actions = prune_logs(kept, now=30 * DAY, policy=Policy(keep_logs_s=20 * DAY))
     assert [(a.kind, a.token, a.batch) for a in actions] == [(ActionKind.PRUNE_LOGS, "a", 0), (ActionKind.PRUNE_LOGS, "b", 1)]
-    assert "removed" in actions[0].note and "archived" not in actions[0].note
-    assert "archived to logs/archive/" in prune_logs(kept, 30 * DAY, Policy(keep_logs_s=20 * DAY, archive_logs=True))[0].note
+    assert {a.reason for a in actions} == {Reason.LOGS_EXPIRED} and actions[0].message.endswith("removed (finished over 20 day(s) ago)")
+    assert {a.reason for a in prune_logs(kept, 30 * DAY, Policy(keep_logs_s=20 * DAY, archive_logs=True))} == {Reason.LOGS_ARCHIVED}
     assert prune_logs(kept, 30 * DAY, Policy()) == []  # the default: 90 days
+    old_tool = [FinishedSubmission("d", 3, 1 * DAY, SubmissionKind.LEGACY)]  # import-legacy: no logs of ours
+    assert prune_logs(old_tool, 30 * DAY, Policy(keep_logs_s=0)) == []
 
 
 @pytest.mark.parametrize("archive", [True, False])
@@ -42,7 +46,7 @@ def test_logs_of_finished_submissions_are_pruned_and_recorded(repo: Path, tmp_pa
     plan = json.loads(reconcile(repo, env, "plan", "demo", "--json").stdout)
     pruned = [a for a in plan["actions"] if a["kind"] == "prune_logs"]
     if before:  # watch may have pruned every submission already, in its last passes
-        assert pruned and all(a["reason"] == "logs_expired" for a in pruned), plan
+        assert pruned and all(a["reason"] == ("logs_archived" if archive else "logs_expired") for a in pruned), plan
     once = reconcile(repo, env, "once", "demo")
     assert once.returncode == 0, once.stderr
     assert not [p for p in logs.glob("batch_*") if p.suffix in (".out", ".err")]

@@ -16,12 +16,13 @@ from reconciler.core.reasons import Reason
 
 
 def prune_logs(kept: Sequence[FinishedSubmission], now: float, policy: Policy) -> list[Action]:
-    """One PRUNE_LOGS per submission that finished ``keep_logs_s`` ago or more, in finish order;
-    its note says whether the logs are archived first."""
-    how = "archived to logs/archive/, then removed" if policy.archive_logs else "removed"
-    days = f"{policy.keep_logs_s / 86400:g} day(s)"
+    """One PRUNE_LOGS per submission of ours that finished ``keep_logs_s`` ago or more, in
+    finish order; its reason says whether the logs are archived first (LOGS_ARCHIVED) or only
+    removed (LOGS_EXPIRED). The old tool's submissions (import-legacy) left no logs of ours."""
+    reason = Reason.LOGS_ARCHIVED if policy.archive_logs else Reason.LOGS_EXPIRED
+    days = f"finished over {policy.keep_logs_s / 86400:g} day(s) ago"
     return [
-        Action(ActionKind.PRUNE_LOGS, Reason.LOGS_EXPIRED, (), batch=sub.batch, token=sub.token, note=f"finished over {days} ago; {how}")
+        Action(ActionKind.PRUNE_LOGS, reason, (), batch=sub.batch, token=sub.token, note=days)
         for sub in sorted(kept, key=lambda s: (s.finished, s.token))
-        if now - sub.finished >= policy.keep_logs_s
+        if now - sub.finished >= policy.keep_logs_s and not sub.kind.old_tool
     ]

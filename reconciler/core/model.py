@@ -85,6 +85,7 @@ class FinishedSubmission:
     token: str
     batch: int
     finished: float
+    kind: SubmissionKind = SubmissionKind.SUBMIT  # the old tool's (legacy) have no logs of ours
 
 
 @dataclass(frozen=True, slots=True)

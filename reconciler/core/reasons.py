@@ -43,6 +43,7 @@ class Reason(StrEnum):
     SITE_LIMIT = "site_limit"
     # cleanup
     LOGS_EXPIRED = "logs_expired"
+    LOGS_ARCHIVED = "logs_archived"
 
 
 MESSAGES: dict[Reason, str] = {
@@ -73,7 +74,8 @@ MESSAGES: dict[Reason, str] = {
     Reason.REMOVED_PRUNE: "removed from the production (execution.prune: true)",
     Reason.REMOVED_IN_FLIGHT: "removed from the production but still queued or running; set execution.prune: true to cancel them",
     Reason.STALE: "stale (outputs made with another fingerprint); set execution.rerun_on_change: true to rerun them",
-    Reason.LOGS_EXPIRED: "its logs are older than outputs.cleanup_policy.keep_logs_days",
+    Reason.LOGS_EXPIRED: "its logs are older than outputs.cleanup_policy.keep_logs_days: removed",
+    Reason.LOGS_ARCHIVED: "its logs are older than outputs.cleanup_policy.keep_logs_days: packed into logs/archive/ (archive_completed), then removed",
     Reason.SITE_LIMIT: "the cluster's MaxArraySize is below the machine defaults' max_array_size; using the cluster's",
 }
 assert set(MESSAGES) == set(Reason), "every reason needs a message"

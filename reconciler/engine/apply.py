@@ -128,7 +128,7 @@ class Actor:
             event = self._act(a, obs)
             if event:
                 events.append(event)
-            applied[a.kind.value] = applied.get(a.kind.value, 0) + len(a.keys)
+            applied[a.kind.value] = applied.get(a.kind.value, 0) + (len(a.keys) or 1)  # tasks; submissions for prune_logs
         self.fence.check()
         self.ledger.finish(obs.finished, self.clock())
         if applied:
@@ -185,10 +185,10 @@ class Actor:
     def _prune_logs(self, a: Action) -> str:
         sub = self.ledger.submission(_token(a))
         logs_dir = self.production_dir / "logs"
-        if self._log_names is None:  # one listing of logs/ per pass, however many submissions are pruned
-            self._log_names = os.listdir(logs_dir) if logs_dir.is_dir() else []
+        if self._log_names is None:  # one listing of logs/ and of logs/causes/ per pass, however many are pruned
+            self._log_names = logs.listing(logs_dir)
         files = logs.submission_logs(logs_dir, self._log_names, sub.batch, sub.job_id, sub.manifest)
-        archive = logs.prune(logs_dir, files, Path(sub.manifest).stem, self.spec.outputs.cleanup_policy.archive_completed)
+        archive = logs.prune(logs_dir, files, Path(sub.manifest).stem, archive=a.reason is Reason.LOGS_ARCHIVED)
         self.ledger.logs_pruned(sub.token, len(files), archive, self.clock())
         return f"logs of submission {sub.token} (batch {sub.batch}): {len(files)} file(s) {'archived to logs/' + archive + ' and ' if archive else ''}removed ({a.note})"
 

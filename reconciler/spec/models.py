@@ -307,7 +307,7 @@ class Machine(Strict):
 
     name: Name
     scheduler: Literal["local", "slurm", "pyslurm", "auto"] = Field(
-        default="auto", description="default: local for the machine named local, auto for any other",
+        default="auto", description="left out: local for the machine named local, auto for any other (spec.load.default_scheduler fills it in)",
     )
     max_array_size: int = Field(default=1001, ge=1, description="Slurm MaxArraySize: array indices < this")
     max_queued_tasks: int = Field(default=5000, ge=1, description="every array task counts, as in MaxSubmitJobs")
