@@ -226,7 +226,12 @@ def write_ledger(path: Path, imported: LegacyImport, *, source: Path, backend: s
                 ledger.record_failures([(s.token, a.array_index, a.key, a.reason, a.end if a.end is not None else now, None) for a in ended], now)
         _events(ledger, imported, source, now)
         ledger.set_meta(META_KEY, json.dumps({"at": now, "source": str(source), **imported.summary()}, sort_keys=True))
-    os.replace(tmp, path)  # closed first: its WAL was checkpointed into it and removed
+    try:  # closed first: its WAL was checkpointed into it and removed
+        os.link(tmp, path)  # never onto a ledger that appeared meanwhile (a second import, a pass)
+    except FileExistsError:
+        tmp.unlink(missing_ok=True)
+        raise UsageError(f"{path} appeared while the import ran (another import-legacy?): nothing was replaced; run it again to see where it stands") from None
+    tmp.unlink()
 
 
 def _events(ledger: Ledger, imported: LegacyImport, source: Path, now: float) -> None:

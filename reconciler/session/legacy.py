@@ -82,6 +82,8 @@ def import_legacy(opts: Options, name: str, *, db: Path | None = None, dry_run: 
     lease = Leases(opts.lease_ttl).of(pdir / "metadata")
     lease.acquire()  # no ledger of ours yet (refused below if there is one): no generation to start above
     try:
+        if legacy.imported_summary(ledger_path) is not None:  # another import finished while this one read
+            raise UsageError(f"{ledger_path} was written while this import read the old database (another import-legacy?): run it again")
         if lease.took_over:
             on_warning(f"took over the lease of {name} from {lease.took_over}")
         if not moved:
