@@ -27,14 +27,23 @@ from collections.abc import Iterable
 RUNTIMES = ("podman-hpc", "shifter", "apptainer")
 
 
+def unbindable(runtime: str, production_dir: str) -> str | None:
+    """Why ``runtime`` cannot make ``production_dir`` visible in the container, or None; asked
+    when desired state loads (spec.load), so it is a validate error, not a failure of every task."""
+    if runtime in ("podman-hpc", "apptainer") and any(c in production_dir for c in ":,"):
+        return f"{runtime} cannot bind the production directory {production_dir!r}: it contains ':' or ','"
+    return None
+
+
 def container_argv(runtime: str, image: str, production_dir: str, env_names: Iterable[str]) -> list[str]:
     """The runtime's argv up to and including the image; the task's argv follows it."""
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown container runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
     if runtime == "shifter":
         return ["shifter", f"--image={image}"]
-    if any(c in production_dir for c in ":,"):
-        raise ValueError(f"{runtime} cannot bind the production directory {production_dir!r}: it contains ':' or ','")
+    why = unbindable(runtime, production_dir)
+    if why:
+        raise ValueError(why)
     if runtime == "apptainer":
         return ["apptainer", "exec", "--bind", production_dir, image]
     argv = ["podman-hpc", "run", "--rm", "-v", f"{production_dir}:{production_dir}", "-w", production_dir]

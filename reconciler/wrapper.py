@@ -169,7 +169,8 @@ def run(manifest_path: Path, array_index: str) -> int:
     argv = list(task.argv) if shell else resolve_argv(task.argv, pdir_text)
     if container:
         try:
-            names = [*extra_env, *(k for k in env if k.startswith("RECONCILER_"))]
+            exported = [str(n) for n in container.get("export_env", ()) if str(n) in os.environ]  # environment.export_env
+            names = [*extra_env, *exported, *(k for k in env if k.startswith("RECONCILER_"))]
             argv = container_argv(str(container["runtime"]), str(container["image"]), pdir_text, names) + argv
         except (ValueError, KeyError, TypeError) as exc:
             _say(f"cannot run in the container {container!r}: {exc}")

@@ -166,6 +166,7 @@ def test_environment_merges_machine_job_type_and_production_with_sources(repo: P
         ("environment:\n  container: {runtime: apptainer}\n", "needs an image"),
         ("environment:\n  export_env: ['LD PATH']\n", "environment.export_env[0]"),
         ("environment:\n  setup: ['']\n", "environment.setup[0]"),
+        ("environment:\n  container: {runtime: podman-hpc, image: 'org/img:1'}\noutputs:\n  base_path: 'work/a:b'\n", "podman-hpc cannot bind the production directory"),
     ],
 )
 def test_bad_environment_is_refused_at_its_line(repo: Path, section: str, message: str) -> None:
@@ -211,6 +212,20 @@ def test_the_wrapper_runs_the_command_in_the_container(tmp_path: Path) -> None:
     manifest.write_text(json.dumps(doc))
     r = run_wrapper(manifest)
     assert r.returncode == 127 and "command not found: podman-hpc" in r.stderr
+    # podman passes only the variables it is told: environment.export_env (set here) among them
+    podman = bin_dir / "podman-hpc"
+    podman.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$RECONCILER_PRODUCTION_DIR/runtime-argv"\n')
+    podman.chmod(0o755)
+    (pdir / "out").unlink()
+    doc["container"] = {"runtime": "podman-hpc", "image": "org/img:1", "export_env": ["LD_LIBRARY_PATH", "NOT_SET_HERE"]}
+    manifest.write_text(json.dumps(doc))
+    subprocess.run(
+        [sys.executable, "-m", "reconciler.wrapper", str(manifest), "7"], capture_output=True, text=True, timeout=60,
+        env={**{k: v for k, v in os.environ.items() if k != "NOT_SET_HERE"}, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LD_LIBRARY_PATH": "/opt/lib"},
+    )
+    podman_argv = (pdir / "runtime-argv").read_text().splitlines()
+    assert ["-e", "LD_LIBRARY_PATH"] == podman_argv[podman_argv.index("LD_LIBRARY_PATH") - 1 : podman_argv.index("LD_LIBRARY_PATH") + 1]
+    assert "NOT_SET_HERE" not in podman_argv and "RECONCILER_COMPRESSION" in podman_argv
 
 
 def test_shell_production_runs_to_completion_and_no_value_executes(repo: Path, tmp_path: Path) -> None:

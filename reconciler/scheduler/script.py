@@ -220,7 +220,10 @@ def render_manifest(
         "env": dict(sorted(prod.task.env.items())),
         "compression": prod.outputs.compression,  # the wrapper sets RECONCILER_COMPRESSION
         "shell": prod.task.shell,  # the wrapper exports the production dir instead of substituting it
-        "container": None if prod.environment.container is None else prod.environment.container.model_dump(mode="json"),
+        "container": None if prod.environment.container is None else {
+            **prod.environment.container.model_dump(mode="json"),
+            "export_env": sorted(prod.environment.export_env),  # podman-hpc passes only what it is told (-e NAME)
+        },
         "validator": prod.task.validator.model_dump(mode="json"),
         "tasks": {
             str(i): {

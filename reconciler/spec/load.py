@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from reconciler import sites
+from reconciler.container import unbindable
 from reconciler.errors import ConfigError, Problem
 from reconciler.spec import environment
 from reconciler.spec.expand import Expansion, TemplateError, expand
@@ -340,6 +341,10 @@ def load_file(
                 m.file, m.line, m.col, "outputs.base_path", f"the production directory {str(loaded.production_dir)!r} contains whitespace",
                 "sbatch cannot take it in #SBATCH --output; choose a base_path (or clone the repository) without spaces",
             ))
+        box = loaded.spec.environment.container
+        if box is not None and (why := unbindable(box.runtime, str(loaded.production_dir))):
+            m = marks.get(("environment", "container"), Mark(path, 0, 0))
+            problems.append(Problem(m.file, m.line, m.col, "environment.container", why, "choose a base_path without ':' or ','"))
         if check_tasks:  # templates are checked even when other fields are wrong: every error in one round
             try:
                 loaded.expansion()
