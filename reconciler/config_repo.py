@@ -146,9 +146,8 @@ def write_config_repo(directory: Path, site: str = FALLBACK_MACHINE, pin: str | 
             f"{root} is inside the git repository {top}, below its top: reconcile reads productions/ and defaults/ "
             f"at a repository's top; run init-repo in {top}, or in a directory outside any repository (nothing was written)"
         )
-    made_root = not root.exists()
     had_git = (root / ".git").exists() or (root / ".git").is_symlink()
-    written = _write_all(root, files)
+    written, made = _write_all(root, files)
     if top is not None:
         return Written(root, site, tuple(written), None, top)
     try:
@@ -156,38 +155,39 @@ def write_config_repo(directory: Path, site: str = FALLBACK_MACHINE, pin: str | 
     except UsageError:
         if not had_git:  # only a .git this call created is removed, never one that was there
             shutil.rmtree(root / ".git", ignore_errors=True)
-        _remove(root, written, made_root)
+        _remove(root, written, made)
         raise
     return Written(root, site, tuple(written), commit, None)
 
 
-def _write_all(root: Path, files: Mapping[str, str]) -> list[str]:
-    """Create every file (never replacing one: O_EXCL), or, on any error, none of them."""
-    made_root = not root.exists()
+def _write_all(root: Path, files: Mapping[str, str]) -> tuple[list[str], list[Path]]:
+    """Create every file (never replacing one: O_EXCL), or, on any error, none of them.
+    Returns (the files written, the directories created for them, root included)."""
     written: list[str] = []
+    made: list[Path] = []
     try:
         for rel, text in files.items():
             path = root / rel
+            made += [d for d in reversed(path.parents) if (d == root or root in d.parents) and not d.exists()]
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "x", encoding="utf-8") as fh:
                 written.append(rel)
                 fh.write(text)
     except OSError as exc:
-        _remove(root, written, made_root)
+        _remove(root, written, made)
         raise UsageError(f"cannot write the config repository in {root}: {exc} (nothing was left behind)") from None
-    return written
+    return written, made
 
 
-def _remove(root: Path, written: list[str], made_root: bool) -> None:
-    """Undo ``_write_all``: its files, then the directories it left empty."""
+def _remove(root: Path, written: list[str], made: list[Path]) -> None:
+    """Undo ``_write_all``: its files, then the directories it created (never one that was there)."""
     for rel in reversed(written):
         (root / rel).unlink(missing_ok=True)
-        parent = (root / rel).parent
-        while parent != root and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
-    if made_root and root.is_dir() and not any(root.iterdir()):
-        root.rmdir()
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            pass  # something else is in it now
 
 
 def _run(argv: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:

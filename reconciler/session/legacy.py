@@ -35,7 +35,7 @@ class ImportReport:
     """What `reconcile import-legacy` did (or, with --dry-run, would do)."""
 
     name: str
-    source: Path  # the old tool's database (where it was read)
+    source: Path  # the old tool's database: where it was read, then (after an import) its copy in metadata/legacy/
     summary: dict[str, object]
     dry_run: bool = False
     already: bool = False  # imported by an earlier run: nothing done
