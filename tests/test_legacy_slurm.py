@@ -97,7 +97,12 @@ def test_queued_jobs_of_the_old_tool_are_watched_to_their_end_and_never_resubmit
     assert not list((pdir / "logs").glob("batch_*.sh"))
     # what Slurm ran under this production: the old tool's two jobs, nothing else
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(p.started))
-    acct = slurm("sacct", "-X", "-P", "-n", f"--starttime={since}", "--endtime=now", "--format=JobID,JobName,State")
-    ours = [line.split("|") for line in acct.splitlines() if line.split("|")[1].startswith(p.name)]
+    deadline = time.monotonic() + 60  # slurmdbd records a job a moment after it ends
+    while True:
+        acct = slurm("sacct", "-X", "-P", "-n", f"--starttime={since}", "--endtime=now", "--format=JobID,JobName,State")
+        ours = [line.split("|") for line in acct.splitlines() if line.split("|")[1].startswith(p.name)]
+        if {row[0].split("_")[0] for row in ours} >= {array_id, single_id} or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert ours and {row[0].split("_")[0] for row in ours} == {array_id, single_id}, acct
     assert {row[2] for row in ours} == {"COMPLETED"}, ours
