@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from reconciler.atomic import atomic_write
 from reconciler.core.states import OutputState
@@ -240,3 +240,33 @@ def move_corrupt(production_dir: Path, task: TaskLike, *, label: str, record: di
 def output_dirs(tasks: Iterable[TaskLike]) -> list[str]:
     """Distinct directories (relative to the production directory) holding the tasks' outputs."""
     return sorted({rel.rpartition("/")[0] for t in tasks for rel in t.outputs})
+
+
+class HasInputs(Protocol):
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def inputs(self) -> tuple[str, ...]: ...
+
+
+def missing_inputs(production_dir: Path, tasks: Iterable[HasInputs]) -> dict[str, str]:
+    """For each task with ``inputs`` one of which is absent: key -> the first absent path.
+    One listing per input directory, as for outputs; a directory that cannot be listed (gone,
+    or EIO on a mount) counts as holding nothing: its tasks wait rather than fail."""
+    listings: dict[Path, frozenset[str]] = {}
+    out: dict[str, str] = {}
+    for task in tasks:
+        for text in task.inputs:
+            path = Path(text) if text.startswith("/") else production_dir / text
+            names = listings.get(path.parent)
+            if names is None:
+                try:
+                    names = frozenset(os.listdir(path.parent))
+                except OSError:
+                    names = frozenset()
+                listings[path.parent] = names
+            if path.name not in names:
+                out[task.key] = str(path)
+                break
+    return out

@@ -76,6 +76,7 @@ class World:
     site_max_array_size: int | None = None  # what the scheduler reports, when it was asked
     corrupt: Mapping[str, str] = field(default_factory=dict)  # complete tasks whose outputs failed deep verification this pass: key -> the check that failed
     logs_kept: Sequence[FinishedSubmission] = ()  # finished submissions whose logs are still in logs/
+    missing_inputs: Mapping[str, str] = field(default_factory=dict)  # task.inputs absent: key -> the first absent path
 
 
 @dataclass(frozen=True, slots=True)

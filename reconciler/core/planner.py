@@ -19,6 +19,7 @@ Then per task, in this order of precedence:
   complete                      -> nothing
   valid, unmarked, never ours   -> adopted: nothing (unless adopt_existing is off)
   stale and not rerun_on_change -> reported in the notes
+  an input missing (task.inputs) -> WAIT (waiting_input), before any (re)submission
   never submitted               -> SUBMIT
   submitted, outcome unknown    -> WAIT (a lost sbatch answer is resolved by token, not resent)
   failed, retries left          -> RESUBMIT after initial * multiplier**(failures-1), else WAIT
@@ -35,9 +36,8 @@ never exceed ``limits.max_queued_tasks``. Last, the logs of submissions that fin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
 
 from reconciler.core.cleanup import prune_logs
 from reconciler.core.model import (
@@ -53,12 +53,10 @@ from reconciler.core.model import (
     World,
 )
 from reconciler.core.outcome import adoptable, cannot_retry, classify, failure_text
+from reconciler.core.overlay import Overlay
 from reconciler.core.plan import Action, ActionKind, Note, Plan
 from reconciler.core.reasons import Reason
 from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionKind, SubmissionState
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 @dataclass
@@ -77,24 +75,6 @@ class Settled:
         tasks = Overlay(self.tasks, world.tasks) if self.tasks else world.tasks
         history = Overlay(self.history, world.history) if self.history else world.history
         return tasks, history
-
-
-class Overlay(Mapping[K, V]):
-    """``top`` over ``base``, read-only: a few overrides over 10^5 entries, without a copy."""
-
-    def __init__(self, top: Mapping[K, V], base: Mapping[K, V]) -> None:
-        self.top, self.base = top, base
-
-    def __getitem__(self, key: K) -> V:
-        got = self.top.get(key)
-        return got if got is not None else self.base[key]
-
-    def __iter__(self) -> Iterator[K]:
-        yield from self.top
-        yield from (k for k in self.base if k not in self.top)
-
-    def __len__(self) -> int:
-        return len(self.base) + sum(1 for k in self.top if k not in self.base)
 
 
 def effective_limits(limits: Limits, site_max_array_size: int | None) -> tuple[Limits, list[Note]]:
@@ -243,6 +223,8 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     backoff_until: float | None = None
     unknown: list[str] = []
     stale: list[str] = []
+    waiting: list[str] = []  # an input is missing (task.inputs): never sent, never failed
+    missing_inputs = world.missing_inputs
     queued = 0
     desired_keys: set[str] = set()
     failed_verification = world.corrupt
@@ -269,13 +251,18 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         if pol.adopt_existing and adoptable(output, hist.submissions):
             continue  # adopted: valid outputs this reconciler never produced
         if output is OutputState.STALE:
-            if pol.rerun_on_change:
-                rerun.append(task)
-            else:
+            if not pol.rerun_on_change:
                 stale.append(key)
+            elif key in missing_inputs:
+                waiting.append(key)
+            else:
+                rerun.append(task)
             continue
         if hist.submissions == 0:
-            submit.append(task)
+            if key in missing_inputs:
+                waiting.append(key)
+            else:
+                submit.append(task)
             continue
         if sched is None:
             unknown.append(key)  # submitted, but no scheduler answer yet: never resend blindly
@@ -283,6 +270,9 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             continue
         if retry and hist.failures:
             waived.append(task)  # the waiver is journaled; the task is resubmitted with the others
+            continue
+        if key in missing_inputs:  # before a resubmission of any kind: it would fail for want of it
+            waiting.append(key)
             continue
         if not hist.failures:
             lost.append(task)  # it ended without a failure on record, yet its outputs are gone
@@ -353,6 +343,9 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         actions.append(Action(ActionKind.WAIT, Reason.BACKOFF, tuple(backoff), until=backoff_until))
     if unknown:
         actions.append(Action(ActionKind.WAIT, Reason.AWAITING_SCHEDULER, tuple(unknown)))
+    if waiting:
+        more = f" and {len(waiting) - 1} other task(s)" if len(waiting) > 1 else ""
+        actions.append(Action(ActionKind.WAIT, Reason.WAITING_INPUT, tuple(waiting), note=f"{waiting[0]}: {missing_inputs[waiting[0]]}{more}"))
     if stale:
         notes.append(Note(Reason.STALE, tuple(stale)))
     if not stage:

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     QUEUE_CAP = "queue_cap"
     LOOKUP_GRACE = "lookup_grace"
     AWAITING_SCHEDULER = "awaiting_scheduler"
+    WAITING_INPUT = "waiting_input"
     # tasks that left the production, or changed
     REMOVED_PRUNE = "removed_prune"
     REMOVED_IN_FLIGHT = "removed_in_flight"
@@ -71,6 +72,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.QUEUE_CAP: "queue cap reached",
     Reason.LOOKUP_GRACE: "sbatch answer lost; looking for its token in the scheduler",
     Reason.AWAITING_SCHEDULER: "submitted; waiting for the scheduler to report the outcome",
+    Reason.WAITING_INPUT: "waiting for an input that nothing in the production makes (task.inputs): not submitted until it exists",
     Reason.REMOVED_PRUNE: "removed from the production (execution.prune: true)",
     Reason.REMOVED_IN_FLIGHT: "removed from the production but still queued or running; set execution.prune: true to cancel them",
     Reason.STALE: "stale (outputs made with another fingerprint); set execution.rerun_on_change: true to rerun them",

@@ -48,6 +48,8 @@ class OutputTree(Protocol):
 
     def move_corrupt(self, task: Task, label: str, record: dict[str, object]) -> list[Path]: ...
 
+    def missing_inputs(self, tasks: Sequence[Task]) -> dict[str, str]: ...
+
 
 class DiskOutputs:
     """The production directory on a (possibly parallel) filesystem: one listing per directory."""
@@ -67,6 +69,9 @@ class DiskOutputs:
 
     def move_corrupt(self, task: Task, label: str, record: dict[str, object]) -> list[Path]:
         return output_tree.move_corrupt(self.production_dir, task, label=label, record=record)
+
+    def missing_inputs(self, tasks: Sequence[Task]) -> dict[str, str]:
+        return output_tree.missing_inputs(self.production_dir, tasks)
 
 
 @dataclass
@@ -170,7 +175,10 @@ class Observer:
         finished = [s.token for s in sent if _all_ended(by_token.get(s.token, []), current)]
         verified, cursor = self._to_verify(verify, tasks)
         corrupt = self.outputs.verify([self.by_key[k] for k in verified]) if verified else {}
-        world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept())
+        # inputs only of tasks that may be sent: a production without inputs, or done, reads nothing more
+        waiting = [t for t in self.tasks if not tasks[t.key].output.done] if self.tasks and self.tasks[0].inputs else []
+        missing = self.outputs.missing_inputs(waiting) if waiting else {}
+        world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept(), missing)
         return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, verified, cursor)
 
     def _to_verify(self, verify: Verify, tasks: dict[str, TaskObs]) -> tuple[tuple[str, ...], int | None]:

@@ -45,6 +45,7 @@ class Task:
     params: tuple[Any, ...]  # one value per axis, in Expansion.axes order
     outputs: tuple[str, ...]  # relative to the production directory
     fingerprint: str
+    inputs: tuple[str, ...] = ()  # task.inputs: absolute, or relative to the production directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class Renderer:
         self.shell = prod.task.shell  # then every substituted value is shell-quoted (spec/shell.py)
         self.argv_templates, self._refused = command_templates(prod.task.command, prod.task.shell)
         self.output_templates = tuple(prod.task.outputs)
+        self.input_templates = tuple(prod.task.inputs)
         self._check()
         # A template without placeholders renders to the same text for every task: render it
         # once ("{{" -> "{"). None marks a template that needs the task's values.
@@ -89,6 +91,7 @@ class Renderer:
         static = json.dumps(
             {
                 "outputs": self.output_templates,
+                **({"inputs": self.input_templates} if self.input_templates else {}),  # fingerprints without inputs unchanged
                 "env": sorted(prod.task.env.items()),
                 "validator": prod.task.validator.model_dump(mode="json"),
                 "version": prod.production.version,
@@ -108,6 +111,7 @@ class Renderer:
         for where, templates, extra_forbidden in (
             ("task.command", self.argv_templates, ()),
             ("task.outputs", self.output_templates, ("output", "production_dir", "python")),
+            ("task.inputs", self.input_templates, ("output", "production_dir", "python")),
         ):
             for tpl in templates:
                 try:
@@ -141,6 +145,13 @@ class Renderer:
             return tuple([t.format_map(values) for t in self.output_templates])
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise TemplateError("task.outputs", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {redshift:.3f}, {realization:04d}") from None
+
+    def inputs(self, params: tuple[Any, ...], index: int, key: str) -> tuple[str, ...]:
+        values = self._values(params, index, key, SYMBOLIC_DIR)
+        try:
+            return tuple([t.format_map(values) for t in self.input_templates])
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            raise TemplateError("task.inputs", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {realization:04d}") from None
 
     def argv(self, params: tuple[Any, ...], index: int, key: str, production_dir: str, outputs: tuple[str, ...]) -> tuple[str, ...]:
         return self._argv(self._values(params, index, key, production_dir), key, production_dir, outputs)
@@ -331,6 +342,7 @@ def _expand(prod: Production) -> Expansion:
     ztext: dict[Any, str] = {z: f"z{z:.3f}" for z in redshifts}
     fast_key = len(axes) == 2
     fast = renderer.compiled()
+    has_inputs = bool(renderer.input_templates)
     hash_base = renderer._hash_base
     bad_chars = _BAD_CHARS.search
     grid: Iterator[tuple[Any, ...]] = product(realizations, redshifts, *extra)  # Task.params, in index order
@@ -363,5 +375,5 @@ def _expand(prod: Production) -> Expansion:
             argv = renderer._argv(values, key, SYMBOLIC_DIR, outputs)
         h = hash_base.copy()  # fingerprint: hash of the static parts, then of the symbolic argv
         h.update("\0".join(argv).encode())
-        tasks.append(Task(index, key, params, outputs, h.hexdigest()))
+        tasks.append(Task(index, key, params, outputs, h.hexdigest(), renderer.inputs(params, index, key) if has_inputs else ()))
     return Expansion(prod.production.name, axes, tuple(tasks), tuple(excluded), index + 1, prod.execution.batch_size)

@@ -205,6 +205,14 @@ class TaskSpec(Strict):
         min_length=1, max_length=100,
         description="Output path templates, relative to the production directory; when a production file leaves it out, the layout outputs.structure names (spec.load).",
     )
+    inputs: list[Annotated[Line, StringConstraints(min_length=1)]] = Field(
+        default_factory=list, max_length=100,
+        description=(
+            "Files a task reads that nothing in the production makes (initial conditions, halo catalogs): templates "
+            "like outputs, absolute or relative to the production directory. A task whose input is missing waits "
+            "(plan: waiting_input, with the path): it is not submitted, and never fails for it."
+        ),
+    )
     env: dict[EnvName, Line] = Field(default_factory=dict)
     validator: Validator = Field(default_factory=Validator)
     axes: dict[Name, list[Scalar]] = Field(default_factory=dict)
