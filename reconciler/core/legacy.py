@@ -31,8 +31,8 @@ each task's latest attempt, failure count and submissions read as if we had made
 
 MISSING_INPUT_NOTE = (
     "the old tool never submitted them (their input catalogs were absent); reconciler plans them like "
-    "any task of the production: exclude them in science.realizations.exclude (with a reason) if their "
-    "inputs are still missing, or they will fail and be retried by the retry policy"
+    "any task of the production: name the inputs in task.inputs (a task then waits until its input exists), "
+    "or exclude them in science.realizations.exclude (with a reason); otherwise they fail and are retried"
 )
 """Why the planner submits missing_input tasks: desired state is the production file in git,
 not a side database; an exclusion there is reviewable and survives a lost ledger, and a
