@@ -55,7 +55,8 @@ def test_a_task_waits_for_its_missing_input_and_is_sent_once_it_exists(repo: Pat
             break
         wait_quiet(tmp_path / "spool", timeout=10)
     assert not any(k.startswith("r0005/") for k in sent_to_scheduler(tmp_path / "spool")), "a task was sent without its input"
-    assert not any(st["states"][k] == "failed" for k in st["states"] if k.startswith("r0005/")), st["states"]
+    assert {st["states"][k] for k in st["states"] if k.startswith("r0005/")} == {"waiting"}, st["states"]
+    assert st["counts"]["waiting"] == 4 and "4 waiting" in reconcile(repo, env, "status", "demo").stdout
 
     (ic / "ic_r0005.h5").write_text("ic")
     r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")

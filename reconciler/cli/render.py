@@ -24,7 +24,7 @@ def emit(as_json: bool, data: Any, text: str) -> None:
 def counts_line(summary: Mapping[str, Any]) -> str:
     c = summary["counts"]
     parts = [f"{c['complete'] + c['adopted']}/{summary['total']} complete"]
-    for k in ("adopted", "running", "queued", "staged", "retrying", "failed", "stale"):
+    for k in ("adopted", "running", "queued", "staged", "waiting", "retrying", "failed", "stale"):
         if c.get(k):
             parts.append(f"{c[k]} {k}")
     return ", ".join(parts)

@@ -98,6 +98,7 @@ class TaskState(StrEnum):
     RUNNING = "running"
     QUEUED = "queued"
     STAGED = "staged"  # written by `reconcile stage`, not sent: `reconcile submit` sends it
+    WAITING = "waiting"  # an input (task.inputs) is missing: not sent until it exists
     RETRYING = "retrying"
     FAILED = "failed"
     STALE = "stale"
@@ -115,6 +116,7 @@ _CODES = {
     TaskState.RUNNING: "R",
     TaskState.QUEUED: "Q",
     TaskState.STAGED: "G",
+    TaskState.WAITING: "W",
     TaskState.RETRYING: "T",
     TaskState.FAILED: "F",
     TaskState.STALE: "S",

@@ -10,8 +10,8 @@ from reconciler.core.model import Desired, TaskHistory, TaskObs
 from reconciler.core.outcome import adoptable, cannot_retry, gave_up
 from reconciler.core.states import OutputState, SchedState, TaskState
 
-_COMPLETE, _ADOPTED, _RUNNING, _QUEUED, _STAGED, _RETRYING, _FAILED, _STALE, _MISSING = (s.value for s in (
-    TaskState.COMPLETE, TaskState.ADOPTED, TaskState.RUNNING, TaskState.QUEUED, TaskState.STAGED,
+_COMPLETE, _ADOPTED, _RUNNING, _QUEUED, _STAGED, _WAITING, _RETRYING, _FAILED, _STALE, _MISSING = (s.value for s in (
+    TaskState.COMPLETE, TaskState.ADOPTED, TaskState.RUNNING, TaskState.QUEUED, TaskState.STAGED, TaskState.WAITING,
     TaskState.RETRYING, TaskState.FAILED, TaskState.STALE, TaskState.MISSING,
 ))
 """TaskState's values as plain strings: hashing an enum member runs Python code (Enum.__hash__),
@@ -44,12 +44,14 @@ def summarize(
     excluded: Sequence[tuple[str, str]] = (),
     logs: Mapping[str, str] | None = None,
     staged: Collection[str] = (),
+    waiting: Collection[str] = (),
 ) -> dict[str, Any]:
     """Counts, progress, failures and each task's state; states as plain strings (TaskState values).
 
     ``staged``: keys in submissions `reconcile stage` wrote and nothing sent; they are their
     own state (the planner holds them as queued, so nothing submits them twice, but no
-    scheduler has them yet)."""
+    scheduler has them yet). ``waiting``: keys whose input is missing (World.missing_inputs),
+    which the planner does not send; a task that failed before and now waits says so too."""
     pol = desired.policy
     empty_obs, empty_hist = TaskObs(), TaskHistory()
     counts: Counter[str] = Counter()
@@ -62,6 +64,8 @@ def summarize(
         st = task_state(observation.get(task.key, empty_obs), hist, pol.max_retries, pol.adopt_existing)
         if staged and task.key in staged and st in (_QUEUED, _MISSING, _RETRYING):
             st = _STAGED
+        elif waiting and task.key in waiting and st in (_MISSING, _RETRYING):
+            st = _WAITING
         counts[st] += 1
         states[task.key] = st
         if st == _FAILED or (st == _RETRYING and hist.failures):

@@ -36,6 +36,8 @@ CATEGORIES: tuple[tuple[str, str], ...] = (
     ("stale", "#9467bd"),
     ("unknown", "#8c564b"),
     ("missing", "#dddddd"),
+    ("waiting", "#c5b0d5"),
+    ("staged", "#c7c7c7"),
     ("queued", "#aec7e8"),
     ("running", "#1f77b4"),
     ("adopted", "#98df8a"),
