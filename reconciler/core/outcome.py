@@ -35,7 +35,7 @@ def classify(sched: SchedState | None, output: OutputState, *, legacy: bool = Fa
     return Outcome.FAILED, Reason.ATTEMPT_FAILED
 
 
-def validate_deeply(validator_kind: str, submissions: int, adopt_existing: bool, unresolved: bool) -> bool:
+def validate_deeply(validator_kind: str, submissions: int, adopt_existing: bool, unresolved: bool, legacy: bool = False) -> bool:
     """Whether an unmarked task's outputs must be opened and validated this pass.
 
     Listing a directory answers complete/stale/unmarked/missing for every task in it; opening
@@ -43,9 +43,15 @@ def validate_deeply(validator_kind: str, submissions: int, adopt_existing: bool,
     reads the difference between valid and invalid unmarked outputs, so only tasks that may
     be adopted are validated: never submitted by us, or whose only submission may be
     abandoned this pass (``unresolved``). With adoption off, or for our own attempts, an
-    unmarked output is moved aside before the rerun whether it is valid or not.
+    unmarked output is moved aside before the rerun whether it is valid or not. A task in a
+    submission of the old tool (``legacy``: import-legacy) writes no marker, so its outputs
+    are always validated, adoption setting or not: that is how its success is known.
     """
-    if validator_kind == "exists" or not adopt_existing:
+    if validator_kind == "exists":
+        return False
+    if legacy:
+        return True
+    if not adopt_existing:
         return False
     return submissions == 0 or unresolved
 

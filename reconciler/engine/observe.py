@@ -153,9 +153,7 @@ class Observer:
         pol, kind = self.desired.policy, self.validator_kind
 
         def deep(t: Task) -> bool:
-            if t.key in legacy:
-                return kind != "exists"
-            return validate_deeply(kind, history.get(t.key, EMPTY_HISTORY).submissions, pol.adopt_existing, t.key in unresolved)
+            return validate_deeply(kind, history.get(t.key, EMPTY_HISTORY).submissions, pol.adopt_existing, t.key in unresolved, t.key in legacy)
 
         out = self.outputs.observe(self.tasks, deep)
 
