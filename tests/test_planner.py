@@ -23,6 +23,7 @@ from reconciler.core.model import (
     AttemptObs,
     Desired,
     Limits,
+    Need,
     Policy,
     SubmissionObs,
     TaskHistory,
@@ -46,6 +47,7 @@ from .conftest import ROOT
 class T:
     key: str
     index: int
+    needs: tuple[Need, ...] = ()
 
 
 SCHED = [None, *SchedState]

@@ -77,6 +77,7 @@ class World:
     corrupt: Mapping[str, str] = field(default_factory=dict)  # complete tasks whose outputs failed deep verification this pass: key -> the check that failed
     logs_kept: Sequence[FinishedSubmission] = ()  # finished submissions whose logs are still in logs/
     missing_inputs: Mapping[str, str] = field(default_factory=dict)  # task.inputs absent: key -> the first absent path
+    partial: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # complete fan-in tasks that ran on a partial set: key -> the members missing then
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,20 +122,63 @@ class Policy:
         return min(self.initial_delay_s * self.backoff_multiplier ** min(failures - 1, 60), self.max_delay_s)
 
 
+@dataclass(frozen=True, slots=True)
+class Need:
+    """One upstream stage a task needs, and its members there: the upstream tasks that share
+    the task's values on the axes both stages have (one for a map or a fan-out edge, a group
+    for a fan-in), excluded ones left out, in the upstream stage's order."""
+
+    stage: str
+    members: tuple[str, ...]
+
+
 class DesiredTask(Protocol):
     @property
     def key(self) -> str: ...
 
     @property
-    def index(self) -> int: ...
+    def index(self) -> int: ...  # position in its stage's full product: batch = index // batch_size
+
+    @property
+    def needs(self) -> tuple[Need, ...]: ...  # () for a task of a stage without `needs`
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a campaign: its tasks (ascending index) and the policy they run by.
+
+    ``total`` is the size of the stage's full product (exclusions included): batches of
+    later stages are numbered after this stage's, so a batch never mixes two stages.
+    ``min_fraction`` is the stage's ``require.min_fraction``: the share of a fan-in's members
+    that must be complete for it to run on a partial set once the others gave up.
+    """
+
+    name: str  # "" for a production written with one `task:`
+    tasks: Sequence[DesiredTask]
+    policy: Policy
+    total: int = 0
+    min_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
 class Desired:
-    """Tasks in canonical order (ascending index) and the policy to run them by."""
+    """Tasks in canonical order (stage by stage, ascending index) and the policy to run them by.
+
+    ``stages`` is empty for a one-stage production built by hand (property tests): it is then
+    one stage of ``tasks`` run by ``policy`` (``Desired.stage_list``). ``policy`` holds what is
+    production-wide (prune, logs, verification); each stage's retries and batch size are its own.
+    """
 
     tasks: Sequence[DesiredTask]
     policy: Policy
+    stages: Sequence[Stage] = ()
+
+    @property
+    def stage_list(self) -> Sequence[Stage]:
+        if self.stages:
+            return self.stages
+        total = max((t.index for t in self.tasks), default=-1) + 1
+        return (Stage("", self.tasks, self.policy, total),)
 
 
 EMPTY_OBS = TaskObs()

@@ -58,6 +58,7 @@ class Action:
     token: str | None = None  # the journaled submission acted on (recover, record_failure, abandon, send)
     until: float | None = None  # wait: earliest time something may change
     note: str = ""  # specifics for the message: a limit's value, a job id
+    partial: tuple[tuple[str, tuple[str, ...]], ...] = ()  # fan-in tasks sent on a partial set: (key, members missing)
 
     @property
     def message(self) -> str:
@@ -79,6 +80,7 @@ class Action:
             "token": self.token,
             "until": self.until,
             "note": self.note,
+            **({"partial": {k: list(m) for k, m in self.partial}} if self.partial else {}),
         }
 
 

@@ -22,6 +22,7 @@ from functools import cached_property
 from itertools import product
 from typing import Any
 
+from reconciler.core.model import Need
 from reconciler.spec.environment import fingerprint_parts
 from reconciler.spec.models import Production
 from reconciler.spec.shell import QUOTING, command_templates, shell_quote
@@ -46,6 +47,8 @@ class Task:
     outputs: tuple[str, ...]  # relative to the production directory
     fingerprint: str
     inputs: tuple[str, ...] = ()  # task.inputs: absolute, or relative to the production directory
+    stage: str = ""  # its stage's name; "" for a production written with one `task:`
+    needs: tuple[Need, ...] = ()  # the upstream members it waits for, per needed stage
 
 
 @dataclass(frozen=True, slots=True)
