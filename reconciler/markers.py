@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from reconciler.atomic import atomic_write
 
 DONE = "done"
 ADOPTED = "adopted"
+PARTIAL = "partial"  # a fan-in task that ran on a partial set of its members (the marker names the missing ones)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -47,8 +49,8 @@ def _split(rel: str) -> tuple[str, str]:
     return head, tail
 
 
-def _marker_name(base: str, fingerprint: str, adopted: bool) -> str:
-    return f".{base}.{fingerprint}.{ADOPTED if adopted else DONE}"
+def _marker_name(base: str, fingerprint: str, adopted: bool, partial: bool = False) -> str:
+    return f".{base}.{fingerprint}.{ADOPTED if adopted else PARTIAL if partial else DONE}"
 
 
 def parse_marker_name(name: str) -> tuple[str, str, str] | None:
@@ -59,6 +61,8 @@ def parse_marker_name(name: str) -> tuple[str, str, str] | None:
         kind = DONE
     elif name.endswith("." + ADOPTED):
         kind = ADOPTED
+    elif name.endswith("." + PARTIAL):
+        kind = PARTIAL
     else:
         return None
     stem = name[1 : -len(kind) - 1]
@@ -68,10 +72,10 @@ def parse_marker_name(name: str) -> tuple[str, str, str] | None:
     return base, fp, kind
 
 
-def marker_path(production_dir: Path, task: TaskLike, adopted: bool = False) -> Path:
+def marker_path(production_dir: Path, task: TaskLike, adopted: bool = False, partial: bool = False) -> Path:
     """Where the task's completion marker lives: beside its first output."""
     head, base = _split(task.outputs[0])
-    return production_dir / head / _marker_name(base, task.fingerprint, adopted)
+    return production_dir / head / _marker_name(base, task.fingerprint, adopted, partial)
 
 
 def _task_markers(directory: Path, base: str) -> list[Path]:
@@ -98,14 +102,18 @@ def write_marker(
     token: str = "",
     adopted: bool = False,
     host: str | None = None,
+    missing: Sequence[str] = (),
 ) -> Path:
     """Certify the task complete (atomically), then drop its markers of other fingerprints.
 
     The new marker is in place before the old ones go, so a crash in between leaves a tree
     that still reads COMPLETE. Any other marker of the same output is removed, including one
     of the same fingerprint but the other kind, so a task never reads both adopted and done.
+    ``missing``: a fan-in task ran without these members (they gave up; require.min_fraction
+    allowed it): its marker is ``.partial`` and names them, so a pass reads which ones to wait
+    for before the task is stale (a listing tells it which markers to open).
     """
-    path = marker_path(production_dir, task, adopted)
+    path = marker_path(production_dir, task, adopted, partial=bool(missing))
     doc: dict[str, Any] = {
         "key": task.key,
         "index": task.index,
@@ -117,6 +125,7 @@ def write_marker(
         "host": host if host is not None else socket.gethostname(),
         "token": token,
         "adopted": adopted,
+        **({"missing": list(missing)} if missing else {}),
     }
     atomic_write(path, json.dumps(doc, sort_keys=True) + "\n")
     for other in _task_markers(path.parent, _split(task.outputs[0])[1]):
@@ -126,6 +135,17 @@ def write_marker(
             except FileNotFoundError:
                 pass
     return path
+
+
+def read_missing(production_dir: Path, task: TaskLike) -> tuple[str, ...]:
+    """The members a fan-in task's current ``.partial`` marker says it ran without; () when it
+    has none or the marker is unreadable (then it reads as complete on a full set)."""
+    try:
+        doc = json.loads(marker_path(production_dir, task, partial=True).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ()
+    missing = doc.get("missing") if isinstance(doc, dict) else None
+    return tuple(str(k) for k in missing) if isinstance(missing, list) else ()
 
 
 def read_marker(production_dir: Path, task: TaskLike) -> dict[str, Any] | None:

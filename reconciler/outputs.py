@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
 from reconciler.atomic import atomic_write
 from reconciler.core.states import OutputState
 from reconciler.errors import TransientError
-from reconciler.markers import ADOPTED, DONE, TaskLike, parse_marker_name
+from reconciler.markers import ADOPTED, DONE, PARTIAL, TaskLike, parse_marker_name
 from reconciler.validators import ValidatorLike, validate
 
 PARTIAL_DIR = "qa/partial"
@@ -55,7 +55,7 @@ class _Listing:
                     if parsed is not None:
                         b, fp, kind = parsed
                         kinds = index.setdefault(b, {})
-                        if kinds.get(fp) != DONE:  # .done wins over .adopted if both exist
+                        if kinds.get(fp) != DONE:  # .done wins over .adopted or .partial if both exist
                             kinds[fp] = kind
             self._markers = index
         return self._markers.get(base, {})
@@ -74,14 +74,40 @@ def _list_dir(root: str, d: str) -> _Listing:
         raise TransientError(f"cannot list {full}: {exc}") from exc
 
 
+def observe_stages(
+    production_dir: Path,
+    tasks: Sequence[_T],
+    validators: Mapping[str, ValidatorLike],
+    *,
+    deep: Callable[[_T], bool] | bool = False,
+    partial: list[str] | None = None,
+) -> dict[str, OutputState]:
+    """observe_outputs for the tasks of several stages, each judged by its stage's validator
+    (``validators`` by stage name; a task's ``stage`` attribute, "" for a one-stage production)."""
+    runs: dict[str, list[_T]] = {}
+    for t in tasks:
+        runs.setdefault(getattr(t, "stage", ""), []).append(t)
+    if len(runs) == 1:
+        ((stage, _),) = runs.items()
+        return observe_outputs(production_dir, tasks, validators[stage], deep=deep, partial=partial)
+    out: dict[str, OutputState] = {}
+    for stage, ts in runs.items():
+        out.update(observe_outputs(production_dir, ts, validators[stage], deep=deep, partial=partial))
+    return out
+
+
 def observe_outputs(
     production_dir: Path,
     tasks: Sequence[_T],
     validator: ValidatorLike,
     *,
     deep: Callable[[_T], bool] | bool = False,
+    partial: list[str] | None = None,
 ) -> dict[str, OutputState]:
     """Each task's OutputState, from one listing per distinct output directory.
+
+    ``partial`` collects the keys of tasks complete by a ``.partial`` marker (a fan-in that ran
+    without some members: markers.write_marker), whose markers the caller may then read.
 
     No file is opened or stat'ed unless ``deep`` asks for an unmarked task to be validated.
     Listings are streamed: a directory is listed when the first task that needs it is
@@ -102,7 +128,7 @@ def observe_outputs(
     open_: dict[str, _Listing] = {}
     result: dict[str, OutputState] = {}
     complete, missing, stale, unmarked = OutputState.COMPLETE, OutputState.MISSING, OutputState.STALE, OutputState.UNMARKED
-    done_suffix, adopted_suffix = "." + DONE, "." + ADOPTED
+    done_suffix, adopted_suffix, partial_suffix = "." + DONE, "." + ADOPTED, "." + PARTIAL
     adopted = OutputState.ADOPTED
 
     def listing_of(d: str) -> _Listing:
@@ -136,6 +162,10 @@ def observe_outputs(
                 state = complete
             elif stem + adopted_suffix in names:
                 state = adopted
+            elif stem + partial_suffix in names:
+                state = complete
+                if partial is not None:
+                    partial.append(t.key)
             elif listing.markers(base):
                 state = stale
             elif deep(t) if callable(deep) else deep:

@@ -60,7 +60,7 @@ _OWN = "reconciler: "
 class _Task:
     """The manifest entry of one array index, in the shape reconciler.outputs expects."""
 
-    __slots__ = ("key", "index", "outputs", "fingerprint", "argv", "attempt")
+    __slots__ = ("key", "index", "outputs", "fingerprint", "argv", "attempt", "lists", "missing")
 
     def __init__(self, doc: dict[str, Any]) -> None:
         self.key: str = str(doc["key"])
@@ -69,6 +69,8 @@ class _Task:
         self.fingerprint: str = str(doc["fingerprint"])
         self.argv: list[str] = [str(a) for a in doc["argv"]]
         self.attempt: int = int(doc.get("attempt", 1))
+        self.lists: dict[str, list[str]] = {str(k): [str(p) for p in v] for k, v in dict(doc.get("lists") or {}).items()}
+        self.missing: list[str] = [str(k) for k in doc.get("missing") or ()]
 
 
 def _say(msg: str) -> None:
@@ -177,6 +179,11 @@ def run(manifest_path: Path, array_index: str) -> int:
             return _failed(manifest_path, array_index, EXIT_NOT_EXECUTABLE, CauseKind.NOT_EXECUTABLE, str(exc))
     for rel in task.outputs:
         (pdir / rel).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_lists(pdir, task.lists)
+    except (OSError, ValueError) as exc:
+        _say(f"task {task.key}: cannot write the list of its members: {exc}")
+        return _failed(manifest_path, array_index, EXIT_IO, CauseKind.MARKER_IO, str(exc))
 
     _say(f"task {task.key} attempt {task.attempt} on host {host} (array index {array_index}, token {token or '-'})")
     terminated: list[int] = []
@@ -239,12 +246,26 @@ def run(manifest_path: Path, array_index: str) -> int:
         _say(f"task {task.key}: outputs invalid: {why}")
         return _failed(manifest_path, array_index, EXIT_INVALID_OUTPUT, CauseKind.INVALID_OUTPUT, why)
     try:
-        marker = markers.write_marker(pdir, task, attempt=task.attempt, exit_code=0, start=start, end=end, token=token, host=host)
+        marker = markers.write_marker(pdir, task, attempt=task.attempt, exit_code=0, start=start, end=end, token=token, host=host, missing=task.missing)
     except OSError as exc:
         _say(f"task {task.key}: cannot write completion marker: {exc}")
         return _failed(manifest_path, array_index, EXIT_IO, CauseKind.MARKER_IO, str(exc))
     _say(f"task {task.key} done in {took}; marker {marker.name}")
     return 0
+
+
+def _write_lists(pdir: Path, lists: dict[str, list[str]]) -> None:
+    """A fan-in task's members, one output path per line (absolute, in the upstream stage's
+    order), in the list files its command names (``{needs.S}``); written atomically, so a
+    command never reads half a list. Paths stay inside the production directory."""
+    from reconciler.atomic import atomic_write
+
+    for rel, members in lists.items():
+        if rel.startswith("/") or ".." in rel.split("/"):
+            raise ValueError(f"list file {rel!r} is not inside the production directory")
+        path = pdir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, "".join(f"{pdir}/{m}\n" for m in members))
 
 
 def _signame(signum: int) -> str:

@@ -20,6 +20,7 @@ from reconciler.spec.expand import count_tasks
 from reconciler.spec.load import (
     DEFAULTS_DIR,
     PRODUCTIONS_DIR,
+    Loaded,
     WorkTree,
     list_names,
     load,
@@ -103,7 +104,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         row: dict[str, Any] = {"name": name, "file": f"{PRODUCTIONS_DIR}/{name}.yaml", "latest_tag": gitops.latest_tag(repo, name)}
         try:
             loaded = load(tree, name, opts.machine_name, repo_root=Path(repo.working_tree_dir or "."), check_tasks=False)
-            row.update(version=loaded.spec.production.version, tasks=count_tasks(loaded.spec))  # counted, not expanded
+            row.update(version=loaded.spec.production.version, tasks=_count(loaded))  # counted, not expanded
         except ConfigError as exc:
             row.update(error=f"invalid: {len(exc.problems)} problem(s); run `reconcile validate`")
         rows.append(row)
@@ -180,3 +181,8 @@ def register(add: Any) -> None:
     p.add_argument("--version", dest="version", default=None, help="version for the tag (default: production.version)")
     add_source(p)
 
+
+
+def _count(loaded: Loaded) -> int:
+    counted = count_tasks(loaded.spec)
+    return counted if counted is not None else len(loaded.expansion().tasks)

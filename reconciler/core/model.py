@@ -130,6 +130,7 @@ class Need:
 
     stage: str
     members: tuple[str, ...]
+    fan_in: bool = False  # a group (its members are listed in a file for the command), not one upstream task
 
 
 class DesiredTask(Protocol):

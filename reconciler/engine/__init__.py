@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.core.model import Desired, Limits, Policy, TaskObs
+from reconciler.core.model import Desired, Limits, Policy, Stage, TaskObs
 from reconciler.core.plan import SENDS, ActionKind, Plan
 from reconciler.core.planner import plan, settle
 from reconciler.core.reasons import Reason
@@ -26,8 +26,11 @@ from reconciler.scheduler.base import Scheduler
 from reconciler.spec.load import Loaded
 
 
-def policy_of(loaded: Loaded) -> Policy:
-    ex = loaded.spec.execution
+def policy_of(loaded: Loaded, stage: str = "") -> Policy:
+    """The policy of ``stage``'s tasks (its own execution settings over the production's);
+    with no stage, the production's (what is production-wide: prune, logs, verification)."""
+    spec = loaded.stage_spec(stage)
+    ex = spec.execution
     rp = ex.retry_policy
     return Policy(
         batch_size=ex.batch_size,
@@ -38,8 +41,8 @@ def policy_of(loaded: Loaded) -> Policy:
         prune=ex.prune,
         rerun_on_change=ex.rerun_on_change,
         adopt_existing=ex.adopt_existing,
-        keep_logs_s=loaded.spec.outputs.cleanup_policy.keep_logs_days * 86400.0,
-        archive_logs=loaded.spec.outputs.cleanup_policy.archive_completed,
+        keep_logs_s=spec.outputs.cleanup_policy.keep_logs_days * 86400.0,
+        archive_logs=spec.outputs.cleanup_policy.archive_completed,
         verify_per_pass=ex.verify_per_pass,
     )
 
@@ -70,14 +73,16 @@ class Engine:
         self.loaded = loaded
         self.ledger = ledger
         self.production_dir = loaded.production_dir
-        self.outputs = outputs or DiskOutputs(self.production_dir, loaded.spec.task.validator)
-        self.clock = clock
         self.expansion = loaded.expansion()
-        self.desired = Desired(self.expansion.tasks, policy_of(loaded))
+        validators = {s.name: s.spec.the_task.validator for s in self.expansion.stages}
+        self.outputs = outputs or DiskOutputs(self.production_dir, validators)
+        self.clock = clock
+        stages = [Stage(s.name, s.tasks, policy_of(loaded, s.name), s.total, s.min_fraction) for s in self.expansion.stages]
+        self.desired = Desired(self.expansion.tasks, policy_of(loaded), stages)
         machine = loaded.machine.machine
         self.limits = Limits(machine.max_array_size, machine.max_queued_tasks, scheduler.lookup_grace_s)
-        kind = loaded.spec.task.validator.kind
-        self.observer = Observer(self.desired, self.expansion, kind, scheduler, ledger, self.outputs, clock)
+        kinds = {name: v.kind for name, v in validators.items()}
+        self.observer = Observer(self.desired, self.expansion, kinds, scheduler, ledger, self.outputs, clock)
         self.actor = Actor(loaded, scheduler, ledger, self.outputs, clock, python or sys.executable, fence)
 
     def observe(self, verify: Verify = None) -> Observed:

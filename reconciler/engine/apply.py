@@ -36,7 +36,8 @@ from reconciler.scheduler.script import (
     render_manifest,
     render_script,
 )
-from reconciler.spec.expand import SYMBOLIC_DIR, Renderer
+from reconciler.spec.campaign import list_path, need_paths
+from reconciler.spec.expand import SYMBOLIC_DIR, Renderer, Task
 from reconciler.spec.load import Loaded
 
 CRASH_ENV = "RECONCILER_FAILPOINT"
@@ -92,6 +93,7 @@ class Actor:
         self.spec = loaded.spec
         self.production_dir = loaded.production_dir
         self.by_key = loaded.expansion().by_key
+        self.stages = {st.name: st for st in loaded.expansion().stages}
         self.scheduler = scheduler
         self.ledger = ledger
         self.outputs = outputs
@@ -226,7 +228,7 @@ class Actor:
         """Move each task's outputs and markers to qa/corrupt/ with a REASON.json saying which
         check failed and when; the rerun is the plan's RESUBMIT, applied after this."""
         now = self.clock()
-        check = self.spec.task.validator.kind
+        check = self.loaded.stage_spec(self.by_key[a.keys[0]].stage).the_task.validator.kind
         for key in a.keys:
             problem = obs.world.corrupt[key]
             record: dict[str, object] = {
@@ -242,19 +244,25 @@ class Actor:
         assert a.batch is not None
         now = self.clock()
         token = f"{now:.0f}-{secrets.token_hex(6)}"
-        renderer = Renderer(self.spec)
+        stage = self.by_key[a.keys[0]].stage  # a batch never mixes stages (core.planner)
+        spec = self.loaded.stage_spec(stage)
+        ex = self.stages[stage]
+        renderer = Renderer(spec, where=f"stages.{stage}" if stage else "task", over=ex.axes, needs=ex.needs)
+        partial = dict(a.partial)
         tasks: dict[int, ManifestTask] = {}
         for key, idx in zip(a.keys, a.array_indices, strict=True):
             t = self.by_key[key]
-            argv = renderer.argv(t.params, t.index, t.key, SYMBOLIC_DIR, t.outputs)
-            tasks[idx] = ManifestTask(t.key, t.index, argv, t.outputs, t.fingerprint, self._attempts_so_far(key, obs) + 1)
+            needs = need_paths(t.needs, t.key, self._first_output, SYMBOLIC_DIR) if t.needs else None
+            argv = renderer.argv(t.params, t.index, t.key, SYMBOLIC_DIR, t.outputs, needs)
+            lists = self._lists(t, partial.get(key, ()))
+            tasks[idx] = ManifestTask(t.key, t.index, argv, t.outputs, t.fingerprint, self._attempts_so_far(key, obs) + 1, lists, partial.get(key, ()))
         base = self.production_dir / "logs" / f"batch_{a.batch:04d}_{token}"
         script_path, manifest_path = base.with_suffix(".sh"), base.with_suffix(".json")
         manifest = render_manifest(
-            self.spec, batch=a.batch, token=token, production_dir=self.production_dir, tasks=tasks, generation=self.fence.generation,
+            spec, batch=a.batch, token=token, production_dir=self.production_dir, tasks=tasks, generation=self.fence.generation,
         )
         script = render_script(
-            self.spec, batch=a.batch, token=token, array_indices=sorted(tasks), manifest=manifest_path,
+            spec, batch=a.batch, token=token, array_indices=sorted(tasks), manifest=manifest_path,
             production_dir=self.production_dir, python=self.python,
         )
         atomic_write(manifest_path, manifest)
@@ -277,7 +285,7 @@ class Actor:
             script_path=Path(sub.script),
             script=Path(sub.script).read_text(encoding="utf-8"),
             array_indices=tuple(indices),
-            throttle=self.spec.execution.array_throttle,
+            throttle=self.loaded.stage_spec(self._stage_of(sub.token)).execution.array_throttle,
             workdir=self.production_dir,
             log_out=out,
             log_err=err,
@@ -295,6 +303,26 @@ class Actor:
         self.fence.check()  # deposed now: the new holder finds this job by its token
         self.ledger.set_submitted(sub.token, job_id, self.clock())
         return job_id
+
+    def _first_output(self, key: str) -> str:
+        return self.by_key[key].outputs[0]
+
+    def _lists(self, t: Task, missing: Sequence[str]) -> dict[str, list[str]]:
+        """The list files a fan-in task's command reads (campaign.list_path -> its members' first
+        outputs, in the upstream stage's order), without the members the plan says it runs without."""
+        if not t.needs:
+            return {}
+        gone = set(missing)
+        return {
+            list_path(t.key, n.stage): [self.by_key[m].outputs[0] for m in n.members if m not in gone]
+            for n in t.needs if n.fan_in
+        }
+
+    def _stage_of(self, token: str) -> str:
+        """The stage of a journaled submission (of its first task)."""
+        keys = [a.key for a in self.ledger.attempts_of([token])]
+        return self.by_key[keys[0]].stage if keys and keys[0] in self.by_key else ""
+
 
 def _token(a: Action) -> str:
     assert a.token is not None, f"{a.kind} acts on a submission"

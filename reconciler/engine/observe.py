@@ -9,7 +9,7 @@ seen complete rather than failed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -50,22 +50,39 @@ class OutputTree(Protocol):
 
     def missing_inputs(self, tasks: Sequence[Task]) -> dict[str, str]: ...
 
+    def partial_members(self, by_key: Mapping[str, Task]) -> dict[str, tuple[str, ...]]: ...
+
 
 class DiskOutputs:
-    """The production directory on a (possibly parallel) filesystem: one listing per directory."""
+    """The production directory on a (possibly parallel) filesystem: one listing per directory.
 
-    def __init__(self, production_dir: Path, validator: Any) -> None:
+    ``validators``: each stage's (by name; "" for a one-stage production)."""
+
+    def __init__(self, production_dir: Path, validators: Mapping[str, Any]) -> None:
         self.production_dir = production_dir
-        self.validator = validator
+        self.validators = validators
+        self._partial: list[str] = []  # complete by a .partial marker, in the latest observe
 
     def observe(self, tasks: Sequence[Task], deep: Callable[[Task], bool]) -> dict[str, OutputState]:
-        return output_tree.observe_outputs(self.production_dir, tasks, self.validator, deep=deep)  # type: ignore[arg-type]
+        self._partial = []
+        return output_tree.observe_stages(self.production_dir, tasks, self.validators, deep=deep, partial=self._partial)  # type: ignore[arg-type]
+
+    def partial_members(self, by_key: Mapping[str, Task]) -> dict[str, tuple[str, ...]]:
+        """The members each fan-in task complete on a partial set ran without (its marker's word),
+        for the tasks the latest observe saw so: one small read each, none on a full set."""
+        got = {k: markers.read_missing(self.production_dir, by_key[k]) for k in self._partial if k in by_key}
+        return {k: v for k, v in got.items() if v}
 
     def move_partial(self, task: Task, label: str) -> list[Path]:
         return output_tree.move_partial(self.production_dir, task, label=label)
 
     def verify(self, tasks: Sequence[Task]) -> dict[str, str]:
-        return output_tree.verify(self.production_dir, tasks, self.validator)
+        out: dict[str, str] = {}
+        for stage, validator in self.validators.items():
+            mine = [t for t in tasks if t.stage == stage]
+            if mine:
+                out.update(output_tree.verify(self.production_dir, mine, validator))
+        return out
 
     def move_corrupt(self, task: Task, label: str, record: dict[str, object]) -> list[Path]:
         return output_tree.move_corrupt(self.production_dir, task, label=label, record=record)
@@ -95,12 +112,14 @@ class Observed:
 class Observer:
     """Reads one production's world through its adapters."""
 
-    def __init__(self, desired: Desired, expansion: Expansion, validator_kind: str, scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float]) -> None:
+    def __init__(self, desired: Desired, expansion: Expansion, validator_kinds: Mapping[str, str], scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float]) -> None:
         self.production = expansion.name  # names its jobs (script.job_name), by which a lost answer is found
         self.desired = desired
         self.tasks = expansion.tasks
         self.by_key = expansion.by_key
-        self.validator_kind = validator_kind
+        self.validator_kinds = validator_kinds  # by stage
+        self.has_inputs = any(s.tasks[0].inputs for s in expansion.stages if s.tasks)
+        self.fan_in = any(n.fan_in for s in expansion.stages for t in s.tasks[:1] for n in t.needs)
         self.scheduler = scheduler
         self.ledger = ledger
         self.outputs = outputs
@@ -150,10 +169,10 @@ class Observer:
         unresolved = {a.key for s in open_subs if s.job_id is None and s.token not in view.found for a in by_token.get(s.token, [])}
         # the old tool's attempts write no marker: their outputs are validated to be adopted
         legacy = {a.key for s in open_subs if s.kind.old_tool for a in by_token.get(s.token, [])}
-        pol, kind = self.desired.policy, self.validator_kind
+        pol, kinds = self.desired.policy, self.validator_kinds
 
         def deep(t: Task) -> bool:
-            return validate_deeply(kind, history.get(t.key, EMPTY_HISTORY).submissions, pol.adopt_existing, t.key in unresolved, t.key in legacy)
+            return validate_deeply(kinds[t.stage], history.get(t.key, EMPTY_HISTORY).submissions, pol.adopt_existing, t.key in unresolved, t.key in legacy)
 
         out = self.outputs.observe(self.tasks, deep)
 
@@ -174,9 +193,10 @@ class Observer:
         verified, cursor = self._to_verify(verify, tasks)
         corrupt = self.outputs.verify([self.by_key[k] for k in verified]) if verified else {}
         # inputs only of tasks that may be sent: a production without inputs, or done, reads nothing more
-        waiting = [t for t in self.tasks if not tasks[t.key].output.done] if self.tasks and self.tasks[0].inputs else []
+        waiting = [t for t in self.tasks if t.inputs and not tasks[t.key].output.done] if self.has_inputs else []
         missing = self.outputs.missing_inputs(waiting) if waiting else {}
-        world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept(), missing)
+        partial = self.outputs.partial_members(self.by_key) if self.fan_in else {}
+        world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept(), missing, partial)
         return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, verified, cursor)
 
     def _to_verify(self, verify: Verify, tasks: dict[str, TaskObs]) -> tuple[tuple[str, ...], int | None]:

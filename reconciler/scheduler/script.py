@@ -22,8 +22,8 @@ import math
 import re
 import shlex
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,8 @@ class ManifestTask:
     outputs: tuple[str, ...]
     fingerprint: str
     attempt: int
+    lists: Mapping[str, Sequence[str]] = field(default_factory=dict)  # fan-in: list file -> member outputs (relative)
+    missing: Sequence[str] = ()  # fan-in on a partial set: the members it runs without
 
 
 def render_manifest(
@@ -217,14 +219,14 @@ def render_manifest(
         "lease_generation": generation,
         "production_dir": str(production_dir),
         "timeout_s": prod.execution.timeout_hours * 3600.0,
-        "env": dict(sorted(prod.task.env.items())),
+        "env": dict(sorted(prod.the_task.env.items())),
         "compression": prod.outputs.compression,  # the wrapper sets RECONCILER_COMPRESSION
-        "shell": prod.task.shell,  # the wrapper exports the production dir instead of substituting it
+        "shell": prod.the_task.shell,  # the wrapper exports the production dir instead of substituting it
         "container": None if prod.environment.container is None else {
             **prod.environment.container.model_dump(mode="json"),
             "export_env": sorted(prod.environment.export_env),  # podman-hpc passes only what it is told (-e NAME)
         },
-        "validator": prod.task.validator.model_dump(mode="json"),
+        "validator": prod.the_task.validator.model_dump(mode="json"),
         "tasks": {
             str(i): {
                 "key": t.key,
@@ -233,6 +235,8 @@ def render_manifest(
                 "outputs": list(t.outputs),
                 "fingerprint": t.fingerprint,
                 "attempt": t.attempt,
+                **({"lists": {k: list(v) for k, v in t.lists.items()}} if t.lists else {}),
+                **({"missing": list(t.missing)} if t.missing else {}),
             }
             for i, t in sorted(tasks.items())
         },

@@ -74,7 +74,7 @@ def import_legacy(opts: Options, name: str, *, db: Path | None = None, dry_run: 
     points = task_points(exp.tasks)
     completed = {k for j in jobs if j.status is LegacyStatus.COMPLETED for k in points.get(point(j.realization, j.redshift), ())}
     tasks = [exp.by_key[k] for k in sorted(completed)]
-    states = outputs.observe_outputs(pdir, tasks, loaded.spec.task.validator, deep=True) if tasks else {}
+    states = outputs.observe_outputs(pdir, tasks, loaded.spec.the_task.validator, deep=True) if tasks else {}
     imported = plan_import(jobs, batches, points, states)
     report = ImportReport(name, source, imported.summary(), dry_run, missing_input_keys=list(imported.missing_input))
     if dry_run:

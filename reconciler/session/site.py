@@ -35,8 +35,8 @@ def adopt(opts: Options, name: str) -> tuple[list[str], list[str]]:
     with open_production(opts, name, write=True) as prod:
         history = prod.ledger.history()
         candidates = [t for t in prod.engine.expansion.tasks if t.key not in history or history[t.key].submissions == 0]
-        validator = prod.desired.loaded.spec.task.validator
-        states = outputs.observe_outputs(prod.directory, candidates, validator, deep=True)
+        validators = {s.name: s.spec.the_task.validator for s in prod.engine.expansion.stages}
+        states = outputs.observe_stages(prod.directory, candidates, validators, deep=True)
         now = time.time()
         adopted, invalid = [], []
         for t in candidates:

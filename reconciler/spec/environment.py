@@ -47,7 +47,8 @@ def merged_environment(layers: list[Environment]) -> Environment:
 
 
 def merge_into(
-    merged: dict[str, Any], sources: dict[str, str], defaults: MachineDefaults, ddoc: Document, job_type: str | None, doc: Document
+    merged: dict[str, Any], sources: dict[str, str], defaults: MachineDefaults, ddoc: Document, job_type: str | None, doc: Document,
+    stage: str | None = None,
 ) -> None:
     """Replace ``merged["environment"]`` (the production's own section as load_file copied it)
     with the merge of all layers, and say in ``sources`` which files each part came from.
@@ -55,8 +56,13 @@ def merge_into(
     A production section that does not validate is left as written, so that the production's
     validation reports it at its own lines; the machine's layers were validated with its file."""
     own_raw = doc.data.get("environment") if isinstance(doc.data, dict) else None
+    stage_raw = None
+    if stage is not None and isinstance(doc.data, dict) and isinstance(doc.data.get("stages"), dict):
+        raw = doc.data["stages"].get(stage)
+        stage_raw = raw.get("environment") if isinstance(raw, dict) else None
     try:
         own = Environment.model_validate({} if own_raw is None else own_raw)
+        own_stage = Environment.model_validate({} if stage_raw is None else stage_raw)
     except ValidationError:
         return
     layers: list[tuple[Document, tuple[Any, ...], Environment]] = [(ddoc, ("environment",), defaults.environment)]
@@ -65,8 +71,10 @@ def merge_into(
         jt = Environment(setup=override.setup, container=override.container)
         layers.append((ddoc, ("job_type_overrides", job_type), jt))
     layers.append((doc, ("environment",), own))
+    if stage_raw is not None:
+        layers.append((doc, ("stages", stage, "environment"), own_stage))
     effective = merged_environment([env for _d, _p, env in layers])
-    if effective == Environment() and own_raw is None:
+    if effective == Environment() and own_raw is None and stage_raw is None:
         return
     merged["environment"] = effective.model_dump(mode="json")
     for key in [k for k in sources if k == "environment" or k.startswith("environment.")]:
@@ -87,7 +95,7 @@ def fingerprint_parts(prod: Production) -> dict[str, Any]:
     names alone decide nothing that the fingerprint could vouch for.
     """
     parts: dict[str, Any] = {}
-    if prod.task.shell:
+    if prod.the_task.shell:
         parts["shell"] = True
     if prod.outputs.compression != "none":
         parts["compression"] = prod.outputs.compression

@@ -16,15 +16,16 @@ import json
 import math
 import re
 import string
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
 from typing import Any
 
 from reconciler.core.model import Need
+from reconciler.spec.campaign import Edge, Shape, edge, key_of, need_paths, shapes
 from reconciler.spec.environment import fingerprint_parts
-from reconciler.spec.models import Production
+from reconciler.spec.models import BUILTIN_AXES, Production
 from reconciler.spec.shell import QUOTING, command_templates, shell_quote
 from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
 from reconciler.spec.templates import Params as _Params
@@ -59,15 +60,31 @@ class Excluded:
 
 
 @dataclass(frozen=True)
-class Expansion:
-    """All tasks of a production, plus what was left out and why."""
+class StageExpansion:
+    """One stage's tasks (a one-stage production has one, named "")."""
 
     name: str
-    axes: tuple[str, ...]
+    spec: Production  # the effective production its tasks run by (Loaded.stage_spec)
+    axes: tuple[str, ...]  # Task.params order
     tasks: tuple[Task, ...]
     excluded: tuple[Excluded, ...]
-    total: int  # size of the full product, exclusions included
+    total: int  # size of its full product, exclusions included
     batch_size: int
+    min_fraction: float = 1.0  # require.min_fraction
+    needs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Expansion:
+    """All tasks of a production, stage by stage, plus what was left out and why."""
+
+    name: str
+    axes: tuple[str, ...]  # the first stage's
+    tasks: tuple[Task, ...]  # every stage's, in stage order
+    excluded: tuple[Excluded, ...]
+    total: int  # size of the full products, exclusions included
+    batch_size: int  # the first stage's
+    stages: tuple[StageExpansion, ...] = ()
 
     @cached_property
     def by_key(self) -> dict[str, Task]:
@@ -76,16 +93,25 @@ class Expansion:
 
 
 class Renderer:
-    """Renders a production's command and output templates for one task's parameters."""
+    """Renders a production's (or one stage's) command and output templates for one task's parameters.
 
-    def __init__(self, prod: Production) -> None:
+    ``prod`` is a production with one task section: a one-stage production, or a stage's
+    effective production (``Loaded.stage_spec``), whose templates are reported at ``where``
+    (``stages.<name>``) and which runs over ``over`` of science's axes and may name the stages
+    it ``needs`` (``{needs.S}``).
+    """
+
+    def __init__(self, prod: Production, *, where: str = "task", over: Sequence[str] = BUILTIN_AXES, needs: Sequence[str] = ()) -> None:
         self.prod = prod
-        self.axes: tuple[str, ...] = ("realization", "redshift", *sorted(prod.task.axes))
+        self.where = where
+        task = prod.the_task
+        self.axes: tuple[str, ...] = (*(a for a in BUILTIN_AXES if a in over), *sorted(task.axes))
+        self.needs = tuple(needs)
         self.catalog = _Params(prod.science.catalog_params)
-        self.shell = prod.task.shell  # then every substituted value is shell-quoted (spec/shell.py)
-        self.argv_templates, self._refused = command_templates(prod.task.command, prod.task.shell)
-        self.output_templates = tuple(prod.task.outputs)
-        self.input_templates = tuple(prod.task.inputs)
+        self.shell = task.shell  # then every substituted value is shell-quoted (spec/shell.py)
+        self.argv_templates, self._refused = command_templates(task.command, task.shell)
+        self.output_templates = tuple(task.outputs)
+        self.input_templates = tuple(task.inputs)
         self._check()
         # A template without placeholders renders to the same text for every task: render it
         # once ("{{" -> "{"). None marks a template that needs the task's values.
@@ -95,8 +121,8 @@ class Renderer:
             {
                 "outputs": self.output_templates,
                 **({"inputs": self.input_templates} if self.input_templates else {}),  # fingerprints without inputs unchanged
-                "env": sorted(prod.task.env.items()),
-                "validator": prod.task.validator.model_dump(mode="json"),
+                "env": sorted(task.env.items()),
+                "validator": task.validator.model_dump(mode="json"),
                 "version": prod.production.version,
                 **fingerprint_parts(prod),
             },
@@ -105,16 +131,16 @@ class Renderer:
         self._hash_base = hashlib.blake2b(static.encode(), digest_size=12)
 
     def _check(self) -> None:
-        allowed = set(BUILTIN_PLACEHOLDERS) | set(self.axes)
+        allowed = (set(BUILTIN_PLACEHOLDERS) - (set(BUILTIN_AXES) - set(self.axes))) | set(self.axes) | ({"needs"} if self.needs else set())
         if self._refused is not None:
-            raise TemplateError("task.command", *self._refused)
+            raise TemplateError(f"{self.where}.command", *self._refused)
         if not self.argv_templates:
-            raise TemplateError("task.command", "command is empty")
+            raise TemplateError(f"{self.where}.command", "command is empty")
         found: list[TemplateError] = []
         for where, templates, extra_forbidden in (
-            ("task.command", self.argv_templates, ()),
-            ("task.outputs", self.output_templates, ("output", "production_dir", "python")),
-            ("task.inputs", self.input_templates, ("output", "production_dir", "python")),
+            (f"{self.where}.command", self.argv_templates, ()),
+            (f"{self.where}.outputs", self.output_templates, ("output", "production_dir", "python", "needs")),
+            (f"{self.where}.inputs", self.input_templates, ("output", "production_dir", "python", "needs")),
         ):
             for tpl in templates:
                 try:
@@ -127,6 +153,8 @@ class Renderer:
                     if root == "" or root not in allowed or root in extra_forbidden:
                         known = ", ".join(sorted(allowed - set(extra_forbidden)))
                         found.append(TemplateError(where, f"unknown placeholder {{{field}}}", f"known placeholders: {known}"))
+                    elif root == "needs" and (sub is None or sub not in self.needs):
+                        found.append(TemplateError(where, f"unknown placeholder {{{field}}}", f"this stage needs: {', '.join(self.needs)}"))
                     elif root == "catalog_params" and (sub is None or sub not in self.prod.science.catalog_params):
                         known = ", ".join(sorted(self.prod.science.catalog_params)) or "none defined"
                         found.append(TemplateError(where, f"unknown placeholder {{{field}}}", f"science.catalog_params has: {known}"))
@@ -135,29 +163,32 @@ class Renderer:
         if found:
             raise TemplateErrors(found)
 
-    def _values(self, params: tuple[Any, ...], index: int, key: str, production_dir: str) -> dict[str, Any]:
+    def _values(self, params: tuple[Any, ...], index: int, key: str, production_dir: str, needs: Mapping[str, str] | None = None) -> dict[str, Any]:
         values = dict(zip(self.axes, params, strict=True))
         values.update(self._static)
         values["index"] = index
         values["key"] = key
         values["production_dir"] = production_dir
+        if needs is not None:
+            values["needs"] = _Params(needs)
         return values
 
     def _outputs(self, values: dict[str, Any], key: str) -> tuple[str, ...]:
         try:
             return tuple([t.format_map(values) for t in self.output_templates])
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-            raise TemplateError("task.outputs", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {redshift:.3f}, {realization:04d}") from None
+            raise TemplateError(f"{self.where}.outputs", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {redshift:.3f}, {realization:04d}") from None
 
     def inputs(self, params: tuple[Any, ...], index: int, key: str) -> tuple[str, ...]:
         values = self._values(params, index, key, SYMBOLIC_DIR)
         try:
             return tuple([t.format_map(values) for t in self.input_templates])
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-            raise TemplateError("task.inputs", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {realization:04d}") from None
+            raise TemplateError(f"{self.where}.inputs", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {realization:04d}") from None
 
-    def argv(self, params: tuple[Any, ...], index: int, key: str, production_dir: str, outputs: tuple[str, ...]) -> tuple[str, ...]:
-        return self._argv(self._values(params, index, key, production_dir), key, production_dir, outputs)
+    def argv(self, params: tuple[Any, ...], index: int, key: str, production_dir: str, outputs: tuple[str, ...], needs: Mapping[str, str] | None = None) -> tuple[str, ...]:
+        """The task's argv; ``needs``: what ``{needs.S}`` names, with ``production_dir`` in it (campaign.need_paths)."""
+        return self._argv(self._values(params, index, key, production_dir, needs), key, production_dir, outputs)
 
     def _argv(self, values: dict[str, Any], key: str, production_dir: str, outputs: tuple[str, ...]) -> tuple[str, ...]:
         values["output"] = f"{production_dir}/{outputs[0]}"
@@ -165,7 +196,7 @@ class Renderer:
             render = (lambda t: QUOTING.vformat(t, (), values)) if self.shell else (lambda t: t.format_map(values))
             return tuple([render(t) if c is None else c for t, c in zip(self.argv_templates, self._argv_const, strict=True)])
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
-            raise TemplateError("task.command", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {redshift:.3f}, {realization:04d}") from None
+            raise TemplateError(f"{self.where}.command", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {redshift:.3f}, {realization:04d}") from None
 
     def compiled(self) -> Callable[[Any, Any], tuple[tuple[str, ...], tuple[str, ...]]] | None:
         """A fast renderer of (outputs, symbolic argv) from (realization, redshift), or None.
@@ -177,7 +208,7 @@ class Renderer:
         plain field names; no nested specs; a bare ``{output}``); anything else, and any rendering error (which
         the slow path reports with the task it concerns), returns None.
         """
-        if len(self.axes) != 2:
+        if self.axes != BUILTIN_AXES or self.needs:
             return None
         sci = self.prod.science
         axis_values: dict[str, list[Any]] = {"realization": list(sci.realizations.values()), "redshift": sorted(sci.redshifts)}
@@ -239,12 +270,6 @@ class Renderer:
         return ns["render"]
 
 
-def task_key(axes: tuple[str, ...], params: tuple[Any, ...]) -> str:
-    parts = [f"r{params[0]:04d}", f"z{params[1]:.3f}"]
-    parts += [f"{name}={value}" for name, value in zip(axes[2:], params[2:], strict=True)]
-    return "/".join(parts)
-
-
 _BAD_CHARS = re.compile(r"[\\\x00-\x1f]")
 _DOT_SLASH = ("", ".", "/")
 
@@ -267,11 +292,14 @@ def check_output_path(rel: str) -> str | None:
     return None
 
 
-def count_tasks(prod: Production) -> int:
+def count_tasks(prod: Production) -> int | None:
     """How many tasks ``expand(prod)`` makes, without making them: `reconcile list` over a
     2,000,000-task production in milliseconds instead of seconds. Agrees with ``expand`` on
     every production ``expand`` accepts (tests/test_spec.py holds it); what ``expand`` would
-    refuse is for ``validate`` to say."""
+    refuse is for ``validate`` to say. None for a campaign of stages (exclusions propagate along
+    `needs`: only the expansion knows)."""
+    if prod.stages:
+        return None
     sci = prod.science
     realizations = set(sci.realizations.values())
     redshifts = set(sci.redshifts)
@@ -280,50 +308,59 @@ def count_tasks(prod: Production) -> int:
         (ex.realization, ex.redshift) for ex in sci.realizations.exclude
         if ex.redshift is not None and ex.realization in realizations and ex.realization not in whole and ex.redshift in redshifts
     }
-    per_pair = math.prod(len(values) for values in prod.task.axes.values())
+    per_pair = math.prod(len(values) for values in prod.the_task.axes.values())
     return ((len(realizations) - len(whole)) * len(redshifts) - len(pairs)) * per_pair
 
 
-def _collision(tasks: Sequence[Task], key: str, outputs: Sequence[str]) -> None:
+def _collision(tasks: Sequence[Task], key: str, outputs: Sequence[str], where: str = "task") -> None:
     """Raise for the output of task ``key`` another task (or ``key`` itself, twice) also writes.
     Only called once a collision is known, so the search costs nothing on valid productions."""
     mine: set[str] = set()
     for rel in outputs:
         if rel in mine:
-            raise TemplateError("task.outputs", f"task {key} lists the output {rel!r} twice", "each entry of task.outputs must render to its own path")
+            raise TemplateError(f"{where}.outputs", f"task {key} lists the output {rel!r} twice", "each entry of task.outputs must render to its own path")
         mine.add(rel)
     for other in tasks:
         for rel in other.outputs:
             if rel in mine:
                 raise TemplateError(
-                    "task.outputs", f"tasks {other.key} and {key} both write {rel!r}, so one would overwrite the other",
+                    f"{where}.outputs", f"tasks {other.key} and {key} both write {rel!r}, so one would overwrite the other",
                     "put every axis in each output path, e.g. catalogs/r{realization:04d}/mock_z{redshift:.3f}.hdf5",
                 )
     raise AssertionError(f"a collision of {key}'s outputs that no task explains")  # pragma: no cover
 
 
-def expand(prod: Production) -> Expansion:
-    """All tasks of ``prod``; raises TemplateError on the first template or path problem."""
+def expand(prod: Production, stage_specs: Mapping[str, Production] | None = None) -> Expansion:
+    """All tasks of ``prod``, stage by stage (``stage_specs``: each stage's effective production,
+    from spec.load); raises TemplateError on the first template or path problem."""
     # The cyclic GC would walk the growing task list again and again (10^6 tasks: seconds);
     # nothing made here forms a cycle, so it is paused for the expansion and then restored.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return _expand(prod)
+        stages: list[StageExpansion] = []
+        done: dict[str, tuple[Shape, tuple[Task, ...]]] = {}
+        for shape in shapes(prod, stage_specs or {}):
+            edges = [edge(shape, done[u][0], done[u][1]) for u in shape.needs]
+            upstream = {t.key: t for u in shape.needs for t in done[u][1]}
+            st = _expand_stage(prod, shape, edges, upstream)
+            stages.append(st)
+            done[shape.name] = (shape, st.tasks)
+        return Expansion(
+            prod.production.name, stages[0].axes, tuple(t for s in stages for t in s.tasks), tuple(e for s in stages for e in s.excluded),
+            sum(s.total for s in stages), stages[0].batch_size, tuple(stages),
+        )
     finally:
         if was_enabled:
             gc.enable()
 
 
-def _expand(prod: Production) -> Expansion:
-    renderer = Renderer(prod)
+def _exclusions(prod: Production) -> tuple[dict[int, str], dict[tuple[int, float], str]]:
+    """science.realizations.exclude as (whole realizations, realization x redshift pairs) -> reason."""
     sci = prod.science
-    realizations = sci.realizations.values()
-    redshifts = sorted(sci.redshifts)
-    extra = [prod.task.axes[a] for a in renderer.axes[2:]]
     whole: dict[int, str] = {}
     pairs: dict[tuple[int, float], str] = {}
-    known_r = set(realizations)
+    known_r = set(sci.realizations.values())
     for ex in sci.realizations.exclude:
         if ex.realization not in known_r:
             raise TemplateError("science.realizations.exclude", f"excludes realization {ex.realization}, which is not in the production", "remove the exclusion or fix the number")
@@ -333,50 +370,79 @@ def _expand(prod: Production) -> Expansion:
             if ex.redshift not in sci.redshifts:
                 raise TemplateError("science.realizations.exclude", f"excludes redshift {ex.redshift}, which is not in science.redshifts", "fix the redshift")
             pairs[(ex.realization, ex.redshift)] = ex.reason
+    return whole, pairs
+
+
+def _expand_stage(prod: Production, shape: Shape, edges: Sequence[Edge], upstream: Mapping[str, Task]) -> StageExpansion:
+    spec = shape.spec
+    renderer = Renderer(spec, where=shape.where, over=shape.axes, needs=shape.needs)
+    sci = prod.science
+    values_of: dict[str, list[Any]] = {"realization": sci.realizations.values(), "redshift": sorted(sci.redshifts), **{a: list(v) for a, v in spec.the_task.axes.items()}}
+    axes = renderer.axes
+    whole, pairs = _exclusions(prod)
+    r_at = axes.index("realization") if "realization" in axes else None
+    z_at = axes.index("redshift") if "redshift" in axes else None
 
     tasks: list[Task] = []
     excluded: list[Excluded] = []
     seen: set[str] = set()
     written: set[str] = set()  # every output path so far: two tasks writing one path overwrite each other
-    axes = renderer.axes
     index = -1
-    # Keys by string pieces rendered once per value (same text as task_key; 10^6 tasks a pass).
-    rtext: dict[Any, str] = {r: f"r{r:04d}" for r in realizations}
-    ztext: dict[Any, str] = {z: f"z{z:.3f}" for z in redshifts}
-    fast_key = len(axes) == 2
+    stage = shape.name
+    prefix = f"{stage}/" if stage else ""
+    # Keys by string pieces rendered once per value (same text as campaign.key_of; 10^6 tasks a pass).
+    rtext: dict[Any, str] = {r: f"r{r:04d}" for r in values_of["realization"]}
+    ztext: dict[Any, str] = {z: f"z{z:.3f}" for z in values_of["redshift"]}
+    fast_key = axes == BUILTIN_AXES
     fast = renderer.compiled()
     has_inputs = bool(renderer.input_templates)
     hash_base = renderer._hash_base
     bad_chars = _BAD_CHARS.search
-    grid: Iterator[tuple[Any, ...]] = product(realizations, redshifts, *extra)  # Task.params, in index order
+    # Task.params are in canonical axes order; the grid runs in the stage's task order (campaign.shapes)
+    perm = None if shape.order == axes else tuple(shape.order.index(a) for a in axes)
+    grid: Iterator[tuple[Any, ...]] = product(*(values_of[a] for a in shape.order))
     for params in grid:
         index += 1
-        key = f"{rtext[params[0]]}/{ztext[params[1]]}" if fast_key else task_key(axes, params)
+        if perm is not None:
+            params = tuple([params[i] for i in perm])
+        key = f"{prefix}{rtext[params[0]]}/{ztext[params[1]]}" if fast_key else key_of(stage, axes, params)
         if key in seen:
             raise TemplateError("science.redshifts", f"two tasks share the key {key}", "redshifts must differ in their first 3 decimals")
         seen.add(key)
-        reason = whole.get(params[0]) or pairs.get((params[0], params[1]))
+        reason = None
+        if r_at is not None:
+            reason = whole.get(params[r_at]) or (pairs.get((params[r_at], params[z_at])) if z_at is not None else None)
+        needs: tuple[Need, ...] = ()
+        if edges and reason is None:
+            needs = tuple(Need(e.upstream, e.of(params), e.fan_in) for e in edges)
+            empty = next((n for n in needs if not n.members), None)
+            if empty is not None:
+                reason = f"every member of it in {empty.stage} is excluded"
         if reason is not None:
             excluded.append(Excluded(index, key, reason))
             continue
         if fast is not None:
             outputs, argv = fast(params[0], params[1])
         else:
-            values = renderer._values(params, index, key, SYMBOLIC_DIR)  # one dict for outputs and argv
+            values = renderer._values(params, index, key, SYMBOLIC_DIR, need_paths(needs, key, lambda m: upstream[m].outputs[0], SYMBOLIC_DIR) if needs else None)
             outputs = renderer._outputs(values, key)
         for rel in outputs:
             # common case inline: no component starts with "." (so no "." or ".."), not absolute
             if rel[:1] in _DOT_SLASH or "/." in rel or bad_chars(rel):
                 why = check_output_path(rel)
                 if why:
-                    raise TemplateError("task.outputs", f"output path {rel!r} of task {key} {why}", "outputs are relative to the production directory and stay inside it")
+                    raise TemplateError(f"{shape.where}.outputs", f"output path {rel!r} of task {key} {why}", "outputs are relative to the production directory and stay inside it")
         before = len(written)
         written.update(outputs)
         if len(written) != before + len(outputs):
-            _collision(tasks, key, outputs)
+            _collision(tasks, key, outputs, shape.where)
         if fast is None:
             argv = renderer._argv(values, key, SYMBOLIC_DIR, outputs)
-        h = hash_base.copy()  # fingerprint: hash of the static parts, then of the symbolic argv
+        h = hash_base.copy()  # fingerprint: hash of the static parts, of the symbolic argv, then of the members'
         h.update("\0".join(argv).encode())
-        tasks.append(Task(index, key, params, outputs, h.hexdigest(), renderer.inputs(params, index, key) if has_inputs else ()))
-    return Expansion(prod.production.name, axes, tuple(tasks), tuple(excluded), index + 1, prod.execution.batch_size)
+        for n in needs:  # a change upstream makes exactly the tasks downstream of it stale
+            h.update(n.stage.encode())
+            for m in n.members:
+                h.update(upstream[m].fingerprint.encode())
+        tasks.append(Task(index, key, params, outputs, h.hexdigest(), renderer.inputs(params, index, key) if has_inputs else (), stage, needs))
+    return StageExpansion(stage, spec, axes, tuple(tasks), tuple(excluded), index + 1, spec.execution.batch_size, shape.min_fraction, shape.needs)

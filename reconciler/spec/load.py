@@ -1,8 +1,9 @@
 """Load desired state: parse, merge machine defaults, validate, and remember where each value came from.
 
 Precedence, lowest first: machine defaults < the job type's override < the production's
-own values < command-line ``--set``. (The seed tool applied job-type overrides last and so
-silently dropped a production's own ``memory_gb``.)
+own values < (a campaign's stage) its job type and sections < command-line ``--set``
+(spec.merge). (The seed tool applied job-type overrides last and so silently dropped a
+production's own ``memory_gb``.)
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from pydantic import ValidationError
 from reconciler import sites
 from reconciler.container import unbindable
 from reconciler.errors import ConfigError, Problem
-from reconciler.spec import environment
 from reconciler.spec.expand import Expansion, TemplateError, expand
+from reconciler.spec.merge import leaves, merge
 from reconciler.spec.models import (
-    EXECUTION_KEYS,
     NAME_PATTERN,
     STRUCTURE_OUTPUTS,
     Machine,
@@ -86,6 +86,7 @@ class Loaded:
     repo_root: Path
     source_label: str
     warnings: tuple[Problem, ...] = ()  # accepted, but worth a word: said by validate and by every pass
+    stage_specs: dict[str, Production] = field(default_factory=dict)  # a campaign's stages, each its effective production; {} for one `task:`
     _expansion: list[Expansion] = field(default_factory=list, compare=False, repr=False)
 
     @property
@@ -106,8 +107,12 @@ class Loaded:
 
     def expansion(self) -> Expansion:
         if not self._expansion:
-            self._expansion.append(expand(self.spec))
+            self._expansion.append(expand(self.spec, self.stage_specs))
         return self._expansion[0]
+
+    def stage_spec(self, stage: str) -> Production:
+        """The effective production a stage's tasks run by ("" : the production's one `task:`)."""
+        return self.stage_specs[stage] if stage else self.spec
 
 
 def machine_name(flag: str | None) -> str:
@@ -194,23 +199,6 @@ def read_defaults(tree: Tree, machine: str) -> tuple[MachineDefaults | None, Doc
     return model, doc, problems
 
 
-def _leaves(data: Any, path: tuple = ()) -> Iterable[tuple[tuple, Any]]:
-    if isinstance(data, dict) and data:
-        for k, v in data.items():
-            yield from _leaves(v, path + (k,))
-    else:
-        yield path, data
-
-
-def _set(target: dict, path: tuple, value: Any) -> None:
-    for part in path[:-1]:
-        nxt = target.get(part)
-        if not isinstance(nxt, dict):
-            nxt = target[part] = {}
-        target = nxt
-    target[path[-1]] = value
-
-
 def parse_set(assignments: Iterable[str]) -> list[tuple[tuple[str, ...], Any]]:
     """``--set resources.memory_gb=64`` -> ``[(('resources', 'memory_gb'), 64)]`` (YAML scalars)."""
     out = []
@@ -256,59 +244,9 @@ def load_file(
     # A machine file that does not load is that machine's problem; the production's own are still found.
     defaults = defaults_or_none or MachineDefaults(machine=Machine(name=machine, scheduler=default_scheduler(machine)))
     warnings: list[Problem] = []
-
-    merged: dict[str, Any] = {}
-    marks: dict[tuple, Mark] = {(): doc.marks.get((), Mark(path, 1, 1))}
-    sources: dict[str, str] = {}
-
-    def put(layer: Any, src_doc: Document | None, src_path: tuple, dst: tuple, label: str | None = None) -> None:
-        for sub, value in _leaves(layer):
-            full = dst + sub
-            _set(merged, full, value)
-            mark = src_doc.mark(src_path + sub) if src_doc else Mark("<command line>", 0, 0)
-            for i in range(1, len(full) + 1):
-                marks.setdefault(full[:i], mark)
-            marks[full] = mark
-            sources[dotted(full)] = label or str(mark)
-
-    dd = ddoc.data if isinstance(ddoc.data, dict) else {}
-    for section in ("resources", "execution", "outputs"):
-        if section in dd:
-            put(dd[section], ddoc, (section,), (section,))
-    job_type = None
-    pexec = doc.data.get("execution")
-    if isinstance(pexec, dict) and pexec.get("job_type") is not None:
-        job_type = pexec.get("job_type")
-    elif defaults.execution.job_type:
-        job_type = defaults.execution.job_type
-    for key_path, value in overrides:
-        if key_path == ("execution", "job_type"):
-            job_type = value
-    if job_type is not None and defaults_or_none is not None:
-        ov = defaults.job_type_overrides.get(str(job_type))
-        if ov is None:
-            known = ", ".join(defaults.job_type_overrides) or "none"
-            m = doc.mark(("execution", "job_type"))
-            problems.append(Problem(m.file, m.line, m.col, "execution.job_type", f"unknown job type {job_type!r} on machine {defaults.machine.name!r}", f"known: {known}"))
-        else:
-            raw_ov = dd.get("job_type_overrides", {}).get(str(job_type), {})
-            for k, v in raw_ov.items():
-                if k in environment.JOB_TYPE_KEYS:
-                    continue  # merged with the other layers' environment below
-                section = "execution" if k in EXECUTION_KEYS else "resources"
-                put({k: v}, ddoc, ("job_type_overrides", str(job_type)), (section,))
-    for section, value in doc.data.items():
-        if isinstance(value, dict):
-            put(value, doc, (section,), (section,))
-        else:
-            _set(merged, (section,), value)
-            marks[(section,)] = doc.mark((section,))
-            sources[section] = str(doc.mark((section,)))
-    # environment: lists that add up across the layers, not replaced (spec/environment.py)
-    environment.merge_into(merged, sources, defaults, ddoc, None if job_type is None else str(job_type), doc)
-    for key_path, value in overrides:
-        put({key_path[-1]: value}, None, (), key_path[:-1], "command line")
-        marks[key_path] = Mark("<command line>", 0, 0)
+    overrides = list(overrides)
+    whole = merge(doc, ddoc, defaults, defaults_or_none is not None, overrides, problems)
+    merged, marks, sources = whole.data, whole.marks, whole.sources
     _outputs_from_structure(doc, merged, marks, sources, warnings)
     production = doc.data.get("production")
     if isinstance(production, dict) and "version" not in production:
@@ -331,9 +269,12 @@ def load_file(
         if spec.execution.batch_size > defaults.machine.max_array_size:
             m = marks.get(("execution", "batch_size"), Mark(path, 0, 0))
             problems.append(Problem(m.file, m.line, m.col, "execution.batch_size", f"{spec.execution.batch_size} exceeds the machine's max_array_size {defaults.machine.max_array_size}", "array indices are batch-local; lower batch_size"))
+    stage_specs: dict[str, Production] = {}
+    if spec is not None and spec.stages:
+        stage_specs = _stage_specs(spec, doc, ddoc, defaults, defaults_or_none is not None, overrides, problems)
     loaded = None
-    if spec is not None:
-        loaded = Loaded(spec, defaults, path, ddoc.file, sources, text, repo_root or Path.cwd(), tree.label, tuple(warnings))
+    if spec is not None and (stage_specs or not spec.stages):
+        loaded = Loaded(spec, defaults, path, ddoc.file, sources, text, repo_root or Path.cwd(), tree.label, tuple(warnings), stage_specs)
         if any(c.isspace() for c in str(loaded.production_dir)):
             # Slurm splits `#SBATCH --output=...` at whitespace: such a path cannot be sent.
             m = marks.get(("outputs", "base_path"), Mark(path, 0, 0))
@@ -351,9 +292,30 @@ def load_file(
             except TemplateError as exc:
                 problems.extend(located(doc, exc))
     if problems:
-        raise ConfigError(sorted(problems, key=lambda p: (p.file, p.line, p.col)))
+        raise ConfigError(sorted(set(problems), key=lambda p: (p.file, p.line, p.col, p.field, p.message)))
     assert loaded is not None
     return loaded
+
+
+def _stage_specs(
+    spec: Production, doc: Document, ddoc: Document, defaults: MachineDefaults, machine_loaded: bool,
+    overrides: list[tuple[tuple[str, ...], Any]], problems: list[Problem],
+) -> dict[str, Production]:
+    """Each stage's effective production (spec.merge), validated: a stage's own job type,
+    execution and resources over the production's. {} when one does not validate (its
+    problems are added, located at the stage's lines)."""
+    out: dict[str, Production] = {}
+    for name in spec.stages:
+        m = merge(doc, ddoc, defaults, machine_loaded, overrides, problems, stage=name)
+        try:
+            out[name] = Production.model_validate(m.data)
+        except ValidationError as exc:
+            problems.extend(pydantic_problems(exc, m.marks, doc.file))
+            return {}
+        if out[name].execution.batch_size > defaults.machine.max_array_size:
+            mk = m.marks.get(("execution", "batch_size"), Mark(doc.file, 0, 0))
+            problems.append(Problem(mk.file, mk.line, mk.col, f"stages.{name}.execution.batch_size", f"{out[name].execution.batch_size} exceeds the machine's max_array_size {defaults.machine.max_array_size}", "array indices are batch-local; lower batch_size"))
+    return out
 
 
 def _outputs_from_structure(doc: Document, merged: dict[str, Any], marks: dict[tuple, Mark], sources: dict[str, str], warnings: list[Problem]) -> None:
@@ -383,7 +345,7 @@ def _outputs_from_structure(doc: Document, merged: dict[str, Any], marks: dict[t
 def provenance(loaded: Loaded) -> list[tuple[str, Any, str]]:
     """(dotted path, effective value, source) for every leaf of the effective configuration."""
     rows = []
-    for path, value in _leaves(loaded.spec.model_dump(mode="json")):
+    for path, value in leaves(loaded.spec.model_dump(mode="json")):
         key = dotted(path)
         src = loaded.sources.get(key)
         if src is None:

@@ -268,8 +268,61 @@ class Environment(Strict):
     container: Container | None = Field(default=None, description="The most specific layer that sets one wins; `runtime: none` turns it off.")
 
 
+class Require(Strict):
+    """When a fan-in stage's task may run on less than all of its members."""
+
+    min_fraction: float = Field(
+        default=1.0, gt=0.0, le=1.0,
+        description=(
+            "Share of a fan-in task's members that must be complete for it to run once every other member gave up "
+            "(1.0, the default: all; a given-up member blocks it). The members used and missing are recorded, and the "
+            "task becomes stale when a missing member completes later."
+        ),
+    )
+
+
+BUILTIN_AXES = ("realization", "redshift")
+
+
+class StageSpec(TaskSpec):
+    """One stage of a campaign: a task section, the axes it runs over, the stages it needs, and
+    its own job type, execution settings, resources and environment (over the production's)."""
+
+    needs: list[Name] = Field(
+        default_factory=list,
+        description="Upstream stages whose tasks must be complete first, matched on the axes both stages have: same axes = one member each (map), fewer here = all members with this task's values (fan-in), more here = fan-out.",
+    )
+    over: list[Literal["realization", "redshift"]] | None = Field(
+        default=None, description="Which of science's axes this stage runs over (default: both); its own `axes` are added.",
+    )
+    require: Require = Field(default_factory=Require)
+    job_type: Name | None = None
+    execution: Execution | None = Field(default=None, description="Over the production's execution section, field by field.")
+    resources: Resources | None = Field(default=None, description="Over the production's resources, field by field.")
+    environment: Environment | None = Field(default=None, description="Added to the production's environment (setup lines after its, export_env united, container replaced).")
+
+    @model_validator(mode="after")
+    def _over(self) -> StageSpec:
+        if self.over is not None and len(set(self.over)) != len(self.over):
+            raise ValueError("over: lists an axis twice")
+        if len(set(self.needs)) != len(self.needs):
+            raise ValueError("needs: lists a stage twice")
+        return self
+
+    def task_spec(self) -> TaskSpec:
+        """The stage's task section alone (what one stage's tasks run and produce)."""
+        return TaskSpec.model_validate(self.model_dump(include=set(TaskSpec.model_fields), exclude_unset=True))
+
+
+STAGE_ONLY_KEYS = frozenset({"needs", "over", "require", "job_type", "execution", "resources", "environment"})
+"""StageSpec's keys that are not a task section's (spec.stages merges them into the stage's production)."""
+
+
 class Production(Strict):
-    """The effective configuration of one production (after merging machine defaults)."""
+    """The effective configuration of one production (after merging machine defaults).
+
+    A production is one stage written as ``task:``, or a campaign written as ``stages:`` (each
+    a task section with ``needs``/``over``); exactly one of the two."""
 
     production: ProductionMeta
     science: Science
@@ -277,7 +330,29 @@ class Production(Strict):
     resources: Resources = Field(default_factory=Resources)
     outputs: Outputs = Field(default_factory=Outputs)
     environment: Environment = Field(default_factory=Environment)
-    task: TaskSpec
+    task: TaskSpec | None = None
+    stages: dict[Name, StageSpec] = Field(default_factory=dict, max_length=100)
+
+    @model_validator(mode="after")
+    def _task_or_stages(self) -> Production:
+        if self.task is None and not self.stages:
+            raise ValueError("task: required section is missing")
+        if self.task is not None and self.stages:
+            raise ValueError("stages: give `task:` (one stage) or `stages:` (a campaign), not both")
+        for name, stage in self.stages.items():
+            for up in stage.needs:
+                if up not in self.stages:
+                    raise ValueError(f"stages.{name}.needs: no stage {up!r} in this production (its stages: {', '.join(self.stages)})")
+                if up == name:
+                    raise ValueError(f"stages.{name}.needs: a stage cannot need itself")
+        return self
+
+    @property
+    def the_task(self) -> TaskSpec:
+        """The task section of a production with one stage (a stage's effective production has one)."""
+        if self.task is None:
+            raise ValueError(f"production {self.production.name!r} has stages; ask for one stage's task section")
+        return self.task
 
 
 class JobTypeOverride(Strict):

@@ -20,7 +20,7 @@ EXAMPLES = {
     "science": "    science:\n      redshifts: [0.5, 1.0]\n      realizations: {start: 0, count: 100}",
     "science.redshifts": "    redshifts: [0.5, 1.0, 1.5]",
     "science.realizations": "    realizations: {start: 0, count: 100, step: 1}",
-    "task": "    task:\n      command: \"{python} -m mypackage.generate --realization {realization} --redshift {redshift} --output {output}\"",
+    "task": "    task:\n      command: \"{python} -m mypackage.generate --realization {realization} --redshift {redshift} --output {output}\"\n    (or `stages:`, for a campaign of several stages)",
     "task.command": "    command: \"{python} -m mypackage.generate --realization {realization} --output {output}\"",
     "task.outputs": "    outputs: [\"catalogs/r{realization:04d}/mock_z{redshift:.3f}.hdf5\"]",
 }
@@ -53,6 +53,15 @@ def pydantic_problems(exc: ValidationError, marks: Mapping[tuple, Mark], default
             hint = "no spaces, quotes, newlines or shell characters"
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
+            named, sep, rest = msg.partition(": ")
+            if sep and not data_path and named.split(".")[0] in ("task", "stages"):
+                # a whole-production rule names its field first ("stages.cov.needs: ..."): located there
+                data_path = path = tuple(named.split("."))
+                while path and path not in marks:
+                    path = path[:-1]
+                msg = rest
+                if rest.startswith("required section is missing") and named in EXAMPLES:
+                    hint = f"add it, e.g.\n{EXAMPLES[named]}"
         m = marks.get(path) or Mark(default_file, 0, 0)
         key = dotted(data_path)
         prob = Problem(m.file, m.line, m.col, key, msg, hint)
@@ -77,7 +86,7 @@ def salvage(merged: dict[str, Any], exc: ValidationError) -> Production | None:
     data = copy.deepcopy(merged)
     for err in exc.errors(include_url=False):
         loc = [p for p in err["loc"] if isinstance(p, str | int)]
-        if err["type"] == "missing" or loc[:1] == ["task"] or loc[:2] == ["science", "catalog_params"]:
+        if not loc or err["type"] == "missing" or loc[:1] == ["task"] or loc[:2] == ["science", "catalog_params"]:
             return None
         parent: Any = data
         for part in loc[:-1]:
@@ -94,7 +103,8 @@ def renderer_problems(doc: Document, spec: Production | None) -> list[Problem]:
     if spec is None:
         return []
     try:
-        Renderer(spec)
+        if spec.task is not None:
+            Renderer(spec)
     except TemplateError as exc:
         return located(doc, exc)
     return []
