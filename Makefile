@@ -19,10 +19,10 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-## Run the demo production to completion on the local backend (no Slurm needed).
+## Run the demo campaign (productions/mocks.yaml) to completion on the local backend (no Slurm needed).
 demo: $(VENV)/.installed
-	$(BIN)/reconcile watch demo --until-done --interval 2
-	$(BIN)/reconcile status demo
+	$(BIN)/reconcile watch mocks --until-done --interval 2
+	$(BIN)/reconcile status mocks
 
 ## Install the test dependencies and run the whole suite (starts a Slurm test cluster when root).
 test: $(VENV)/.installed-test
