@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import string
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from reconciler.spec.models import BUILTIN_AXES
+from reconciler.spec.models import BUILTIN_AXES, Production
 from reconciler.spec.shell import shell_quote
 from reconciler.spec.symbols import SYMBOLIC_DIR
 from reconciler.spec.templates import root as _root
 
-if TYPE_CHECKING:
-    from reconciler.spec.expand import Renderer
+
+class Templates(Protocol):
+    """What is compiled of a spec.expand.Renderer."""
+
+    prod: Production
+    axes: tuple[str, ...]
+    needs: tuple[str, ...]
+    shell: bool
+    _static: dict[str, Any]
+    argv_templates: tuple[str, ...]
+    output_templates: tuple[str, ...]
 
 
-def compile_renderer(r: Renderer) -> Callable[..., tuple[tuple[str, ...], tuple[str, ...]]] | None:
+def compile_renderer(r: Templates) -> Callable[..., tuple[tuple[str, ...], tuple[str, ...]]] | None:
     """A fast renderer of (outputs, symbolic argv) from (realization, redshift[, what {needs.S} names]), or None.
 
     Each template is split once into literal text and fields. A field of one axis is
