@@ -48,6 +48,7 @@ job_type_overrides:
 
 
 def _load(tmp_path: Path, text: str = CAMPAIGN, machine: str = MACHINE) -> Loaded:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "productions").mkdir(exist_ok=True)
     (tmp_path / "defaults").mkdir(exist_ok=True)
     (tmp_path / "productions" / "camp.yaml").write_text(text)
@@ -155,3 +156,17 @@ def test_a_cycle_and_task_beside_stages_are_refused(tmp_path: Path) -> None:
     assert "form a cycle" in out, out
     out = _problems(tmp_path, CAMPAIGN + "task:\n  command: gen {output}\n  outputs: [\"x/{realization}_{redshift}\"]\n")
     assert "give `task:` (one stage) or `stages:` (a campaign), not both" in out, out
+
+
+def test_diff_counts_added_removed_and_stale_tasks_per_stage(tmp_path: Path) -> None:
+    from reconciler.diff import compare, render_text
+
+    old = _load(tmp_path / "a")
+    new = _load(tmp_path / "b", CAMPAIGN.replace('"pk {needs.generate}', '"pk --v2 {needs.generate}').replace("count: 3", "count: 4"))
+    d = compare("camp", old, new)
+    assert d.stages == {
+        "generate": {"added": 2, "removed": 0, "stale": 0},
+        "measure": {"added": 2, "removed": 0, "stale": 5},
+        "covariance": {"added": 0, "removed": 0, "stale": 2},
+    }
+    assert "per stage: generate +2 -0 ~0; measure +2 -0 ~5; covariance +0 -0 ~2" in render_text([d], "a", "b")
