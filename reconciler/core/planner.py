@@ -36,7 +36,8 @@ never exceed ``limits.max_queued_tasks``. Last, the logs of submissions that fin
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from reconciler.core.cleanup import prune_logs
@@ -47,6 +48,7 @@ from reconciler.core.model import (
     Desired,
     DesiredTask,
     Limits,
+    Stage,
     SubmissionObs,
     TaskHistory,
     TaskObs,
@@ -55,6 +57,7 @@ from reconciler.core.model import (
 from reconciler.core.outcome import adoptable, cannot_retry, classify, failure_text
 from reconciler.core.overlay import Overlay
 from reconciler.core.plan import Action, ActionKind, Note, Plan
+from reconciler.core.readiness import Gate, Readiness
 from reconciler.core.reasons import Reason
 from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionKind, SubmissionState
 
@@ -168,32 +171,97 @@ def _record_failures(s: Settled, world: World, sub: SubmissionObs, now: float) -
         s.actions.append(_of(ActionKind.ADOPT, Reason.LEGACY_COMPLETED, sub, adopted, note=f"job {sub.job_id}"))
 
 
-def _batches(kind: ActionKind, reason: Reason, tasks: Iterable[DesiredTask], batch_size: int) -> list[Action]:
-    """One action per batch, tasks in index order, array indices batch-local."""
+def _batches(kind: ActionKind, reason: Reason, tasks: Iterable[DesiredTask], base: int, batch_size: int) -> list[Action]:
+    """One action per batch, tasks in index order, array indices batch-local; the stage's
+    batches are numbered from ``base``, after the earlier stages', so none mixes two stages."""
     by_batch: dict[int, list[DesiredTask]] = {}
     for t in tasks:
-        by_batch.setdefault(t.index // batch_size, []).append(t)
+        by_batch.setdefault(base + t.index // batch_size, []).append(t)
     return [
         Action(kind, reason, tuple(t.key for t in ts), batch=b, array_indices=tuple(t.index % batch_size for t in ts))
         for b, ts in sorted(by_batch.items())
     ]
 
 
-def _cap(actions: list[Action], budget: int) -> tuple[list[Action], list[str]]:
-    """Keep actions within the queue budget; split the one that crosses it. Returns (kept, deferred keys)."""
+def _cap(actions: list[Action], budget: int) -> tuple[list[Action], list[tuple[int, tuple[str, ...]]]]:
+    """Keep actions within the queue budget; split the one that crosses it. Returns (kept, deferred (batch, keys))."""
     kept: list[Action] = []
-    deferred: list[str] = []
+    deferred: list[tuple[int, tuple[str, ...]]] = []
     for a in actions:
+        assert a.batch is not None
         if budget <= 0:
-            deferred.extend(a.keys)
+            deferred.append((a.batch, a.keys))
         elif len(a.keys) <= budget:
             kept.append(a)
             budget -= len(a.keys)
         else:
-            kept.append(replace(a, keys=a.keys[:budget], array_indices=a.array_indices[:budget]))
-            deferred.extend(a.keys[budget:])
+            keys = a.keys[:budget]
+            kept.append(replace(a, keys=keys, array_indices=a.array_indices[:budget], partial=tuple(p for p in a.partial if p[0] in keys)))
+            deferred.append((a.batch, a.keys[budget:]))
             budget = 0
     return kept, deferred
+
+
+@dataclass
+class _Sorted:
+    """One stage's tasks, sorted by what this pass does with them (the module docstring's rules)."""
+
+    stage: Stage
+    gate: Gate  # inputs and members, checked before anything is sent (core.readiness)
+    submit: list[DesiredTask] = field(default_factory=list)
+    resubmit: list[DesiredTask] = field(default_factory=list)
+    waived: list[str] = field(default_factory=list)  # WAIVE journaled whether or not the task is ready
+    retried: list[DesiredTask] = field(default_factory=list)  # waived and ready: resubmitted now
+    lost: list[DesiredTask] = field(default_factory=list)
+    corrupt: list[DesiredTask] = field(default_factory=list)  # complete, failed verification: moved aside, ready or not
+    corrupt_ready: list[DesiredTask] = field(default_factory=list)
+    rerun: list[DesiredTask] = field(default_factory=list)
+    completed: list[DesiredTask] = field(default_factory=list)  # ran on a partial set; a member it lacked is done now
+    give_up: list[str] = field(default_factory=list)
+    cannot_run: dict[str, str] = field(default_factory=dict)  # key -> the cause's group, for the note
+    backoff: list[str] = field(default_factory=list)
+    backoff_until: float | None = None
+    unknown: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    stale_partial: list[str] = field(default_factory=list)
+
+    def sends(self, base: int, bs: int, ours: Callable[[str], bool]) -> list[Action]:
+        corrupt, partial = self.corrupt_ready, [t for t, _ in self.gate.on_partial.values()]
+        return (
+            _batches(ActionKind.RESUBMIT, Reason.MANUAL_RETRY, self.retried, base, bs)
+            + _batches(ActionKind.RESUBMIT, Reason.BACKOFF_ELAPSED, self.resubmit, base, bs)
+            + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_LOST, self.lost, base, bs)
+            + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_CORRUPT, [t for t in corrupt if ours(t.key)], base, bs)
+            + _batches(ActionKind.SUBMIT, Reason.OUTPUT_CORRUPT, [t for t in corrupt if not ours(t.key)], base, bs)
+            + _batches(ActionKind.SUBMIT, Reason.STALE_RERUN, self.rerun, base, bs)
+            + _batches(ActionKind.SUBMIT, Reason.MEMBERS_COMPLETED, self.completed, base, bs)
+            + _batches(ActionKind.SUBMIT, Reason.NEVER_SUBMITTED, self.submit, base, bs)
+            + self.gate.partial(_batches(ActionKind.RESUBMIT, Reason.PARTIAL_MEMBERS, [t for t in partial if ours(t.key)], base, bs))
+            + self.gate.partial(_batches(ActionKind.SUBMIT, Reason.PARTIAL_MEMBERS, [t for t in partial if not ours(t.key)], base, bs))
+        )
+
+    def decisions(self) -> tuple[list[Action], list[Note]]:
+        """Everything but the sends: journaled decisions, waits (one per reason), notes."""
+        retries = f"max_retries={self.stage.policy.max_retries}"
+        out, notes = [], []
+        if self.waived:
+            out.append(Action(ActionKind.WAIVE, Reason.MANUAL_RETRY, tuple(self.waived), note=retries))
+        if self.give_up:
+            out.append(Action(ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED, tuple(self.give_up), note=retries))
+        if self.cannot_run:
+            causes = sorted(set(self.cannot_run.values()))
+            note = "; ".join(causes[:3]) + (f"; and {len(causes) - 3} more" if len(causes) > 3 else "")
+            out.append(Action(ActionKind.GIVE_UP, Reason.CANNOT_RUN, tuple(self.cannot_run), note=note))
+        if self.backoff:
+            out.append(Action(ActionKind.WAIT, Reason.BACKOFF, tuple(self.backoff), until=self.backoff_until))
+        if self.unknown:
+            out.append(Action(ActionKind.WAIT, Reason.AWAITING_SCHEDULER, tuple(self.unknown)))
+        out.extend(self.gate.waits())
+        if self.stale:
+            notes.append(Note(Reason.STALE, tuple(self.stale)))
+        if self.stale_partial:
+            notes.append(Note(Reason.MEMBERS_COMPLETED, tuple(self.stale_partial), note="execution.rerun_on_change is off: not rerun"))
+        return out, notes
 
 
 def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: bool = False, retry: bool = False) -> Plan:
@@ -204,94 +272,106 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     new submissions without sending them (and keeps staged ones staged); ``retry`` waives
     the backoff of failed tasks and gives given-up ones one more attempt.
     """
-    pol = desired.policy
     settled = settle(desired, world, now, limits, stage=stage)
     lim = settled.limits
-    batch_size = max(1, min(pol.batch_size, lim.max_array_size))
     task_over, hist_over, held = settled.tasks, settled.history, settled.held
     observed, remembered = world.tasks, world.history
-
-    submit: list[DesiredTask] = []
-    resubmit: list[DesiredTask] = []
-    waived: list[DesiredTask] = []
-    lost: list[DesiredTask] = []
-    corrupt: list[DesiredTask] = []  # complete, but failed verification this pass
-    rerun: list[DesiredTask] = []
-    give_up: list[str] = []
-    cannot_run: dict[str, str] = {}  # key -> the cause's group, for the note
-    backoff: list[str] = []
-    backoff_until: float | None = None
-    unknown: list[str] = []
-    stale: list[str] = []
-    waiting: list[str] = []  # an input is missing (task.inputs): never sent, never failed
-    missing_inputs = world.missing_inputs
+    readiness = Readiness(desired, *settled.views(world), held=held, corrupt=world.corrupt, retry=retry)
+    ran_partial = world.partial
     queued = 0
     desired_keys: set[str] = set()
     failed_verification = world.corrupt
-
-    for task in desired.tasks:
-        key = task.key
-        desired_keys.add(key)
-        obs = task_over.get(key) or observed.get(key, EMPTY_OBS)
-        sched = obs.sched
-        if sched is not None and sched.in_flight:
-            queued += 1  # counts against the queue cap even if its outputs are already there
-            continue
-        output = obs.output
-        if key in held:
-            queued += 1  # its submission's answer was lost: it may well be in the queue
-            continue
-        if output is OutputState.COMPLETE or output is OutputState.ADOPTED:
-            if failed_verification and key in failed_verification:
-                hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
-                if sched is not None or hist.submissions == 0:  # ours with no answer yet: a later pass
-                    corrupt.append(task)
-            continue
-        hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
-        if pol.adopt_existing and adoptable(output, hist.submissions):
-            continue  # adopted: valid outputs this reconciler never produced
-        if output is OutputState.STALE:
-            if not pol.rerun_on_change:
-                stale.append(key)
-            elif key in missing_inputs:
-                waiting.append(key)
-            else:
-                rerun.append(task)
-            continue
-        if hist.submissions == 0:
-            if key in missing_inputs:
-                waiting.append(key)
-            else:
-                submit.append(task)
-            continue
-        if sched is None:
-            unknown.append(key)  # submitted, but no scheduler answer yet: never resend blindly
-            queued += 1
-            continue
-        if retry and hist.failures:
-            waived.append(task)  # the waiver is journaled; the task is resubmitted with the others
-            continue
-        if key in missing_inputs:  # before a resubmission of any kind: it would fail for want of it
-            waiting.append(key)
-            continue
-        if not hist.failures:
-            lost.append(task)  # it ended without a failure on record, yet its outputs are gone
-            continue
-        if cannot_retry(hist):  # before the retry count: this reason says what to fix
-            if not hist.given_up and hist.cause is not None:
-                cannot_run[key] = hist.cause.group
-            continue
-        if hist.failures > pol.max_retries:
-            if not hist.given_up:
-                give_up.append(key)
-            continue
-        # the backoff runs from the end of the latest failure (0 once `reconcile retry` waived it)
-        deadline = (hist.last_end if hist.last_end is not None else 0.0) + pol.delay(max(hist.failures, 1))
-        if now < deadline:
-            backoff.append(key)
-            backoff_until = deadline if backoff_until is None else min(backoff_until, deadline)
-            continue
-        resubmit.append(task)
+    actions = list(settled.actions)
+    notes = list(settled.notes)
+    wanted: list[Action] = []
+    corrupt: list[Action] = []
+    starts: list[int] = []  # the first batch of each stage
+    base = 0
+    stages = desired.stage_list
+    for st in stages:
+        pol = st.policy
+        bs = max(1, min(pol.batch_size, lim.max_array_size))
+        s = _Sorted(st, Gate(readiness, world.missing_inputs, st.min_fraction))
+        for task in st.tasks:
+            key = task.key
+            desired_keys.add(key)
+            obs = task_over.get(key) or observed.get(key, EMPTY_OBS)
+            sched = obs.sched
+            if sched is not None and sched.in_flight:
+                queued += 1  # counts against the queue cap even if its outputs are already there
+                continue
+            output = obs.output
+            if key in held:
+                queued += 1  # its submission's answer was lost: it may well be in the queue
+                continue
+            if output is OutputState.COMPLETE or output is OutputState.ADOPTED:
+                if failed_verification and key in failed_verification:
+                    hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
+                    if sched is not None or hist.submissions == 0:  # ours with no answer yet: a later pass
+                        s.corrupt.append(task)
+                        if s.gate.ready(task):
+                            s.corrupt_ready.append(task)
+                elif ran_partial and key in ran_partial and readiness.completed(task, ran_partial[key]):
+                    if not pol.rerun_on_change:
+                        s.stale_partial.append(key)
+                    elif s.gate.ready(task):
+                        s.completed.append(task)
+                continue
+            hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
+            if pol.adopt_existing and adoptable(output, hist.submissions):
+                continue  # adopted: valid outputs this reconciler never produced
+            if output is OutputState.STALE:
+                if not pol.rerun_on_change:
+                    s.stale.append(key)
+                elif s.gate.ready(task):
+                    s.rerun.append(task)
+                continue
+            if hist.submissions == 0:
+                if s.gate.ready(task):
+                    s.submit.append(task)
+                continue
+            if sched is None:
+                s.unknown.append(key)  # submitted, but no scheduler answer yet: never resend blindly
+                queued += 1
+                continue
+            if retry and hist.failures:
+                s.waived.append(key)  # the waiver is journaled; the task is resubmitted with the others
+                if s.gate.ready(task):
+                    s.retried.append(task)
+                continue
+            if key in world.missing_inputs:  # before a resubmission of any kind: it would fail for want of it
+                s.gate.waiting.append(key)
+                continue
+            if not hist.failures:
+                if s.gate.ready(task):
+                    s.lost.append(task)  # it ended without a failure on record, yet its outputs are gone
+                continue
+            if cannot_retry(hist):  # before the retry count: this reason says what to fix
+                if not hist.given_up and hist.cause is not None:
+                    s.cannot_run[key] = hist.cause.group
+                continue
+            if hist.failures > pol.max_retries:
+                if not hist.given_up:
+                    s.give_up.append(key)
+                continue
+            # the backoff runs from the end of the latest failure (0 once `reconcile retry` waived it)
+            deadline = (hist.last_end if hist.last_end is not None else 0.0) + pol.delay(max(hist.failures, 1))
+            if now < deadline:
+                s.backoff.append(key)
+                s.backoff_until = deadline if s.backoff_until is None else min(s.backoff_until, deadline)
+                continue
+            if s.gate.ready(task):
+                s.resubmit.append(task)
+        wanted.extend(s.sends(base, bs, lambda k: _ours(k, settled, world)))
+        # corrupt outputs go aside even when the queue cap or readiness defers their rerun: the
+        # move is what remembers the verdict (next pass they read missing: output_lost)
+        corrupt.extend(_quarantine_corrupt(s.corrupt, failed_verification, base, bs))
+        more, more_notes = s.decisions()
+        actions.extend(more)
+        notes.extend(more_notes)
+        starts.append(base)
+        last = st.tasks[-1].index + 1 if st.tasks else 0
+        base += -(-max(st.total, last) // bs)  # ceil: the stage's batches, exclusions included
 
     removed_in_flight = []
     for key in observed.keys() | task_over.keys():
@@ -302,54 +382,27 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     removed_in_flight.sort()
     queued += len(removed_in_flight)
 
-    actions = list(settled.actions)
-    notes = list(settled.notes)
-    if waived:
-        actions.append(Action(ActionKind.WAIVE, Reason.MANUAL_RETRY, tuple(t.key for t in waived), note=f"max_retries={pol.max_retries}"))
-    if give_up:
-        actions.append(Action(ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED, tuple(give_up), note=f"max_retries={pol.max_retries}"))
-    if cannot_run:
-        causes = sorted(set(cannot_run.values()))
-        note = "; ".join(causes[:3]) + (f"; and {len(causes) - 3} more" if len(causes) > 3 else "")
-        actions.append(Action(ActionKind.GIVE_UP, Reason.CANNOT_RUN, tuple(cannot_run), note=note))
     if removed_in_flight:
-        if pol.prune:
+        if desired.policy.prune:
             actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))
             queued -= len(removed_in_flight)
         else:
             notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
-    wanted = (
-        _batches(ActionKind.RESUBMIT, Reason.MANUAL_RETRY, waived, batch_size)
-        + _batches(ActionKind.RESUBMIT, Reason.BACKOFF_ELAPSED, resubmit, batch_size)
-        + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_LOST, lost, batch_size)
-        + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_CORRUPT, [t for t in corrupt if _ours(t.key, settled, world)], batch_size)
-        + _batches(ActionKind.SUBMIT, Reason.OUTPUT_CORRUPT, [t for t in corrupt if not _ours(t.key, settled, world)], batch_size)
-        + _batches(ActionKind.SUBMIT, Reason.STALE_RERUN, rerun, batch_size)
-        + _batches(ActionKind.SUBMIT, Reason.NEVER_SUBMITTED, submit, batch_size)
-    )
     wanted.sort(key=lambda a: a.order)
     kept, deferred = _cap(wanted, lim.max_queued_tasks - queued)
     if stage:
         kept = [replace(a, kind=ActionKind.STAGE) for a in kept]
     else:
         actions.extend(_quarantine(kept, settled, world))
-    # corrupt outputs go aside even when the queue cap defers their rerun: the move is what
-    # remembers the verdict (next pass they read missing, and are planned as output_lost)
-    actions.extend(_quarantine_corrupt(corrupt, failed_verification, batch_size))
+    actions.extend(corrupt)
     actions.extend(kept)
-    if deferred:
-        actions.append(Action(ActionKind.WAIT, Reason.QUEUE_CAP, tuple(deferred), note=f"max_queued_tasks={lim.max_queued_tasks}"))
-    if backoff:
-        actions.append(Action(ActionKind.WAIT, Reason.BACKOFF, tuple(backoff), until=backoff_until))
-    if unknown:
-        actions.append(Action(ActionKind.WAIT, Reason.AWAITING_SCHEDULER, tuple(unknown)))
-    if waiting:
-        more = f" and {len(waiting) - 1} other task(s)" if len(waiting) > 1 else ""
-        actions.append(Action(ActionKind.WAIT, Reason.WAITING_INPUT, tuple(waiting), note=f"{waiting[0]}: {missing_inputs[waiting[0]]}{more}"))
-    if stale:
-        notes.append(Note(Reason.STALE, tuple(stale)))
+    by_stage: dict[int, list[str]] = {}
+    for batch, keys in deferred:
+        by_stage.setdefault(bisect_right(starts, batch) - 1, []).extend(keys)
+    for _, ks in sorted(by_stage.items()):
+        actions.append(Action(ActionKind.WAIT, Reason.QUEUE_CAP, tuple(ks), note=f"max_queued_tasks={lim.max_queued_tasks}"))
     if not stage:
-        actions.extend(prune_logs(world.logs_kept, now, pol))
+        actions.extend(prune_logs(world.logs_kept, now, desired.policy))
     actions.sort(key=lambda a: a.order)
     return Plan(tuple(actions), tuple(notes))
 
@@ -373,11 +426,11 @@ def _ours(key: str, settled: Settled, world: World) -> bool:
     return _hist(settled, world, key).submissions > 0
 
 
-def _quarantine_corrupt(tasks: list[DesiredTask], problems: Mapping[str, str], batch_size: int) -> list[Action]:
+def _quarantine_corrupt(tasks: list[DesiredTask], problems: Mapping[str, str], base: int, batch_size: int) -> list[Action]:
     """Completed outputs that failed verification go to qa/corrupt/, with their marker, so the
     task stops reading complete; the note names the check that failed (the first few)."""
     out = []
-    for a in _batches(ActionKind.QUARANTINE, Reason.OUTPUT_CORRUPT, tasks, batch_size):
+    for a in _batches(ActionKind.QUARANTINE, Reason.OUTPUT_CORRUPT, tasks, base, batch_size):
         shown = "; ".join(f"{k}: {problems[k]}" for k in a.keys[:3])
         more = f"; and {len(a.keys) - 3} more" if len(a.keys) > 3 else ""
         out.append(replace(a, array_indices=(), note=shown + more))
