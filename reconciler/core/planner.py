@@ -12,31 +12,37 @@ First the open submissions are settled (``settle``), each by one rule:
   an attempt ended, not yet counted -> RECORD_FAILURE when core.outcome.classify says it failed
   the old tool's attempt completed  -> ADOPT its valid outputs (it writes no marker; see
                                        `reconcile import-legacy`); failed ones as above
-Then per task, in this order of precedence:
+Then stage by stage (Desired.stage_list, each by its own policy), per task, in this order:
   queued or running             -> nothing (never submitted twice)
   complete, failed verification -> QUARANTINE (to qa/corrupt/, whatever the queue cap), then
                                    RESUBMIT (SUBMIT if never ours) with reason output_corrupt
+  complete, ran on a partial set, a member it lacked (World.partial) now done -> stale:
+                                   noted (members_completed), or rerun with rerun_on_change
   complete                      -> nothing
   valid, unmarked, never ours   -> adopted: nothing (unless adopt_existing is off)
   stale and not rerun_on_change -> reported in the notes
-  an input missing (task.inputs) -> WAIT (waiting_input), before any (re)submission
   never submitted               -> SUBMIT
   submitted, outcome unknown    -> WAIT (a lost sbatch answer is resolved by token, not resent)
+  an input missing (task.inputs) -> WAIT (waiting_input), before any resubmission
   failed, retries left          -> RESUBMIT after initial * multiplier**(failures-1), else WAIT
   failed, retries exhausted     -> GIVE_UP once, then nothing
   failed, retrying cannot fix   -> GIVE_UP at once (command not found / not executable: core.causes)
   failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
   ended, no failure, no outputs -> RESUBMIT at once (its outputs were deleted after it completed)
+Every send above passes core.readiness first (the summary's rule too): an input missing ->
+WAIT waiting_input; a member pending -> WAIT waiting_members; members given up, none pending
+-> sent on a partial set (partial_members, Action.partial) if min_fraction allows, else WAIT
+blocked_by_member. A task that is complete is never held back: readiness gates sends only.
 A task (re)submitted over outputs that are present but not certified gets them moved aside
-first (QUARANTINE). Submissions are grouped by batch (index // batch_size) with batch-local
-array indices, and queued tasks (counting those whose submission's answer is still unknown)
-never exceed ``limits.max_queued_tasks``. Last, the logs of submissions that finished
-``keep_logs_days`` ago are pruned (PRUNE_LOGS; core.cleanup).
+first (QUARANTINE). A stage's batches are numbered after the earlier stages' (batch = base +
+index // batch_size, batch-local array indices), so no submission mixes two stages; queued
+tasks (counting those whose submission's answer is still unknown) never exceed
+``limits.max_queued_tasks``. WAITs are one per reason and stage. Last, the logs of
+submissions that finished ``keep_logs_days`` ago are pruned (PRUNE_LOGS; core.cleanup).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -183,23 +189,30 @@ def _batches(kind: ActionKind, reason: Reason, tasks: Iterable[DesiredTask], bas
     ]
 
 
-def _cap(actions: list[Action], budget: int) -> tuple[list[Action], list[tuple[int, tuple[str, ...]]]]:
-    """Keep actions within the queue budget; split the one that crosses it. Returns (kept, deferred (batch, keys))."""
+def _cap(actions: list[Action], budget: int, starts: list[int]) -> tuple[list[Action], dict[int, list[str]]]:
+    """Keep actions within the queue budget; split the one that crosses it. Returns (kept,
+    deferred keys by stage: ``starts`` holds each stage's first batch)."""
     kept: list[Action] = []
-    deferred: list[tuple[int, tuple[str, ...]]] = []
+    deferred: dict[int, list[str]] = {}
     for a in actions:
-        assert a.batch is not None
+        stage = sum(1 for b in starts if b <= (a.batch or 0)) - 1
         if budget <= 0:
-            deferred.append((a.batch, a.keys))
+            deferred.setdefault(stage, []).extend(a.keys)
         elif len(a.keys) <= budget:
             kept.append(a)
             budget -= len(a.keys)
         else:
             keys = a.keys[:budget]
             kept.append(replace(a, keys=keys, array_indices=a.array_indices[:budget], partial=tuple(p for p in a.partial if p[0] in keys)))
-            deferred.append((a.batch, a.keys[budget:]))
+            deferred.setdefault(stage, []).extend(a.keys[budget:])
             budget = 0
     return kept, deferred
+
+
+_KIND = {  # a send's kind by its reason; the others are RESUBMITs of tasks we ran, else SUBMITs
+    Reason.MANUAL_RETRY: ActionKind.RESUBMIT, Reason.BACKOFF_ELAPSED: ActionKind.RESUBMIT, Reason.OUTPUT_LOST: ActionKind.RESUBMIT,
+    Reason.STALE_RERUN: ActionKind.SUBMIT, Reason.MEMBERS_COMPLETED: ActionKind.SUBMIT, Reason.NEVER_SUBMITTED: ActionKind.SUBMIT,
+}
 
 
 @dataclass
@@ -208,60 +221,43 @@ class _Sorted:
 
     stage: Stage
     gate: Gate  # inputs and members, checked before anything is sent (core.readiness)
-    submit: list[DesiredTask] = field(default_factory=list)
-    resubmit: list[DesiredTask] = field(default_factory=list)
-    waived: list[str] = field(default_factory=list)  # WAIVE journaled whether or not the task is ready
-    retried: list[DesiredTask] = field(default_factory=list)  # waived and ready: resubmitted now
-    lost: list[DesiredTask] = field(default_factory=list)
+    sends: dict[Reason, list[DesiredTask]] = field(default_factory=dict)  # ready to send, by why
+    keys: dict[Reason, list[str]] = field(default_factory=dict)  # waived, given up, waiting, noted: by why
     corrupt: list[DesiredTask] = field(default_factory=list)  # complete, failed verification: moved aside, ready or not
-    corrupt_ready: list[DesiredTask] = field(default_factory=list)
-    rerun: list[DesiredTask] = field(default_factory=list)
-    completed: list[DesiredTask] = field(default_factory=list)  # ran on a partial set; a member it lacked is done now
-    give_up: list[str] = field(default_factory=list)
     cannot_run: dict[str, str] = field(default_factory=dict)  # key -> the cause's group, for the note
-    backoff: list[str] = field(default_factory=list)
     backoff_until: float | None = None
-    unknown: list[str] = field(default_factory=list)
-    stale: list[str] = field(default_factory=list)
-    stale_partial: list[str] = field(default_factory=list)
 
-    def sends(self, base: int, bs: int, ours: Callable[[str], bool]) -> list[Action]:
-        corrupt, partial = self.corrupt_ready, [t for t, _ in self.gate.on_partial.values()]
-        return (
-            _batches(ActionKind.RESUBMIT, Reason.MANUAL_RETRY, self.retried, base, bs)
-            + _batches(ActionKind.RESUBMIT, Reason.BACKOFF_ELAPSED, self.resubmit, base, bs)
-            + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_LOST, self.lost, base, bs)
-            + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_CORRUPT, [t for t in corrupt if ours(t.key)], base, bs)
-            + _batches(ActionKind.SUBMIT, Reason.OUTPUT_CORRUPT, [t for t in corrupt if not ours(t.key)], base, bs)
-            + _batches(ActionKind.SUBMIT, Reason.STALE_RERUN, self.rerun, base, bs)
-            + _batches(ActionKind.SUBMIT, Reason.MEMBERS_COMPLETED, self.completed, base, bs)
-            + _batches(ActionKind.SUBMIT, Reason.NEVER_SUBMITTED, self.submit, base, bs)
-            + self.gate.partial(_batches(ActionKind.RESUBMIT, Reason.PARTIAL_MEMBERS, [t for t in partial if ours(t.key)], base, bs))
-            + self.gate.partial(_batches(ActionKind.SUBMIT, Reason.PARTIAL_MEMBERS, [t for t in partial if not ours(t.key)], base, bs))
-        )
+    def send(self, reason: Reason, task: DesiredTask) -> None:
+        if self.gate.ready(task):
+            self.sends.setdefault(reason, []).append(task)
 
-    def decisions(self) -> tuple[list[Action], list[Note]]:
+    def mark(self, reason: Reason, key: str) -> None:
+        self.keys.setdefault(reason, []).append(key)
+
+    def batched(self, base: int, bs: int, ours: Callable[[str], bool]) -> list[Action]:
+        out: list[Action] = []
+        for reason, tasks in [*self.sends.items(), (Reason.PARTIAL_MEMBERS, [t for t, _ in self.gate.on_partial.values()])]:
+            kind = _KIND.get(reason)
+            split = [(kind, tasks)] if kind else [(ActionKind.RESUBMIT, [t for t in tasks if ours(t.key)]), (ActionKind.SUBMIT, [t for t in tasks if not ours(t.key)])]
+            for k, ts in split:
+                sends = _batches(k, reason, ts, base, bs)
+                out.extend(self.gate.partial(sends) if reason is Reason.PARTIAL_MEMBERS else sends)
+        return out
+
+    def decide(self, actions: list[Action], notes: list[Note]) -> None:
         """Everything but the sends: journaled decisions, waits (one per reason), notes."""
-        retries = f"max_retries={self.stage.policy.max_retries}"
-        out, notes = [], []
-        if self.waived:
-            out.append(Action(ActionKind.WAIVE, Reason.MANUAL_RETRY, tuple(self.waived), note=retries))
-        if self.give_up:
-            out.append(Action(ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED, tuple(self.give_up), note=retries))
+        retries, keys = f"max_retries={self.stage.policy.max_retries}", self.keys
+        kinds = ((ActionKind.WAIVE, Reason.MANUAL_RETRY), (ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED), (ActionKind.WAIT, Reason.BACKOFF), (ActionKind.WAIT, Reason.AWAITING_SCHEDULER))
+        out = [
+            Action(kind, r, tuple(keys[r]), until=self.backoff_until if r is Reason.BACKOFF else None, note=retries if kind is not ActionKind.WAIT else "")
+            for kind, r in kinds if r in keys
+        ]
         if self.cannot_run:
             causes = sorted(set(self.cannot_run.values()))
             note = "; ".join(causes[:3]) + (f"; and {len(causes) - 3} more" if len(causes) > 3 else "")
             out.append(Action(ActionKind.GIVE_UP, Reason.CANNOT_RUN, tuple(self.cannot_run), note=note))
-        if self.backoff:
-            out.append(Action(ActionKind.WAIT, Reason.BACKOFF, tuple(self.backoff), until=self.backoff_until))
-        if self.unknown:
-            out.append(Action(ActionKind.WAIT, Reason.AWAITING_SCHEDULER, tuple(self.unknown)))
-        out.extend(self.gate.waits())
-        if self.stale:
-            notes.append(Note(Reason.STALE, tuple(self.stale)))
-        if self.stale_partial:
-            notes.append(Note(Reason.MEMBERS_COMPLETED, tuple(self.stale_partial), note="execution.rerun_on_change is off: not rerun"))
-        return out, notes
+        actions += out + self.gate.waits()
+        notes += [Note(r, tuple(keys[r]), n) for r, n in ((Reason.STALE, ""), (Reason.MEMBERS_COMPLETED, "execution.rerun_on_change is off: not rerun")) if r in keys]
 
 
 def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: bool = False, retry: bool = False) -> Plan:
@@ -273,22 +269,16 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     the backoff of failed tasks and gives given-up ones one more attempt.
     """
     settled = settle(desired, world, now, limits, stage=stage)
-    lim = settled.limits
-    task_over, hist_over, held = settled.tasks, settled.history, settled.held
+    lim, task_over, hist_over, held = settled.limits, settled.tasks, settled.history, settled.held
     observed, remembered = world.tasks, world.history
     readiness = Readiness(desired, *settled.views(world), held=held, corrupt=world.corrupt, retry=retry)
-    ran_partial = world.partial
-    queued = 0
+    ran_partial, failed_verification = world.partial, world.corrupt
+    queued, base = 0, 0
     desired_keys: set[str] = set()
-    failed_verification = world.corrupt
-    actions = list(settled.actions)
-    notes = list(settled.notes)
+    actions, notes = list(settled.actions), list(settled.notes)
     wanted: list[Action] = []
-    corrupt: list[Action] = []
     starts: list[int] = []  # the first batch of each stage
-    base = 0
-    stages = desired.stage_list
-    for st in stages:
+    for st in desired.stage_list:
         pol = st.policy
         bs = max(1, min(pol.batch_size, lim.max_array_size))
         s = _Sorted(st, Gate(readiness, world.missing_inputs, st.min_fraction))
@@ -297,54 +287,47 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             desired_keys.add(key)
             obs = task_over.get(key) or observed.get(key, EMPTY_OBS)
             sched = obs.sched
-            if sched is not None and sched.in_flight:
-                queued += 1  # counts against the queue cap even if its outputs are already there
+            if (sched is not None and sched.in_flight) or key in held:
+                queued += 1  # in the queue, or its submission's answer was lost: it may well be; counted even if complete
                 continue
             output = obs.output
-            if key in held:
-                queued += 1  # its submission's answer was lost: it may well be in the queue
-                continue
             if output is OutputState.COMPLETE or output is OutputState.ADOPTED:
                 if failed_verification and key in failed_verification:
                     hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
                     if sched is not None or hist.submissions == 0:  # ours with no answer yet: a later pass
                         s.corrupt.append(task)
-                        if s.gate.ready(task):
-                            s.corrupt_ready.append(task)
+                        s.send(Reason.OUTPUT_CORRUPT, task)
                 elif ran_partial and key in ran_partial and readiness.completed(task, ran_partial[key]):
-                    if not pol.rerun_on_change:
-                        s.stale_partial.append(key)
-                    elif s.gate.ready(task):
-                        s.completed.append(task)
+                    if pol.rerun_on_change:
+                        s.send(Reason.MEMBERS_COMPLETED, task)  # ran on a partial set; a member it lacked is done now
+                    else:
+                        s.mark(Reason.MEMBERS_COMPLETED, key)
                 continue
             hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
             if pol.adopt_existing and adoptable(output, hist.submissions):
                 continue  # adopted: valid outputs this reconciler never produced
             if output is OutputState.STALE:
-                if not pol.rerun_on_change:
-                    s.stale.append(key)
-                elif s.gate.ready(task):
-                    s.rerun.append(task)
+                if pol.rerun_on_change:
+                    s.send(Reason.STALE_RERUN, task)
+                else:
+                    s.mark(Reason.STALE, key)
                 continue
             if hist.submissions == 0:
-                if s.gate.ready(task):
-                    s.submit.append(task)
+                s.send(Reason.NEVER_SUBMITTED, task)
                 continue
             if sched is None:
-                s.unknown.append(key)  # submitted, but no scheduler answer yet: never resend blindly
+                s.mark(Reason.AWAITING_SCHEDULER, key)  # submitted, but no scheduler answer yet: never resend blindly
                 queued += 1
                 continue
             if retry and hist.failures:
-                s.waived.append(key)  # the waiver is journaled; the task is resubmitted with the others
-                if s.gate.ready(task):
-                    s.retried.append(task)
+                s.mark(Reason.MANUAL_RETRY, key)  # the waiver is journaled, ready or not; the task is resubmitted when ready
+                s.send(Reason.MANUAL_RETRY, task)
                 continue
             if key in world.missing_inputs:  # before a resubmission of any kind: it would fail for want of it
                 s.gate.waiting.append(key)
                 continue
             if not hist.failures:
-                if s.gate.ready(task):
-                    s.lost.append(task)  # it ended without a failure on record, yet its outputs are gone
+                s.send(Reason.OUTPUT_LOST, task)  # it ended without a failure on record, yet its outputs are gone
                 continue
             if cannot_retry(hist):  # before the retry count: this reason says what to fix
                 if not hist.given_up and hist.cause is not None:
@@ -352,54 +335,38 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
                 continue
             if hist.failures > pol.max_retries:
                 if not hist.given_up:
-                    s.give_up.append(key)
+                    s.mark(Reason.RETRIES_EXHAUSTED, key)
                 continue
             # the backoff runs from the end of the latest failure (0 once `reconcile retry` waived it)
             deadline = (hist.last_end if hist.last_end is not None else 0.0) + pol.delay(max(hist.failures, 1))
             if now < deadline:
-                s.backoff.append(key)
+                s.mark(Reason.BACKOFF, key)
                 s.backoff_until = deadline if s.backoff_until is None else min(s.backoff_until, deadline)
                 continue
-            if s.gate.ready(task):
-                s.resubmit.append(task)
-        wanted.extend(s.sends(base, bs, lambda k: _ours(k, settled, world)))
+            s.send(Reason.BACKOFF_ELAPSED, task)
+        wanted.extend(s.batched(base, bs, lambda k: _hist(settled, world, k).submissions > 0))  # ours: a rerun
         # corrupt outputs go aside even when the queue cap or readiness defers their rerun: the
         # move is what remembers the verdict (next pass they read missing: output_lost)
-        corrupt.extend(_quarantine_corrupt(s.corrupt, failed_verification, base, bs))
-        more, more_notes = s.decisions()
-        actions.extend(more)
-        notes.extend(more_notes)
-        starts.append(base)
-        last = st.tasks[-1].index + 1 if st.tasks else 0
-        base += -(-max(st.total, last) // bs)  # ceil: the stage's batches, exclusions included
+        actions.extend(_quarantine_corrupt(s.corrupt, failed_verification, base, bs))
+        s.decide(actions, notes)
+        starts.append(base)  # ceil(total / bs): the stage's batches, exclusions included
+        base += -(-max(st.total, st.tasks[-1].index + 1 if st.tasks else 0) // bs)
 
-    removed_in_flight = []
-    for key in observed.keys() | task_over.keys():
-        if key not in desired_keys:
-            sched = (task_over.get(key) or observed[key]).sched
-            if sched is not None and sched.in_flight:
-                removed_in_flight.append(key)
-    removed_in_flight.sort()
-    queued += len(removed_in_flight)
-
-    if removed_in_flight:
-        if desired.policy.prune:
-            actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))
-            queued -= len(removed_in_flight)
-        else:
-            notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
+    flying = (SchedState.PENDING, SchedState.RUNNING)
+    removed_in_flight = sorted(k for k in observed.keys() | task_over.keys() if k not in desired_keys and (task_over.get(k) or observed[k]).sched in flying)
+    if removed_in_flight and desired.policy.prune:
+        actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))
+    elif removed_in_flight:
+        queued += len(removed_in_flight)
+        notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
     wanted.sort(key=lambda a: a.order)
-    kept, deferred = _cap(wanted, lim.max_queued_tasks - queued)
+    kept, deferred = _cap(wanted, lim.max_queued_tasks - queued, starts)
     if stage:
         kept = [replace(a, kind=ActionKind.STAGE) for a in kept]
     else:
         actions.extend(_quarantine(kept, settled, world))
-    actions.extend(corrupt)
     actions.extend(kept)
-    by_stage: dict[int, list[str]] = {}
-    for batch, keys in deferred:
-        by_stage.setdefault(bisect_right(starts, batch) - 1, []).extend(keys)
-    for _, ks in sorted(by_stage.items()):
+    for _, ks in sorted(deferred.items()):
         actions.append(Action(ActionKind.WAIT, Reason.QUEUE_CAP, tuple(ks), note=f"max_queued_tasks={lim.max_queued_tasks}"))
     if not stage:
         actions.extend(prune_logs(world.logs_kept, now, desired.policy))
@@ -419,11 +386,6 @@ def _quarantine(sends: list[Action], settled: Settled, world: World) -> list[Act
         if keys:
             out.append(Action(ActionKind.QUARANTINE, Reason.PARTIAL_OUTPUT, keys, batch=a.batch, token=a.token))
     return out
-
-
-def _ours(key: str, settled: Settled, world: World) -> bool:
-    """Whether this reconciler ever submitted the task (a rerun), or adopted its outputs (a first run)."""
-    return _hist(settled, world, key).submissions > 0
 
 
 def _quarantine_corrupt(tasks: list[DesiredTask], problems: Mapping[str, str], base: int, batch_size: int) -> list[Action]:
