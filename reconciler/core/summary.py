@@ -69,6 +69,7 @@ def summarize(
     failures: list[dict[str, Any]] = []
     retried: list[dict[str, Any]] = []
     examples: dict[str, tuple[str, TaskHistory]] = {}  # cause -> its first task, in index order
+    campaign = len(desired.stage_list) > 1  # a need names another stage: one stage has none
     for stage in desired.stage_list:
         pol = stage.policy
         counts: Counter[str] = Counter()
@@ -81,7 +82,7 @@ def summarize(
                 st = _STAGED
             elif waiting and key in waiting and st in (_MISSING, _RETRYING):
                 st = _WAITING
-            elif task.needs and (st == _MISSING or st == _RETRYING or (st == _STALE and pol.rerun_on_change)):
+            elif campaign and task.needs and (st == _MISSING or st == _RETRYING or (st == _STALE and pol.rerun_on_change)):
                 v = ready.of(task, stage.min_fraction)
                 if v is not None and not v.ready:
                     st = _WAITING if v.reason is Reason.WAITING_MEMBERS else _BLOCKED
