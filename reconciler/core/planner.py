@@ -297,7 +297,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
                     if sched is not None or hist.submissions == 0:  # ours with no answer yet: a later pass
                         s.corrupt.append(task)
                         s.send(Reason.OUTPUT_CORRUPT, task)
-                elif ran_partial and key in ran_partial and readiness.completed(task, ran_partial[key]):
+                elif ran_partial and key in ran_partial and output is OutputState.COMPLETE and readiness.completed(task, ran_partial[key]):
                     if pol.rerun_on_change:
                         s.send(Reason.MEMBERS_COMPLETED, task)  # ran on a partial set; a member it lacked is done now
                     else:

@@ -78,6 +78,8 @@ def summarize(
             key = task.key
             hist = history.get(key, empty_hist)
             st = task_state(observation.get(key, empty_obs), hist, pol.max_retries, pol.adopt_existing)
+            if st == _COMPLETE and partial and key in partial and ready.completed(task, partial[key]):
+                st = _STALE  # ran on a partial set, and a member it lacked is done now
             if staged and key in staged and st in (_QUEUED, _MISSING, _RETRYING):
                 st = _STAGED
             elif waiting and key in waiting and st in (_MISSING, _RETRYING):
@@ -86,8 +88,6 @@ def summarize(
                 v = ready.of(task, stage.min_fraction)
                 if v is not None and not v.ready:
                     st = _WAITING if v.reason is Reason.WAITING_MEMBERS else _BLOCKED
-            elif st == _COMPLETE and partial and key in partial and ready.completed(task, partial[key]):
-                st = _STALE
             counts[st] += 1
             states[key] = st
             if hist.failures or st == _FAILED:
