@@ -18,8 +18,9 @@ sparse retry array can leave unsatisfiable forever. With none pending and some l
 on a partial set when its stage's ``min_fraction`` of all its members is done
 (partial_members), else it is blocked (blocked_by_member) until someone retries the member.
 
-Cost is linear in the members asked about, each classified once per pass (cached): a fan-in
-of 20 x 2,000 and a map of 40,000 x 1 cost 80,000 lookups.
+Cost is linear in the members asked about, and less: a done member costs one lookup, the
+first pending one ends the question (a fan-in of 20 x 2,000 whose members all completed and
+a map of 40,000 x 1 cost 80,000 lookups; see ``Readiness.of``).
 """
 
 from __future__ import annotations
@@ -74,11 +75,13 @@ class Verdict:
         return f"{key} from {self.done}/{self.members} {self.stages}; missing {shown}"
 
 
-def note(verdicts: Sequence[tuple[str, Verdict]]) -> str:
-    """One note for an action over several tasks: the first described, the others counted."""
-    key, v = verdicts[0]
-    more = f"; and {len(verdicts) - 1} other task(s)" if len(verdicts) > 1 else ""
-    return v.describe(key) + more
+WAITING = Verdict(Reason.WAITING_MEMBERS, 0, 0, (), (), "")
+"""A member is pending: what ``Readiness.of`` says without counting the others (``explain`` counts)."""
+
+
+def note(key: str, v: Verdict, tasks: int) -> str:
+    """One note for an action over ``tasks`` tasks: the first, ``key``, described, the others counted."""
+    return v.describe(key) + (f"; and {tasks - 1} other task(s)" if tasks > 1 else "")
 
 
 class Readiness:
@@ -106,7 +109,6 @@ class Readiness:
         self._obs = (tasks.top, tasks.base) if isinstance(tasks, Overlay) else ({}, tasks)
         self._hist = (history.top, history.base) if isinstance(history, Overlay) else ({}, history)
         self.held, self.corrupt, self.retry = held, corrupt, retry
-        self._cache: dict[str, int] = {}
 
     def member(self, key: str, policy: Policy) -> int:
         """DONE, PENDING or LOST (see the module docstring)."""
@@ -128,37 +130,61 @@ class Readiness:
         return PENDING
 
     def of(self, task: DesiredTask, min_fraction: float = 1.0) -> Verdict | None:
-        """None when every member is done (or the task needs nothing), else the verdict."""
+        """None when every member is done (or the task needs nothing), else the verdict.
+
+        Most members asked about are done (a map whose upstream completed, a fan-in about to
+        run): they are recognised inline; the first pending one ends the question, and the
+        waiting verdict leaves its counts to ``explain`` (only a note's first task needs them)."""
         needs = task.needs
         if not needs:
             return None
-        cache, policies, member = self._cache, self.policies, self.member
+        top, base = self._obs
+        corrupt, held = self.corrupt, self.held
+        complete, adopted, queued, running = OutputState.COMPLETE, OutputState.ADOPTED, SchedState.PENDING, SchedState.RUNNING
+        done = total = 0
+        lost: list[str] = []
+        for need in needs:
+            members = need.members
+            total += len(members)
+            pol = None
+            for m in members:
+                o = top.get(m) if top else None
+                if o is None:
+                    o = base.get(m, EMPTY_OBS)
+                out, sched = o.output, o.sched
+                if (out is complete or out is adopted) and sched is not queued and sched is not running and not (corrupt and m in corrupt) and not (held and m in held):
+                    done += 1
+                    continue
+                pol = pol or self.policies.get(need.stage, self.default)
+                c = self.member(m, pol)
+                if c == PENDING:
+                    return WAITING
+                if c == DONE:
+                    done += 1
+                else:
+                    lost.append(m)
+        if done == total:
+            return None
+        partial = min_fraction < 1.0 and done / total >= min_fraction
+        return Verdict(Reason.PARTIAL_MEMBERS if partial else Reason.BLOCKED_BY_MEMBER, done, total, (), tuple(lost), "+".join(n.stage for n in needs))
+
+    def explain(self, task: DesiredTask, min_fraction: float = 1.0) -> Verdict | None:
+        """``of`` with every count: members done, pending per need, lost (for a note)."""
+        v = self.of(task, min_fraction)
+        if v is not WAITING:
+            return v
         done = total = 0
         pending: list[tuple[str, int, int]] = []
         lost: list[str] = []
-        for need in needs:
-            pol = policies.get(need.stage, self.default)
-            waiting = 0
-            for m in need.members:
-                c = cache.get(m)
-                if c is None:
-                    c = cache[m] = member(m, pol)
-                if c == DONE:
-                    done += 1
-                elif c == PENDING:
-                    waiting += 1
-                else:
-                    lost.append(m)
-            total += len(need.members)
-            if waiting:
-                pending.append((need.stage, waiting, len(need.members)))
-        if done == total:
-            return None
-        stages = "+".join(n.stage for n in needs)
-        if pending:
-            return Verdict(Reason.WAITING_MEMBERS, done, total, tuple(pending), tuple(lost), stages)
-        partial = min_fraction < 1.0 and done / total >= min_fraction
-        return Verdict(Reason.PARTIAL_MEMBERS if partial else Reason.BLOCKED_BY_MEMBER, done, total, (), tuple(lost), stages)
+        for need in task.needs:
+            pol = self.policies.get(need.stage, self.default)
+            classes = [self.member(m, pol) for m in need.members]
+            done += classes.count(DONE)
+            total += len(classes)
+            lost.extend(m for m, c in zip(need.members, classes, strict=True) if c == LOST)
+            if PENDING in classes:
+                pending.append((need.stage, classes.count(PENDING), len(classes)))
+        return Verdict(Reason.WAITING_MEMBERS, done, total, tuple(pending), tuple(lost), "+".join(n.stage for n in task.needs))
 
     def completed(self, task: DesiredTask, missing: Collection[str]) -> tuple[str, ...]:
         """Of the members a task ran without (World.partial), those done now: the task is stale."""
@@ -180,7 +206,7 @@ class Gate:
     def __init__(self, readiness: Readiness, missing_inputs: Mapping[str, str], min_fraction: float) -> None:
         self.readiness, self.missing_inputs, self.min_fraction = readiness, missing_inputs, min_fraction
         self.waiting: list[str] = []  # an input is missing (task.inputs): never sent, never failed
-        self.held: dict[Reason, list[tuple[str, Verdict]]] = {}  # waiting_members, blocked_by_member
+        self.held: dict[Reason, list[DesiredTask]] = {}  # waiting_members, blocked_by_member
         self.on_partial: dict[str, tuple[DesiredTask, Verdict]] = {}
 
     def ready(self, task: DesiredTask) -> bool:
@@ -196,15 +222,15 @@ class Gate:
         if v.ready:
             self.on_partial[task.key] = (task, v)
         else:
-            self.held.setdefault(v.reason, []).append((task.key, v))
+            self.held.setdefault(v.reason, []).append(task)
         return False
 
     def partial(self, batched: Sequence[Action]) -> list[Action]:
         """The sends of ``on_partial`` (batched by the planner), each naming what it lacks."""
         out = []
         for a in batched:
-            vs = [(k, self.on_partial[k][1]) for k in a.keys]
-            out.append(replace(a, partial=tuple((k, v.lost) for k, v in vs), note=note(vs)))
+            lost = tuple((k, self.on_partial[k][1].lost) for k in a.keys)
+            out.append(replace(a, partial=lost, note=note(a.keys[0], self.on_partial[a.keys[0]][1], len(a.keys))))
         return out
 
     def waits(self) -> list[Action]:
@@ -214,5 +240,7 @@ class Gate:
             more = f" and {len(w) - 1} other task(s)" if len(w) > 1 else ""
             out.append(Action(ActionKind.WAIT, Reason.WAITING_INPUT, tuple(w), note=f"{w[0]}: {self.missing_inputs[w[0]]}{more}"))
         for reason, held in self.held.items():
-            out.append(Action(ActionKind.WAIT, reason, tuple(k for k, _ in held), note=note(held)))
+            first = self.readiness.explain(held[0], self.min_fraction)
+            assert first is not None
+            out.append(Action(ActionKind.WAIT, reason, tuple(t.key for t in held), note=note(held[0].key, first, len(held))))
         return out
