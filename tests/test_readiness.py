@@ -191,9 +191,9 @@ def test_a_complete_task_is_never_held_back_and_an_empty_need_is_ready() -> None
     d = campaign()
     obs = done(d, "generate") | {"generate/r0/z0.500": GAVE_UP, "measure/r0/z0.500": DONE}
     assert "measure/r0/z0.500" not in {k for a in plan(d, world(obs), 0.0, Limits()).actions for k in a.keys}
-    empty = Desired([T("a/x", 0, (Need("b", ()),))], Policy(), (Stage("a", [T("a/x", 0, (Need("b", ()),))], Policy(), 1),))
-    (a,) = plan(empty, World({}, {}), 0.0, Limits()).actions
-    assert (a.kind, a.keys) == (ActionKind.SUBMIT, ("a/x",))
+    b, a = Stage("b", [], Policy(), 0), Stage("a", [T("a/x", 0, (Need("b", ()),))], Policy(), 1)
+    (send,) = plan(Desired(a.tasks, Policy(), (b, a)), World({}, {}), 0.0, Limits()).actions
+    assert (send.kind, send.keys, send.batch) == (ActionKind.SUBMIT, ("a/x",), 0)
 
 
 def test_a_member_failing_verification_is_pending_not_done() -> None:

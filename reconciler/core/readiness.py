@@ -104,6 +104,7 @@ class Readiness:
         retry: bool = False,
     ) -> None:
         self.policies: dict[str, Policy] = {s.name: s.policy for s in desired.stage_list}
+        self.campaign = len(self.policies) > 1  # a need names another stage: one stage has none to ask about
         self.default = desired.policy
         # an Overlay's lookups run Python code; its two dicts, read directly, do not
         self._obs = (tasks.top, tasks.base) if isinstance(tasks, Overlay) else ({}, tasks)
@@ -135,6 +136,8 @@ class Readiness:
         Most members asked about are done (a map whose upstream completed, a fan-in about to
         run): they are recognised inline; the first pending one ends the question, and the
         waiting verdict leaves its counts to ``explain`` (only a note's first task needs them)."""
+        if not self.campaign:
+            return None
         needs = task.needs
         if not needs:
             return None
@@ -214,8 +217,6 @@ class Gate:
         if task.key in self.missing_inputs:
             self.waiting.append(task.key)
             return False
-        if not task.needs:
-            return True
         v = self.readiness.of(task, self.min_fraction)
         if v is None:
             return True

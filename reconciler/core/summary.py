@@ -69,7 +69,7 @@ def summarize(
     failures: list[dict[str, Any]] = []
     retried: list[dict[str, Any]] = []
     examples: dict[str, tuple[str, TaskHistory]] = {}  # cause -> its first task, in index order
-    campaign = len(desired.stage_list) > 1  # a need names another stage: one stage has none
+    campaign = ready.campaign  # a need names another stage: one stage has none (nor, in tests, the attribute)
     for stage in desired.stage_list:
         pol = stage.policy
         counts: Counter[str] = Counter()
