@@ -54,6 +54,7 @@ class ProductionDiff:
     other: list[Change] = field(default_factory=list)
     prune: bool = False
     rerun_on_change: bool = False
+    stages: dict[str, dict[str, int]] = field(default_factory=dict)  # a campaign's: stage -> added/removed/stale counts, in stage order
 
     @property
     def changed(self) -> bool:
@@ -88,8 +89,22 @@ def _value_changes(old: Loaded, new: Loaded) -> tuple[list[Change], list[Change]
     for path in sorted(set(a) | set(b)):
         if a.get(path) == b.get(path) or _under(path, _TASK_PATHS):
             continue
-        (settings if _under(path, _SETTINGS) else other).append(Change(path, a.get(path), b.get(path)))
+        setting = _under(path, _SETTINGS) or (path.startswith("stages.") and _under(path.split(".", 2)[-1], _SETTINGS))
+        (settings if setting else other).append(Change(path, a.get(path), b.get(path)))
     return settings, other
+
+
+def _per_stage(d: ProductionDiff, old: Loaded | None, new: Loaded | None) -> dict[str, dict[str, int]]:
+    """Added, removed and stale tasks counted per stage of a campaign (in the head's stage order)."""
+    order = [s.name for x in (new, old) if x is not None for s in x.expansion().stages]
+    if not any(order):
+        return {}
+    stage_of = {t.key: t.stage for x in (old, new) if x is not None for t in x.expansion().tasks}
+    out = {name: {"added": 0, "removed": 0, "stale": 0} for name in dict.fromkeys(order)}
+    for label, keys in (("added", d.added), ("removed", d.removed), ("stale", d.stale)):
+        for k in keys:
+            out[stage_of[k]][label] += 1
+    return out
 
 
 def compare(name: str, old: Loaded | None, new: Loaded | None) -> ProductionDiff:
@@ -105,6 +120,7 @@ def compare(name: str, old: Loaded | None, new: Loaded | None) -> ProductionDiff
     d.stale = [k for k, t in after.items() if k in before and before[k].fingerprint != t.fingerprint]
     policy = (new or old).spec.execution  # type: ignore[union-attr]
     d.prune, d.rerun_on_change = policy.prune, policy.rerun_on_change
+    d.stages = _per_stage(d, old, new)
     if new is not None:
         gone = set(d.removed)
         d.excluded = {e.key: e.reason for e in new.expansion().excluded if e.key in gone}
@@ -182,6 +198,8 @@ def render_text(diffs: Sequence[ProductionDiff], base: str, head: str) -> str:
         if not d.changed:
             continue
         lines.append(f"  tasks: {d.tasks_base} -> {d.tasks_head}; +{len(d.added)} added, -{len(d.removed)} removed, ~{len(d.stale)} stale")
+        if d.stages:
+            lines.append("  per stage: " + "; ".join(f"{n} +{c['added']} -{c['removed']} ~{c['stale']}" for n, c in d.stages.items()))
         for label, keys in (("added", d.added), ("removed", d.removed), ("stale", d.stale)):
             if keys:
                 lines.append(f"  {label} ({len(keys)}): {_keys(keys)}")
@@ -223,6 +241,10 @@ def render_markdown(diffs: Sequence[ProductionDiff], base: str, head: str) -> st
                 f"| {d.tasks_base} | {d.tasks_head} | {len(d.added)} | {len(d.removed)} | {len(d.stale)} | {len(d.resources)} |",
             ],
         ]
+        if d.stages:
+            blocks.append(["| stage | added | removed | stale |", "|---|---:|---:|---:|"] + [
+                f"| {_code(n)} | {c['added']} | {c['removed']} | {c['stale']} |" for n, c in d.stages.items()
+            ])
         if notes(d):
             blocks.append([f"- {note}" for note in notes(d)])
         if d.resources or d.other:

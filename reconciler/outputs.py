@@ -115,15 +115,24 @@ def observe_outputs(
     directories, not of the whole tree (10^6 tasks: 2 x 10^6 names).
     """
     # How many tasks still need each directory; a listing is dropped when its count hits 0.
+    # Tasks are visited directory by directory (their first output's), whatever their order: a
+    # stage numbered redshift-major (spec.campaign) would otherwise keep every directory's
+    # listing alive and hop between them, 60% slower.
     need: dict[str, int] = {}
+    by_head: dict[str, list[_T]] = {}
     for t in tasks:
         outs = t.outputs
+        d = outs[0].rpartition("/")[0]
+        group = by_head.get(d)
+        if group is None:
+            group = by_head[d] = []
+        group.append(t)
         if len(outs) == 1:
-            d = outs[0].rpartition("/")[0]
             need[d] = need.get(d, 0) + 1
         else:
             for d in {rel.rpartition("/")[0] for rel in outs}:
                 need[d] = need.get(d, 0) + 1
+    visit: Iterable[_T] = tasks if len(by_head) <= 1 else [t for group in by_head.values() for t in group]
     root = str(production_dir)
     open_: dict[str, _Listing] = {}
     result: dict[str, OutputState] = {}
@@ -137,7 +146,7 @@ def observe_outputs(
             got = open_[d] = _list_dir(root, d)
         return got
 
-    for t in tasks:
+    for t in visit:
         outs = t.outputs
         first_head, _s, base = outs[0].rpartition("/")
         listing = open_.get(first_head)

@@ -427,3 +427,116 @@ def test_summary_groups_failures_by_cause_and_counts_a_command_that_cannot_run_a
     ]
     assert s["causes"][0]["log"].endswith(".err") and s["causes"][0]["stderr"] == ["exec: no-such-generator"]
     assert shortfall({**s, "done": True}) == "3 task(s) gave up: command not found: no-such-generator (3)"
+
+
+# ------------------------------------------------------------------ campaigns: stages and readiness
+
+
+@st.composite
+def campaigns(draw: st.DrawFn) -> tuple[Desired, World, float, Limits]:
+    """generate (n) -> measure (a map; some members excluded) -> covariance (a fan-in per group)."""
+    from reconciler.core.model import Stage
+
+    n, groups = draw(st.integers(1, 12)), draw(st.integers(1, 3))
+    gen = [T(f"generate/{i}", i) for i in range(n)]
+    excluded = {i for i in range(n) if draw(st.integers(0, 5)) == 0}
+    measure = [T(f"measure/{i}", i, (Need("generate", (f"generate/{i}",)),)) for i in range(n) if i not in excluded]
+    cov = [T(f"covariance/{j}", j, (Need("measure", tuple(f"measure/{i}" for i in range(n) if i % groups == j and i not in excluded)),)) for j in range(groups)]
+
+    def policy() -> Policy:
+        return Policy(
+            batch_size=draw(st.integers(1, 5)), max_retries=draw(st.integers(0, 2)), initial_delay_s=draw(st.sampled_from([0.0, 60.0])),
+            rerun_on_change=draw(st.booleans()), adopt_existing=draw(st.booleans()),
+        )
+
+    stages = (
+        Stage("generate", gen, policy(), n),
+        Stage("measure", measure, policy(), n),
+        Stage("covariance", cov, policy(), groups, draw(st.sampled_from([1.0, 0.5, 0.0]))),
+    )
+    obs: dict[str, TaskObs] = {}
+    hist: dict[str, TaskHistory] = {}
+    for t in [*gen, *measure, *cov]:
+        sched = draw(st.sampled_from(SCHED))
+        subs = 0 if sched is None and draw(st.booleans()) else draw(st.integers(1, 4))
+        obs[t.key] = TaskObs(draw(st.sampled_from(OUT)), sched)
+        fails = draw(st.integers(0, subs)) if subs else 0
+        hist[t.key] = TaskHistory(subs, fails, draw(st.sampled_from([None, 0.0, 99.0])), "x", draw(st.booleans()), draw(st.sampled_from(CAUSES)))
+    keys = sorted(obs)
+    missing = {k: "/ic/" + k for k in keys if draw(st.integers(0, 6)) == 0}
+    corrupt = {k: "sha256 mismatch" for k in keys if draw(st.integers(0, 8)) == 0}
+    partial = {t.key: t.needs[0].members[:1] for t in cov if t.needs[0].members and draw(st.booleans())}
+    limits = Limits(max_array_size=draw(st.integers(1, 6)), max_queued_tasks=draw(st.integers(1, 40)))
+    desired = Desired([*gen, *measure, *cov], Policy(prune=draw(st.booleans())), stages)
+    return desired, World(obs, hist, corrupt=corrupt, missing_inputs=missing, partial=partial), draw(st.sampled_from([0.0, 1000.0])), limits
+
+
+@settings(max_examples=300, deadline=None)
+@given(campaigns(), st.booleans())
+def test_no_task_is_sent_before_its_members_are_done(drawn: tuple[Desired, World, float, Limits], retry: bool) -> None:
+    """A send's members are all done, or it runs on a partial set that names every member not
+    done, none of them pending; batches never mix stages; the planner's invariants hold."""
+    from reconciler.core.outcome import adoptable, gave_up
+    from reconciler.core.summary import summarize
+
+    desired, world, now, limits = drawn
+    obs, hist = world.tasks, world.history
+    p = plan(desired, world, now, limits, retry=retry)
+    assert p == plan(desired, world, now, limits, retry=retry)
+    assert list(p.actions) == sorted(p.actions, key=lambda a: a.order)
+    stage_of = {t.key: s for s in desired.stage_list for t in s.tasks}
+    base, bases = 0, {}
+    for s in desired.stage_list:
+        bs = max(1, min(s.policy.batch_size, limits.max_array_size))
+        bases[s.name] = (base, bs)
+        base += -(-s.total // bs)
+    seen = [k for a in p.actions if a.kind in TASK_KINDS for k in a.keys]
+    assert len(seen) == len(set(seen)), "a task appears in two actions"
+
+    def state(key: str, pol: Policy) -> str:  # the rule, restated from the brief
+        o, h = obs[key], hist[key]
+        if o.sched is not None and o.sched.in_flight:
+            return "pending"
+        if o.output.done and key not in world.corrupt or pol.adopt_existing and adoptable(o.output, h.submissions):
+            return "done"
+        return "lost" if gave_up(h, pol.max_retries) and not (retry and h.failures) else "pending"
+
+    sent = 0
+    for a in p.actions:
+        if a.kind in (ActionKind.SUBMIT, ActionKind.RESUBMIT):
+            sent += len(a.keys)
+            (name,) = {stage_of[k].name for k in a.keys}  # never two stages in one submission
+            stage = stage_of[a.keys[0]]
+            b0, bs = bases[name]
+            missing_of = dict(a.partial)
+            assert set(missing_of) <= set(a.keys) and (a.reason is Reason.PARTIAL_MEMBERS) == bool(a.partial)
+            for k, i in zip(a.keys, a.array_indices, strict=True):
+                t = next(t for t in stage.tasks if t.key == k)
+                assert a.batch == b0 + t.index // bs and i == t.index % bs < limits.max_array_size
+                assert k not in world.missing_inputs
+                assert not (obs[k].sched is not None and obs[k].sched.in_flight)
+                if obs[k].output.done:
+                    assert k in world.corrupt or (a.reason is Reason.MEMBERS_COMPLETED and k in world.partial)
+                policies = {s.name: s.policy for s in desired.stage_list}
+                members = [(m, state(m, policies[n.stage])) for n in t.needs for m in n.members]
+                not_done = {m for m, s in members if s != "done"}
+                assert not_done == set(missing_of.get(k, ())), (k, members, a)
+                assert all(s == "lost" for m, s in members if m in not_done)
+                if not_done:
+                    assert len(members) - len(not_done) >= stage.min_fraction * len(members) - 1e-9
+    queued = sum(1 for o in obs.values() if o.sched is not None and o.sched.in_flight)
+    cancelled = sum(len(a.keys) for a in p.of(ActionKind.CANCEL))
+    if queued <= limits.max_queued_tasks:
+        assert queued - cancelled + sent <= limits.max_queued_tasks
+    waits: dict[tuple[Reason, str], int] = {}
+    for a in p.of(ActionKind.WAIT):
+        for name in {stage_of[k].name for k in a.keys if k in stage_of}:
+            waits[a.reason, name] = waits.get((a.reason, name), 0) + 1
+    assert all(n == 1 for (reason, _), n in waits.items() if reason is not Reason.LOOKUP_GRACE), "one WAIT per reason and stage"
+    # the summary reads the same rule: what the planner holds, it shows held
+    if not world.corrupt and not retry:
+        s = summarize(desired, obs, hist, waiting=world.missing_inputs, partial=world.partial)
+        for a in p.of(ActionKind.WAIT):
+            want = {Reason.WAITING_MEMBERS: "waiting", Reason.BLOCKED_BY_MEMBER: "blocked"}.get(a.reason)
+            if want:
+                assert {s["states"][k] for k in a.keys} == {want}, a

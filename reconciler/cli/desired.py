@@ -61,6 +61,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                     loaded = load_file(tree, path, machine, repo_root=root)
                     results.append({
                         "file": path, "ok": True, "kind": "production", "machine": machine, "tasks": len(loaded.expansion().tasks),
+                        **_stage_counts(loaded),
                         "warnings": [str(w) for w in loaded.warnings],
                     })
             except ConfigError as exc:
@@ -74,7 +75,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         said: set[str] = set()  # a broken machine file is one problem, not one per production
         for r in results:
             if r["ok"]:
-                extra = f" ({r['tasks']} tasks on {r['machine']})" if r["kind"] == "production" else " (machine defaults)"
+                extra = f" ({r['tasks']} tasks on {r['machine']}{_stages_text(r)})" if r["kind"] == "production" else " (machine defaults)"
                 print(f"ok      {r['file']}{extra}")
             else:
                 print(f"INVALID {r['file']} (machine {r['machine']})")
@@ -127,6 +128,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         "production_dir": str(loaded.production_dir),
         "config_hash": loaded.config_hash,
         "tasks": len(exp.tasks),
+        **_stage_counts(loaded),
         "excluded": [{"key": e.key, "reason": e.reason} for e in exp.excluded],
         "values": [{"path": p, "value": v, "source": s} for p, v, s in rows],
     }
@@ -134,7 +136,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     lines = [
         f"production {loaded.name} on machine {loaded.machine.machine.name} (from {loaded.source_label})",
         f"production directory: {loaded.production_dir}",
-        f"tasks: {len(exp.tasks)} of {exp.total} ({len(exp.excluded)} excluded); config hash {loaded.config_hash[:12]}",
+        f"tasks: {len(exp.tasks)} of {exp.total} ({len(exp.excluded)} excluded){_stages_text(_stage_counts(loaded))}; config hash {loaded.config_hash[:12]}",
         "",
     ]
     for p, v, s in rows:
@@ -186,3 +188,14 @@ def register(add: Any) -> None:
 def _count(loaded: Loaded) -> int:
     counted = count_tasks(loaded.spec)
     return counted if counted is not None else len(loaded.expansion().tasks)
+
+
+def _stage_counts(loaded: Loaded) -> dict[str, Any]:
+    """A campaign's tasks per stage, in stage order ({} for a production with one `task:`)."""
+    stages = loaded.expansion().stages
+    return {"stages": {s.name: len(s.tasks) for s in stages}} if loaded.spec.stages else {}
+
+
+def _stages_text(row: dict[str, Any]) -> str:
+    stages = row.get("stages")
+    return ": " + ", ".join(f"{name} {n}" for name, n in stages.items()) if stages else ""

@@ -12,31 +12,38 @@ First the open submissions are settled (``settle``), each by one rule:
   an attempt ended, not yet counted -> RECORD_FAILURE when core.outcome.classify says it failed
   the old tool's attempt completed  -> ADOPT its valid outputs (it writes no marker; see
                                        `reconcile import-legacy`); failed ones as above
-Then per task, in this order of precedence:
+Then stage by stage (Desired.stage_list, each by its own policy), per task, in this order:
   queued or running             -> nothing (never submitted twice)
   complete, failed verification -> QUARANTINE (to qa/corrupt/, whatever the queue cap), then
                                    RESUBMIT (SUBMIT if never ours) with reason output_corrupt
+  complete, ran on a partial set, a member it lacked (World.partial) now done -> stale:
+                                   noted (members_completed), or rerun with rerun_on_change
   complete                      -> nothing
   valid, unmarked, never ours   -> adopted: nothing (unless adopt_existing is off)
   stale and not rerun_on_change -> reported in the notes
-  an input missing (task.inputs) -> WAIT (waiting_input), before any (re)submission
   never submitted               -> SUBMIT
   submitted, outcome unknown    -> WAIT (a lost sbatch answer is resolved by token, not resent)
+  an input missing (task.inputs) -> WAIT (waiting_input), before any resubmission
   failed, retries left          -> RESUBMIT after initial * multiplier**(failures-1), else WAIT
   failed, retries exhausted     -> GIVE_UP once, then nothing
   failed, retrying cannot fix   -> GIVE_UP at once (command not found / not executable: core.causes)
   failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
   ended, no failure, no outputs -> RESUBMIT at once (its outputs were deleted after it completed)
+Every send above passes core.readiness first (the summary's rule too): an input missing ->
+WAIT waiting_input; a member pending -> WAIT waiting_members; members given up, none pending
+-> sent on a partial set (partial_members, Action.partial) if min_fraction allows, else WAIT
+blocked_by_member. A task that is complete is never held back: readiness gates sends only.
 A task (re)submitted over outputs that are present but not certified gets them moved aside
-first (QUARANTINE). Submissions are grouped by batch (index // batch_size) with batch-local
-array indices, and queued tasks (counting those whose submission's answer is still unknown)
-never exceed ``limits.max_queued_tasks``. Last, the logs of submissions that finished
-``keep_logs_days`` ago are pruned (PRUNE_LOGS; core.cleanup).
+first (QUARANTINE). A stage's batches are numbered after the earlier stages' (batch = base +
+index // batch_size, batch-local array indices), so no submission mixes two stages; queued
+tasks (counting those whose submission's answer is still unknown) never exceed
+``limits.max_queued_tasks``. WAITs are one per reason and stage. Last, the logs of
+submissions that finished ``keep_logs_days`` ago are pruned (PRUNE_LOGS; core.cleanup).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from reconciler.core.cleanup import prune_logs
@@ -47,6 +54,7 @@ from reconciler.core.model import (
     Desired,
     DesiredTask,
     Limits,
+    Stage,
     SubmissionObs,
     TaskHistory,
     TaskObs,
@@ -55,6 +63,7 @@ from reconciler.core.model import (
 from reconciler.core.outcome import adoptable, cannot_retry, classify, failure_text
 from reconciler.core.overlay import Overlay
 from reconciler.core.plan import Action, ActionKind, Note, Plan
+from reconciler.core.readiness import Gate, Readiness
 from reconciler.core.reasons import Reason
 from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionKind, SubmissionState
 
@@ -168,32 +177,87 @@ def _record_failures(s: Settled, world: World, sub: SubmissionObs, now: float) -
         s.actions.append(_of(ActionKind.ADOPT, Reason.LEGACY_COMPLETED, sub, adopted, note=f"job {sub.job_id}"))
 
 
-def _batches(kind: ActionKind, reason: Reason, tasks: Iterable[DesiredTask], batch_size: int) -> list[Action]:
-    """One action per batch, tasks in index order, array indices batch-local."""
+def _batches(kind: ActionKind, reason: Reason, tasks: Iterable[DesiredTask], base: int, batch_size: int) -> list[Action]:
+    """One action per batch, tasks in index order, array indices batch-local; the stage's
+    batches are numbered from ``base``, after the earlier stages', so none mixes two stages."""
     by_batch: dict[int, list[DesiredTask]] = {}
     for t in tasks:
-        by_batch.setdefault(t.index // batch_size, []).append(t)
+        by_batch.setdefault(base + t.index // batch_size, []).append(t)
     return [
         Action(kind, reason, tuple(t.key for t in ts), batch=b, array_indices=tuple(t.index % batch_size for t in ts))
         for b, ts in sorted(by_batch.items())
     ]
 
 
-def _cap(actions: list[Action], budget: int) -> tuple[list[Action], list[str]]:
-    """Keep actions within the queue budget; split the one that crosses it. Returns (kept, deferred keys)."""
+def _cap(actions: list[Action], budget: int, starts: list[int]) -> tuple[list[Action], dict[int, list[str]]]:
+    """Keep actions within the queue budget; split the one that crosses it. Returns (kept,
+    deferred keys by stage: ``starts`` holds each stage's first batch)."""
     kept: list[Action] = []
-    deferred: list[str] = []
+    deferred: dict[int, list[str]] = {}
     for a in actions:
+        stage = sum(1 for b in starts if b <= (a.batch or 0)) - 1
         if budget <= 0:
-            deferred.extend(a.keys)
+            deferred.setdefault(stage, []).extend(a.keys)
         elif len(a.keys) <= budget:
             kept.append(a)
             budget -= len(a.keys)
         else:
-            kept.append(replace(a, keys=a.keys[:budget], array_indices=a.array_indices[:budget]))
-            deferred.extend(a.keys[budget:])
+            keys = a.keys[:budget]
+            kept.append(replace(a, keys=keys, array_indices=a.array_indices[:budget], partial=tuple(p for p in a.partial if p[0] in keys)))
+            deferred.setdefault(stage, []).extend(a.keys[budget:])
             budget = 0
     return kept, deferred
+
+
+_KIND = {  # a send's kind by its reason; the others are RESUBMITs of tasks we ran, else SUBMITs
+    Reason.MANUAL_RETRY: ActionKind.RESUBMIT, Reason.BACKOFF_ELAPSED: ActionKind.RESUBMIT, Reason.OUTPUT_LOST: ActionKind.RESUBMIT,
+    Reason.STALE_RERUN: ActionKind.SUBMIT, Reason.MEMBERS_COMPLETED: ActionKind.SUBMIT, Reason.NEVER_SUBMITTED: ActionKind.SUBMIT,
+}
+
+
+@dataclass
+class _Sorted:
+    """One stage's tasks, sorted by what this pass does with them (the module docstring's rules)."""
+
+    stage: Stage
+    gate: Gate  # inputs and members, checked before anything is sent (core.readiness)
+    sends: dict[Reason, list[DesiredTask]] = field(default_factory=dict)  # ready to send, by why
+    keys: dict[Reason, list[str]] = field(default_factory=dict)  # waived, given up, waiting, noted: by why
+    corrupt: list[DesiredTask] = field(default_factory=list)  # complete, failed verification: moved aside, ready or not
+    cannot_run: dict[str, str] = field(default_factory=dict)  # key -> the cause's group, for the note
+    backoff_until: float | None = None
+
+    def send(self, reason: Reason, task: DesiredTask) -> None:
+        if self.gate.ready(task):
+            self.sends.setdefault(reason, []).append(task)
+
+    def mark(self, reason: Reason, key: str) -> None:
+        self.keys.setdefault(reason, []).append(key)
+
+    def batched(self, base: int, bs: int, ours: Callable[[str], bool]) -> list[Action]:
+        out: list[Action] = []
+        for reason, tasks in [*self.sends.items(), (Reason.PARTIAL_MEMBERS, [t for t, _ in self.gate.on_partial.values()])]:
+            kind = _KIND.get(reason)
+            split = [(kind, tasks)] if kind else [(ActionKind.RESUBMIT, [t for t in tasks if ours(t.key)]), (ActionKind.SUBMIT, [t for t in tasks if not ours(t.key)])]
+            for k, ts in split:
+                sends = _batches(k, reason, ts, base, bs)
+                out.extend(self.gate.partial(sends) if reason is Reason.PARTIAL_MEMBERS else sends)
+        return out
+
+    def decide(self, actions: list[Action], notes: list[Note]) -> None:
+        """Everything but the sends: journaled decisions, waits (one per reason), notes."""
+        retries, keys = f"max_retries={self.stage.policy.max_retries}", self.keys
+        kinds = ((ActionKind.WAIVE, Reason.MANUAL_RETRY), (ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED), (ActionKind.WAIT, Reason.BACKOFF), (ActionKind.WAIT, Reason.AWAITING_SCHEDULER))
+        out = [
+            Action(kind, r, tuple(keys[r]), until=self.backoff_until if r is Reason.BACKOFF else None, note=retries if kind is not ActionKind.WAIT else "")
+            for kind, r in kinds if r in keys
+        ]
+        if self.cannot_run:
+            causes = sorted(set(self.cannot_run.values()))
+            note = "; ".join(causes[:3]) + (f"; and {len(causes) - 3} more" if len(causes) > 3 else "")
+            out.append(Action(ActionKind.GIVE_UP, Reason.CANNOT_RUN, tuple(self.cannot_run), note=note))
+        actions += out + self.gate.waits()
+        notes += [Note(r, tuple(keys[r]), n) for r, n in ((Reason.STALE, ""), (Reason.MEMBERS_COMPLETED, "execution.rerun_on_change is off: not rerun")) if r in keys]
 
 
 def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: bool = False, retry: bool = False) -> Plan:
@@ -204,152 +268,108 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     new submissions without sending them (and keeps staged ones staged); ``retry`` waives
     the backoff of failed tasks and gives given-up ones one more attempt.
     """
-    pol = desired.policy
     settled = settle(desired, world, now, limits, stage=stage)
-    lim = settled.limits
-    batch_size = max(1, min(pol.batch_size, lim.max_array_size))
-    task_over, hist_over, held = settled.tasks, settled.history, settled.held
+    lim, task_over, hist_over, held = settled.limits, settled.tasks, settled.history, settled.held
     observed, remembered = world.tasks, world.history
-
-    submit: list[DesiredTask] = []
-    resubmit: list[DesiredTask] = []
-    waived: list[DesiredTask] = []
-    lost: list[DesiredTask] = []
-    corrupt: list[DesiredTask] = []  # complete, but failed verification this pass
-    rerun: list[DesiredTask] = []
-    give_up: list[str] = []
-    cannot_run: dict[str, str] = {}  # key -> the cause's group, for the note
-    backoff: list[str] = []
-    backoff_until: float | None = None
-    unknown: list[str] = []
-    stale: list[str] = []
-    waiting: list[str] = []  # an input is missing (task.inputs): never sent, never failed
-    missing_inputs = world.missing_inputs
-    queued = 0
+    readiness = Readiness(desired, *settled.views(world), held=held, corrupt=world.corrupt, retry=retry)
+    ran_partial, failed_verification = world.partial, world.corrupt
+    queued, base = 0, 0
     desired_keys: set[str] = set()
-    failed_verification = world.corrupt
+    actions, notes = list(settled.actions), list(settled.notes)
+    wanted: list[Action] = []
+    starts: list[int] = []  # the first batch of each stage
+    for st in desired.stage_list:
+        pol = st.policy
+        bs = max(1, min(pol.batch_size, lim.max_array_size))
+        s = _Sorted(st, Gate(readiness, world.missing_inputs, st.min_fraction))
+        for task in st.tasks:
+            key = task.key
+            desired_keys.add(key)
+            obs = task_over.get(key) or observed.get(key, EMPTY_OBS)
+            sched = obs.sched
+            if (sched is not None and sched.in_flight) or key in held:
+                queued += 1  # in the queue, or its submission's answer was lost: it may well be; counted even if complete
+                continue
+            output = obs.output
+            if output is OutputState.COMPLETE or output is OutputState.ADOPTED:
+                if failed_verification and key in failed_verification:
+                    hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
+                    if sched is not None or hist.submissions == 0:  # ours with no answer yet: a later pass
+                        s.corrupt.append(task)
+                        s.send(Reason.OUTPUT_CORRUPT, task)
+                elif ran_partial and key in ran_partial and output is OutputState.COMPLETE and readiness.completed(task, ran_partial[key]):
+                    if pol.rerun_on_change:
+                        s.send(Reason.MEMBERS_COMPLETED, task)  # ran on a partial set; a member it lacked is done now
+                    else:
+                        s.mark(Reason.MEMBERS_COMPLETED, key)
+                continue
+            hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
+            if pol.adopt_existing and adoptable(output, hist.submissions):
+                continue  # adopted: valid outputs this reconciler never produced
+            if output is OutputState.STALE:
+                if pol.rerun_on_change:
+                    s.send(Reason.STALE_RERUN, task)
+                else:
+                    s.mark(Reason.STALE, key)
+                continue
+            if hist.submissions == 0:
+                s.send(Reason.NEVER_SUBMITTED, task)
+                continue
+            if sched is None:
+                s.mark(Reason.AWAITING_SCHEDULER, key)  # submitted, but no scheduler answer yet: never resend blindly
+                queued += 1
+                continue
+            if retry and hist.failures:
+                s.mark(Reason.MANUAL_RETRY, key)  # the waiver is journaled, ready or not; the task is resubmitted when ready
+                s.send(Reason.MANUAL_RETRY, task)
+                continue
+            if key in world.missing_inputs:  # before a resubmission of any kind: it would fail for want of it
+                s.gate.waiting.append(key)
+                continue
+            if not hist.failures:
+                s.send(Reason.OUTPUT_LOST, task)  # it ended without a failure on record, yet its outputs are gone
+                continue
+            if cannot_retry(hist):  # before the retry count: this reason says what to fix
+                if not hist.given_up and hist.cause is not None:
+                    s.cannot_run[key] = hist.cause.group
+                continue
+            if hist.failures > pol.max_retries:
+                if not hist.given_up:
+                    s.mark(Reason.RETRIES_EXHAUSTED, key)
+                continue
+            # the backoff runs from the end of the latest failure (0 once `reconcile retry` waived it)
+            deadline = (hist.last_end if hist.last_end is not None else 0.0) + pol.delay(max(hist.failures, 1))
+            if now < deadline:
+                s.mark(Reason.BACKOFF, key)
+                s.backoff_until = deadline if s.backoff_until is None else min(s.backoff_until, deadline)
+                continue
+            s.send(Reason.BACKOFF_ELAPSED, task)
+        wanted.extend(s.batched(base, bs, lambda k: _hist(settled, world, k).submissions > 0))  # ours: a rerun
+        # corrupt outputs go aside even when the queue cap or readiness defers their rerun: the
+        # move is what remembers the verdict (next pass they read missing: output_lost)
+        actions.extend(_quarantine_corrupt(s.corrupt, failed_verification, base, bs))
+        s.decide(actions, notes)
+        starts.append(base)  # ceil(total / bs): the stage's batches, exclusions included
+        base += -(-max(st.total, st.tasks[-1].index + 1 if st.tasks else 0) // bs)
 
-    for task in desired.tasks:
-        key = task.key
-        desired_keys.add(key)
-        obs = task_over.get(key) or observed.get(key, EMPTY_OBS)
-        sched = obs.sched
-        if sched is not None and sched.in_flight:
-            queued += 1  # counts against the queue cap even if its outputs are already there
-            continue
-        output = obs.output
-        if key in held:
-            queued += 1  # its submission's answer was lost: it may well be in the queue
-            continue
-        if output is OutputState.COMPLETE or output is OutputState.ADOPTED:
-            if failed_verification and key in failed_verification:
-                hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
-                if sched is not None or hist.submissions == 0:  # ours with no answer yet: a later pass
-                    corrupt.append(task)
-            continue
-        hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
-        if pol.adopt_existing and adoptable(output, hist.submissions):
-            continue  # adopted: valid outputs this reconciler never produced
-        if output is OutputState.STALE:
-            if not pol.rerun_on_change:
-                stale.append(key)
-            elif key in missing_inputs:
-                waiting.append(key)
-            else:
-                rerun.append(task)
-            continue
-        if hist.submissions == 0:
-            if key in missing_inputs:
-                waiting.append(key)
-            else:
-                submit.append(task)
-            continue
-        if sched is None:
-            unknown.append(key)  # submitted, but no scheduler answer yet: never resend blindly
-            queued += 1
-            continue
-        if retry and hist.failures:
-            waived.append(task)  # the waiver is journaled; the task is resubmitted with the others
-            continue
-        if key in missing_inputs:  # before a resubmission of any kind: it would fail for want of it
-            waiting.append(key)
-            continue
-        if not hist.failures:
-            lost.append(task)  # it ended without a failure on record, yet its outputs are gone
-            continue
-        if cannot_retry(hist):  # before the retry count: this reason says what to fix
-            if not hist.given_up and hist.cause is not None:
-                cannot_run[key] = hist.cause.group
-            continue
-        if hist.failures > pol.max_retries:
-            if not hist.given_up:
-                give_up.append(key)
-            continue
-        # the backoff runs from the end of the latest failure (0 once `reconcile retry` waived it)
-        deadline = (hist.last_end if hist.last_end is not None else 0.0) + pol.delay(max(hist.failures, 1))
-        if now < deadline:
-            backoff.append(key)
-            backoff_until = deadline if backoff_until is None else min(backoff_until, deadline)
-            continue
-        resubmit.append(task)
-
-    removed_in_flight = []
-    for key in observed.keys() | task_over.keys():
-        if key not in desired_keys:
-            sched = (task_over.get(key) or observed[key]).sched
-            if sched is not None and sched.in_flight:
-                removed_in_flight.append(key)
-    removed_in_flight.sort()
-    queued += len(removed_in_flight)
-
-    actions = list(settled.actions)
-    notes = list(settled.notes)
-    if waived:
-        actions.append(Action(ActionKind.WAIVE, Reason.MANUAL_RETRY, tuple(t.key for t in waived), note=f"max_retries={pol.max_retries}"))
-    if give_up:
-        actions.append(Action(ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED, tuple(give_up), note=f"max_retries={pol.max_retries}"))
-    if cannot_run:
-        causes = sorted(set(cannot_run.values()))
-        note = "; ".join(causes[:3]) + (f"; and {len(causes) - 3} more" if len(causes) > 3 else "")
-        actions.append(Action(ActionKind.GIVE_UP, Reason.CANNOT_RUN, tuple(cannot_run), note=note))
-    if removed_in_flight:
-        if pol.prune:
-            actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))
-            queued -= len(removed_in_flight)
-        else:
-            notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
-    wanted = (
-        _batches(ActionKind.RESUBMIT, Reason.MANUAL_RETRY, waived, batch_size)
-        + _batches(ActionKind.RESUBMIT, Reason.BACKOFF_ELAPSED, resubmit, batch_size)
-        + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_LOST, lost, batch_size)
-        + _batches(ActionKind.RESUBMIT, Reason.OUTPUT_CORRUPT, [t for t in corrupt if _ours(t.key, settled, world)], batch_size)
-        + _batches(ActionKind.SUBMIT, Reason.OUTPUT_CORRUPT, [t for t in corrupt if not _ours(t.key, settled, world)], batch_size)
-        + _batches(ActionKind.SUBMIT, Reason.STALE_RERUN, rerun, batch_size)
-        + _batches(ActionKind.SUBMIT, Reason.NEVER_SUBMITTED, submit, batch_size)
-    )
+    flying = (SchedState.PENDING, SchedState.RUNNING)
+    removed_in_flight = sorted(k for k in observed.keys() | task_over.keys() if k not in desired_keys and (task_over.get(k) or observed[k]).sched in flying)
+    if removed_in_flight and desired.policy.prune:
+        actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))
+    elif removed_in_flight:
+        queued += len(removed_in_flight)
+        notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
     wanted.sort(key=lambda a: a.order)
-    kept, deferred = _cap(wanted, lim.max_queued_tasks - queued)
+    kept, deferred = _cap(wanted, lim.max_queued_tasks - queued, starts)
     if stage:
         kept = [replace(a, kind=ActionKind.STAGE) for a in kept]
     else:
         actions.extend(_quarantine(kept, settled, world))
-    # corrupt outputs go aside even when the queue cap defers their rerun: the move is what
-    # remembers the verdict (next pass they read missing, and are planned as output_lost)
-    actions.extend(_quarantine_corrupt(corrupt, failed_verification, batch_size))
     actions.extend(kept)
-    if deferred:
-        actions.append(Action(ActionKind.WAIT, Reason.QUEUE_CAP, tuple(deferred), note=f"max_queued_tasks={lim.max_queued_tasks}"))
-    if backoff:
-        actions.append(Action(ActionKind.WAIT, Reason.BACKOFF, tuple(backoff), until=backoff_until))
-    if unknown:
-        actions.append(Action(ActionKind.WAIT, Reason.AWAITING_SCHEDULER, tuple(unknown)))
-    if waiting:
-        more = f" and {len(waiting) - 1} other task(s)" if len(waiting) > 1 else ""
-        actions.append(Action(ActionKind.WAIT, Reason.WAITING_INPUT, tuple(waiting), note=f"{waiting[0]}: {missing_inputs[waiting[0]]}{more}"))
-    if stale:
-        notes.append(Note(Reason.STALE, tuple(stale)))
+    for _, ks in sorted(deferred.items()):
+        actions.append(Action(ActionKind.WAIT, Reason.QUEUE_CAP, tuple(ks), note=f"max_queued_tasks={lim.max_queued_tasks}"))
     if not stage:
-        actions.extend(prune_logs(world.logs_kept, now, pol))
+        actions.extend(prune_logs(world.logs_kept, now, desired.policy))
     actions.sort(key=lambda a: a.order)
     return Plan(tuple(actions), tuple(notes))
 
@@ -368,16 +388,11 @@ def _quarantine(sends: list[Action], settled: Settled, world: World) -> list[Act
     return out
 
 
-def _ours(key: str, settled: Settled, world: World) -> bool:
-    """Whether this reconciler ever submitted the task (a rerun), or adopted its outputs (a first run)."""
-    return _hist(settled, world, key).submissions > 0
-
-
-def _quarantine_corrupt(tasks: list[DesiredTask], problems: Mapping[str, str], batch_size: int) -> list[Action]:
+def _quarantine_corrupt(tasks: list[DesiredTask], problems: Mapping[str, str], base: int, batch_size: int) -> list[Action]:
     """Completed outputs that failed verification go to qa/corrupt/, with their marker, so the
     task stops reading complete; the note names the check that failed (the first few)."""
     out = []
-    for a in _batches(ActionKind.QUARANTINE, Reason.OUTPUT_CORRUPT, tasks, batch_size):
+    for a in _batches(ActionKind.QUARANTINE, Reason.OUTPUT_CORRUPT, tasks, base, batch_size):
         shown = "; ".join(f"{k}: {problems[k]}" for k in a.keys[:3])
         more = f"; and {len(a.keys) - 3} more" if len(a.keys) > 3 else ""
         out.append(replace(a, array_indices=(), note=shown + more))

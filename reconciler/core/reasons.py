@@ -19,6 +19,8 @@ class Reason(StrEnum):
     OUTPUT_CORRUPT = "output_corrupt"
     MANUAL_RETRY = "manual_retry"
     PARTIAL_OUTPUT = "partial_output"
+    PARTIAL_MEMBERS = "partial_members"
+    MEMBERS_COMPLETED = "members_completed"
     # submissions already journaled
     STAGED_CURRENT = "staged_current"
     STAGED_OUTDATED = "staged_outdated"
@@ -37,6 +39,8 @@ class Reason(StrEnum):
     LOOKUP_GRACE = "lookup_grace"
     AWAITING_SCHEDULER = "awaiting_scheduler"
     WAITING_INPUT = "waiting_input"
+    WAITING_MEMBERS = "waiting_members"
+    BLOCKED_BY_MEMBER = "blocked_by_member"
     # tasks that left the production, or changed
     REMOVED_PRUNE = "removed_prune"
     REMOVED_IN_FLIGHT = "removed_in_flight"
@@ -55,6 +59,11 @@ MESSAGES: dict[Reason, str] = {
     Reason.OUTPUT_CORRUPT: "output failed verification after the task completed: moved to qa/corrupt/ and planned again",
     Reason.MANUAL_RETRY: "failed; `reconcile retry` waived the backoff and gave one more attempt",
     Reason.PARTIAL_OUTPUT: "outputs present but not certified complete: moved to qa/partial/ before the rerun",
+    Reason.PARTIAL_MEMBERS: (
+        "ready on a partial set: the members it lacks gave up and the stage's require.min_fraction "
+        "is met; the ones missing are recorded, and it becomes stale when one of them completes"
+    ),
+    Reason.MEMBERS_COMPLETED: "ran on a partial set and a member it lacked has completed since",
     Reason.STAGED_CURRENT: "staged by `reconcile stage`; every task still has the fingerprint it was staged with",
     Reason.STAGED_OUTDATED: "desired state changed since it was staged",
     Reason.TOKEN_FOUND: "its sbatch answer was lost; the job was found by its token",
@@ -73,6 +82,11 @@ MESSAGES: dict[Reason, str] = {
     Reason.LOOKUP_GRACE: "sbatch answer lost; looking for its token in the scheduler",
     Reason.AWAITING_SCHEDULER: "submitted; waiting for the scheduler to report the outcome",
     Reason.WAITING_INPUT: "waiting for an input that nothing in the production makes (task.inputs): not submitted until it exists",
+    Reason.WAITING_MEMBERS: "waiting for upstream members to complete (needs): not submitted until they are",
+    Reason.BLOCKED_BY_MEMBER: (
+        "blocked: an upstream member gave up and the stage requires all of them (require.min_fraction); "
+        "`reconcile retry` the member, or lower min_fraction"
+    ),
     Reason.REMOVED_PRUNE: "removed from the production (execution.prune: true)",
     Reason.REMOVED_IN_FLIGHT: "removed from the production but still queued or running; set execution.prune: true to cancel them",
     Reason.STALE: "stale (outputs made with another fingerprint); set execution.rerun_on_change: true to rerun them",

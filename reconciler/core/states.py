@@ -98,9 +98,10 @@ class TaskState(StrEnum):
     RUNNING = "running"
     QUEUED = "queued"
     STAGED = "staged"  # written by `reconcile stage`, not sent: `reconcile submit` sends it
-    WAITING = "waiting"  # an input (task.inputs) is missing: not sent until it exists
+    WAITING = "waiting"  # an input (task.inputs) or an upstream member is missing: not sent until it exists
     RETRYING = "retrying"
     FAILED = "failed"
+    BLOCKED = "blocked"  # an upstream member gave up and the stage requires it: finished, like failed
     STALE = "stale"
     MISSING = "missing"
 
@@ -119,6 +120,7 @@ _CODES = {
     TaskState.WAITING: "W",
     TaskState.RETRYING: "T",
     TaskState.FAILED: "F",
+    TaskState.BLOCKED: "B",
     TaskState.STALE: "S",
     TaskState.MISSING: "M",
 }

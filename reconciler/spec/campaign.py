@@ -124,7 +124,29 @@ class Edge:
     members: Mapping[tuple[Any, ...], tuple[str, ...]]  # shared values -> upstream keys, in its task order
 
     def of(self, params: Sequence[Any]) -> tuple[str, ...]:
-        return self.members.get(tuple(params[i] for i in self.shared), ())
+        return self.members.get(tuple([params[i] for i in self.shared]), ())
+
+    def needs(self) -> Callable[[tuple[Any, ...]], Need | None]:
+        """A task's Need in this edge from its params (None: no member left), made once per
+        member set: a fan-in's tasks share few, a map's are one per task (40,000 a pass)."""
+        made: dict[tuple[str, ...], Need] = {}
+        get, shared, up, fan_in = self.members.get, self.shared, self.upstream, self.fan_in
+        at = shared[0] if len(shared) == 1 else None
+        prefix = len(shared) if shared == tuple(range(len(shared))) else None
+
+        def need(params: tuple[Any, ...]) -> Need | None:
+            k = (params[at],) if at is not None else params[:prefix] if prefix is not None else tuple([params[i] for i in shared])
+            members = get(k)
+            if members is None:
+                return None
+            n = made.get(members) if fan_in else None
+            if n is None:
+                n = Need(up, members, fan_in)
+                if fan_in:
+                    made[members] = n
+            return n
+
+        return need
 
 
 def edge(down: Shape, up: Shape, up_tasks: Sequence[Any]) -> Edge:

@@ -15,18 +15,19 @@ import hashlib
 import json
 import math
 import re
-import string
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
+from operator import itemgetter
 from typing import Any
 
 from reconciler.core.model import Need
 from reconciler.spec.campaign import Edge, Shape, edge, key_of, need_paths, shapes
+from reconciler.spec.compiled import compile_renderer
 from reconciler.spec.environment import fingerprint_parts
 from reconciler.spec.models import BUILTIN_AXES, Production
-from reconciler.spec.shell import QUOTING, command_templates, shell_quote
+from reconciler.spec.shell import QUOTING, command_templates
 from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
 from reconciler.spec.templates import Params as _Params
 from reconciler.spec.templates import TemplateError, TemplateErrors
@@ -198,76 +199,9 @@ class Renderer:
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
             raise TemplateError(f"{self.where}.command", f"cannot render for task {key}: {exc}", "check the format spec, e.g. {redshift:.3f}, {realization:04d}") from None
 
-    def compiled(self) -> Callable[[Any, Any], tuple[tuple[str, ...], tuple[str, ...]]] | None:
-        """A fast renderer of (outputs, symbolic argv) from (realization, redshift), or None.
-
-        Each template is split once into literal text and fields. A field of one axis is
-        rendered once per value of that axis (format(value, spec), as str.format does it),
-        a field of constants once, ``{output}`` once per task; a task's strings are then
-        concatenations. Only for the common shape (no extra axes; no ``{index}``/``{key}``;
-        plain field names; no nested specs; a bare ``{output}``); anything else, and any rendering error (which
-        the slow path reports with the task it concerns), returns None.
-        """
-        if self.axes != BUILTIN_AXES or self.needs:
-            return None
-        sci = self.prod.science
-        axis_values: dict[str, list[Any]] = {"realization": list(sci.realizations.values()), "redshift": sorted(sci.redshifts)}
-        static = {**self._static, "production_dir": SYMBOLIC_DIR}
-        q = shell_quote if self.shell else str  # a substituted value, as the slow path renders it
-        consts: list[str] = []
-        tables: list[dict[Any, str]] = []
-
-        def const(text: str) -> str:
-            consts.append(text)
-            return f"C[{len(consts) - 1}]"
-
-        def compile_template(tpl: str, allow_output: bool) -> str | None:
-            parts: list[str] = []
-            for literal, field, spec, conv in string.Formatter().parse(tpl):
-                if literal:
-                    parts.append(const(literal))
-                if field is None:
-                    continue
-                spec = spec or ""
-                if "{" in spec or "}" in spec:
-                    return None
-                if field in axis_values:
-                    table: dict[Any, str] = {}
-                    for v in axis_values[field]:
-                        x = repr(v) if conv == "r" else str(v) if conv == "s" else ascii(v) if conv == "a" else v
-                        table[v] = q(format(x, spec))
-                    tables.append(table)
-                    parts.append(f"T[{len(tables) - 1}][{'r' if field == 'realization' else 'z'}]")
-                elif field == "output" and allow_output and not spec and not conv:
-                    parts.append("Q(o)" if self.shell else "o")
-                elif _root(field)[0] in static:
-                    whole = "{" + field + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
-                    parts.append(const(q(whole.format_map(static))))
-                else:
-                    return None  # index, key, or anything unusual
-            return " + ".join(parts) if parts else "''"
-
-        try:
-            outs_c = [compile_template(t, False) for t in self.output_templates]
-            argv_c = [compile_template(t, True) for t in self.argv_templates]
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
-            return None
-        outs = [x for x in outs_c if x is not None]
-        argv = [x for x in argv_c if x is not None]
-        if len(outs) != len(outs_c) or len(argv) != len(argv_c):
-            return None
-
-        # The generated code names only C (constants), T (tables) and its arguments; no
-        # text from the production is ever part of it.
-        code = (
-            "def render(r, z):\n"
-            f"    outs = ({', '.join(outs)},)\n"
-            f"    o = {SYMBOLIC_DIR!r} + '/' + outs[0]\n"
-            f"    return outs, ({', '.join(argv)},)\n"
-        )
-        ns: dict[str, Any] = {"C": tuple(consts), "T": tuple(tables), "Q": shell_quote}
-        exec(compile(code, "<reconciler.spec.expand: compiled templates>", "exec"), ns)  # noqa: S102
-        return ns["render"]
+    def compiled(self) -> Callable[..., tuple[tuple[str, ...], tuple[str, ...]]] | None:
+        """A fast renderer of (outputs, symbolic argv), or None (spec.compiled)."""
+        return compile_renderer(self)
 
 
 _BAD_CHARS = re.compile(r"[\\\x00-\x1f]")
@@ -399,12 +333,14 @@ def _expand_stage(prod: Production, shape: Shape, edges: Sequence[Edge], upstrea
     hash_base = renderer._hash_base
     bad_chars = _BAD_CHARS.search
     # Task.params are in canonical axes order; the grid runs in the stage's task order (campaign.shapes)
-    perm = None if shape.order == axes else tuple(shape.order.index(a) for a in axes)
+    perm = None if shape.order == axes else itemgetter(*(shape.order.index(a) for a in axes))
     grid: Iterator[tuple[Any, ...]] = product(*(values_of[a] for a in shape.order))
+    need_of = [e.needs() for e in edges]
+    up_first = (lambda m: upstream[m].outputs[0]) if edges else None
     for params in grid:
         index += 1
         if perm is not None:
-            params = tuple([params[i] for i in perm])
+            params = perm(params)
         key = f"{prefix}{rtext[params[0]]}/{ztext[params[1]]}" if fast_key else key_of(stage, axes, params)
         if key in seen:
             raise TemplateError("science.redshifts", f"two tasks share the key {key}", "redshifts must differ in their first 3 decimals")
@@ -413,18 +349,21 @@ def _expand_stage(prod: Production, shape: Shape, edges: Sequence[Edge], upstrea
         if r_at is not None:
             reason = whole.get(params[r_at]) or (pairs.get((params[r_at], params[z_at])) if z_at is not None else None)
         needs: tuple[Need, ...] = ()
-        if edges and reason is None:
-            needs = tuple(Need(e.upstream, e.of(params), e.fan_in) for e in edges)
-            empty = next((n for n in needs if not n.members), None)
-            if empty is not None:
-                reason = f"every member of it in {empty.stage} is excluded"
+        paths = None
+        if need_of and reason is None:
+            got = [f(params) for f in need_of]
+            if None in got:
+                reason = f"every member of it in {edges[got.index(None)].upstream} is excluded"
+            else:
+                needs = tuple(got)  # type: ignore[arg-type]
+                paths = need_paths(needs, key, up_first, SYMBOLIC_DIR)  # type: ignore[arg-type]
         if reason is not None:
             excluded.append(Excluded(index, key, reason))
             continue
         if fast is not None:
-            outputs, argv = fast(params[0], params[1])
+            outputs, argv = fast(params[0], params[1], paths)
         else:
-            values = renderer._values(params, index, key, SYMBOLIC_DIR, need_paths(needs, key, lambda m: upstream[m].outputs[0], SYMBOLIC_DIR) if needs else None)
+            values = renderer._values(params, index, key, SYMBOLIC_DIR, paths)
             outputs = renderer._outputs(values, key)
         for rel in outputs:
             # common case inline: no component starts with "." (so no "." or ".."), not absolute

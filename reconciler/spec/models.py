@@ -271,14 +271,10 @@ class Environment(Strict):
 class Require(Strict):
     """When a fan-in stage's task may run on less than all of its members."""
 
-    min_fraction: float = Field(
-        default=1.0, gt=0.0, le=1.0,
-        description=(
-            "Share of a fan-in task's members that must be complete for it to run once every other member gave up "
-            "(1.0, the default: all; a given-up member blocks it). The members used and missing are recorded, and the "
-            "task becomes stale when a missing member completes later."
-        ),
-    )
+    min_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description=(
+        "Share of a fan-in task's members that must be complete for it to run once every other member gave up "
+        "(1.0, the default: all; a given-up member blocks it). The members used and missing are recorded, and the "
+        "task becomes stale when a missing member completes later."))
 
 
 BUILTIN_AXES = ("realization", "redshift")
@@ -288,13 +284,10 @@ class StageSpec(TaskSpec):
     """One stage of a campaign: a task section, the axes it runs over, the stages it needs, and
     its own job type, execution settings, resources and environment (over the production's)."""
 
-    needs: list[Name] = Field(
-        default_factory=list,
-        description="Upstream stages whose tasks must be complete first, matched on the axes both stages have: same axes = one member each (map), fewer here = all members with this task's values (fan-in), more here = fan-out.",
-    )
-    over: list[Literal["realization", "redshift"]] | None = Field(
-        default=None, description="Which of science's axes this stage runs over (default: both); its own `axes` are added.",
-    )
+    needs: list[Name] = Field(default_factory=list, description=(
+        "Upstream stages whose tasks must be complete first, matched on the axes both stages have: same axes = one "
+        "member each (map), fewer here = all members with this task's values (fan-in), more here = fan-out."))
+    over: list[Literal["realization", "redshift"]] | None = Field(default=None, description="Which of science's axes this stage runs over (default: both); its own `axes` are added.")
     require: Require = Field(default_factory=Require)
     job_type: Name | None = None
     execution: Execution | None = Field(default=None, description="Over the production's execution section, field by field.")
@@ -303,10 +296,9 @@ class StageSpec(TaskSpec):
 
     @model_validator(mode="after")
     def _over(self) -> StageSpec:
-        if self.over is not None and len(set(self.over)) != len(self.over):
-            raise ValueError("over: lists an axis twice")
-        if len(set(self.needs)) != len(self.needs):
-            raise ValueError("needs: lists a stage twice")
+        for name, items in (("over", self.over or []), ("needs", self.needs)):
+            if len(set(items)) != len(items):
+                raise ValueError(f"{name}: lists an item twice")
         return self
 
     def task_spec(self) -> TaskSpec:
@@ -315,7 +307,7 @@ class StageSpec(TaskSpec):
 
 
 STAGE_ONLY_KEYS = frozenset({"needs", "over", "require", "job_type", "execution", "resources", "environment"})
-"""StageSpec's keys that are not a task section's (spec.stages merges them into the stage's production)."""
+"""StageSpec's keys that are not a task section's (spec.merge merges them into the stage's production)."""
 
 
 class Production(Strict):
