@@ -16,8 +16,8 @@ from typing import Any
 from reconciler.core.model import Desired, Limits, Policy, Stage, TaskObs
 from reconciler.core.plan import SENDS, ActionKind, Plan
 from reconciler.core.planner import plan
-from reconciler.core.settle import settle
 from reconciler.core.reasons import Reason
+from reconciler.core.settle import settle
 from reconciler.core.states import OutputState, SchedState, SubmissionState
 from reconciler.core.summary import summarize
 from reconciler.engine.apply import UNFENCED, Actor, Fence
