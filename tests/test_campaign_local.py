@@ -58,13 +58,18 @@ stages:
 """
 
 
-def campaign(repo: Path, tmp: Path, *, exclude: str = "", inputs: str = "", require: str = "", rerun: bool = False, message: str = "campaign") -> None:
-    step = tmp / "step.py"
-    step.write_text(STEP)
-    text = CAMPAIGN.format(
+def campaign_text(step: Path, *, exclude: str = "", inputs: str = "", require: str = "", rerun: bool = False) -> str:
+    """The campaign over 3 realizations x 2 redshifts; ``inputs``: generate's input template."""
+    return CAMPAIGN.format(
         step=step, exclude=f", exclude: [{exclude}]" if exclude else "", inputs=f"\n    inputs: [\"{inputs}\"]" if inputs else "",
         require=f"\n    require: {{min_fraction: {require}}}" if require else "", rerun="true" if rerun else "false",
     )
+
+
+def campaign(repo: Path, tmp: Path, *, exclude: str = "", inputs: str = "", require: str = "", rerun: bool = False, message: str = "campaign") -> None:
+    step = tmp / "step.py"
+    step.write_text(STEP)
+    text = campaign_text(step, exclude=exclude, inputs=inputs, require=require, rerun=rerun)
     (repo / "productions" / "camp.yaml").write_text(text)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", message)
