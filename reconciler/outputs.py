@@ -50,7 +50,7 @@ class _Listing:
         if self._markers is None:
             index: dict[str, dict[str, str]] = {}
             for name in self.names:
-                if name[:1] == "." and (name.endswith(".done") or name.endswith(".adopted")):
+                if name[:1] == "." and (name.endswith(".done") or name.endswith(".adopted") or name.endswith(".partial")):
                     parsed = parse_marker_name(name)
                     if parsed is not None:
                         b, fp, kind = parsed

@@ -243,3 +243,20 @@ def test_move_partial_keeps_every_byte(tmp_path: Path) -> None:
     assert move_partial(tmp_path, t, label="attempt2") == []
     with pytest.raises(ValueError):
         move_partial(tmp_path, t, label="../x")
+
+
+def test_a_partial_marker_reads_complete_and_is_reported_and_of_another_fingerprint_reads_stale(tmp_path: Path) -> None:
+    from reconciler import markers
+
+    t = task(1, 0.5)
+    (tmp_path / t.outputs[0]).parent.mkdir(parents=True)
+    (tmp_path / t.outputs[0]).write_text("x")
+    markers.write_marker(tmp_path, t, attempt=1, exit_code=0, start=0.0, end=1.0, missing=["measure/r0003/z0.500"])
+    partial: list[str] = []
+    assert observe_outputs(tmp_path, [t], EXISTS, partial=partial) == {t.key: OutputState.COMPLETE}
+    assert partial == [t.key] and markers.read_missing(tmp_path, t) == ("measure/r0003/z0.500",)
+    assert observe_outputs(tmp_path, [task(1, 0.5, FP_B)], EXISTS) == {t.key: OutputState.STALE}
+    markers.write_marker(tmp_path, t, attempt=2, exit_code=0, start=0.0, end=1.0)  # rerun on the full set
+    partial.clear()
+    assert observe_outputs(tmp_path, [t], EXISTS, partial=partial) == {t.key: OutputState.COMPLETE} and partial == []
+    assert [p.name.rsplit(".", 1)[-1] for p in (tmp_path / "catalogs/r0001").glob(".*")] == ["done"]

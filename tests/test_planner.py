@@ -493,14 +493,26 @@ def test_no_task_is_sent_before_its_members_are_done(drawn: tuple[Desired, World
     seen = [k for a in p.actions if a.kind in TASK_KINDS for k in a.keys]
     assert len(seen) == len(set(seen)), "a task appears in two actions"
 
-    def state(key: str, pol: Policy) -> str:  # the rule, restated from the brief
+    tasks_by_key = {t.key: (t, s) for s in desired.stage_list for t in s.tasks}
+
+    def state(key: str, pol: Policy) -> str:  # the rule, restated (core/readiness.py's docstring)
         o, h = obs[key], hist[key]
         if o.sched is not None and o.sched.in_flight:
             return "pending"
         if o.output.done and key not in world.corrupt or pol.adopt_existing and adoptable(o.output, h.submissions):
             return "done"
-        return "lost" if gave_up(h, pol.max_retries) and not (retry and h.failures) else "pending"
+        if o.output is OutputState.STALE and not pol.rerun_on_change:
+            return "lost"  # nothing reruns it
+        if h.failures and not retry:
+            return "lost" if gave_up(h, pol.max_retries) else "pending"
+        if not h.failures and key in tasks_by_key:  # blocked itself: its own members are lost
+            t, st = tasks_by_key[key]
+            got = [state(m, policies[n.stage]) for n in t.needs for m in n.members]
+            if got and "pending" not in got and "lost" in got and got.count("done") < st.min_fraction * len(got) - 1e-9:
+                return "lost"
+        return "pending"
 
+    policies = {s.name: s.policy for s in desired.stage_list}
     sent = 0
     for a in p.actions:
         if a.kind in (ActionKind.SUBMIT, ActionKind.RESUBMIT):

@@ -111,7 +111,7 @@ def test_a_member_that_gave_up_blocks_its_aggregate_when_all_are_required() -> N
     p = plan(d, world(obs), 0.0, Limits())
     assert sends(p) == []
     (w,) = waits(p, Reason.BLOCKED_BY_MEMBER)
-    assert w.keys == ("covariance/z0.500",) and w.note == "covariance/z0.500: 1 of 4 measure gave up: measure/r1/z0.500"
+    assert w.keys == ("covariance/z0.500",) and w.note == "covariance/z0.500: 1 of 4 measure gave up, are blocked or stale: measure/r1/z0.500"
     assert "reconcile retry" in w.message
     s = summarize(d, obs, world(obs).history)
     assert s["states"]["covariance/z0.500"] == "blocked" and s["counts"]["blocked"] == 1 and s["counts"]["failed"] == 1
@@ -217,3 +217,31 @@ def test_a_member_is_classified_by_its_own_stage_policy(adopt: bool) -> None:
     r = Readiness(d, {"up/0": GAVE_UP}, {"up/0": TaskHistory(2, 2)})
     v = r.of(down.tasks[0])
     assert v is not None and v.reason is Reason.WAITING_MEMBERS  # 2 failures of 5 allowed: it retries
+
+
+def test_a_chain_blocks_all_the_way_down_so_the_loop_can_end() -> None:
+    """generate gives up -> its measure is blocked -> the covariance of that redshift is blocked
+    too (not waiting forever for a measure task that can never run), and status is done."""
+    d = campaign()
+    obs = done(d, "generate", "measure") | {"generate/r1/z0.500": GAVE_UP, "covariance/z1.000": DONE}
+    del obs["measure/r1/z0.500"]
+    p = plan(d, world(obs), 0.0, Limits())
+    assert sends(p) == []
+    (m,) = [a for a in waits(p, Reason.BLOCKED_BY_MEMBER) if a.keys[0].startswith("measure/")]
+    (c,) = [a for a in waits(p, Reason.BLOCKED_BY_MEMBER) if a.keys[0].startswith("covariance/")]
+    assert m.keys == ("measure/r1/z0.500",) and c.keys == ("covariance/z0.500",) and "measure/r1/z0.500" in c.note
+    s = summarize(d, obs, world(obs).history)
+    assert s["states"]["measure/r1/z0.500"] == s["states"]["covariance/z0.500"] == "blocked" and s["done"]
+
+
+def test_a_stale_member_that_nothing_reruns_blocks_rather_than_holds_forever() -> None:
+    d = campaign()
+    obs = done(d, "generate", "measure") | {"measure/r1/z0.500": TaskObs(OutputState.STALE, SchedState.COMPLETED), "covariance/z1.000": DONE}
+    p = plan(d, world(obs), 0.0, Limits())
+    (c,) = waits(p, Reason.BLOCKED_BY_MEMBER)
+    assert c.keys == ("covariance/z0.500",), p
+    assert summarize(d, obs, world(obs).history)["done"]
+    rerun = campaign(rerun=True)  # with rerun_on_change the member is rerun, and the aggregate waits for it
+    p = plan(rerun, world(obs), 0.0, Limits())
+    assert [k for a in sends(p) for k in a.keys] == ["measure/r1/z0.500"]
+    assert "covariance/z0.500" in waits(p, Reason.WAITING_MEMBERS)[0].keys

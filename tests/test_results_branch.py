@@ -283,8 +283,8 @@ def test_status_doc_round_trip_and_compact_tasks() -> None:
     StatusDoc.model_validate(doc)
     assert doc["counts"]["failed"] == 4 and doc["total"] == 12 and doc["updated"] == "2023-11-14T22:13:20+00:00"
     # state words and codes are part of the published format (TaskState and TaskState.code)
-    assert list(doc["counts"]) == ["complete", "adopted", "running", "queued", "staged", "waiting", "retrying", "failed", "stale", "missing"]
-    assert doc["tasks"]["legend"] == {"C": "complete", "A": "adopted", "R": "running", "Q": "queued", "G": "staged", "W": "waiting", "T": "retrying", "F": "failed", "S": "stale", "M": "missing", "?": "unknown"}
+    assert list(doc["counts"]) == ["complete", "adopted", "running", "queued", "staged", "waiting", "retrying", "failed", "blocked", "stale", "missing"]
+    assert doc["tasks"]["legend"] == {"C": "complete", "A": "adopted", "R": "running", "Q": "queued", "G": "staged", "W": "waiting", "T": "retrying", "F": "failed", "B": "blocked", "S": "stale", "M": "missing", "?": "unknown"}
     assert all(type(v) is str for v in summary["states"].values())
     assert task_keys(doc["tasks"]) == keys and doc["tasks"]["keys"] is None  # stored as a grid
     assert task_states(doc["tasks"]) == [summary["states"][k] for k in keys]

@@ -24,7 +24,7 @@ def emit(as_json: bool, data: Any, text: str) -> None:
 def counts_line(summary: Mapping[str, Any]) -> str:
     c = summary["counts"]
     parts = [f"{c['complete'] + c['adopted']}/{summary['total']} complete"]
-    for k in ("adopted", "running", "queued", "staged", "waiting", "retrying", "failed", "stale"):
+    for k in ("adopted", "running", "queued", "staged", "waiting", "retrying", "failed", "blocked", "stale"):
         if c.get(k):
             parts.append(f"{c[k]} {k}")
     return ", ".join(parts)
@@ -45,6 +45,10 @@ def status_text(name: str, summary: Mapping[str, Any], verbose: bool, pdir: Path
     ending = " (done)" if summary["all_complete"] else f" (ended: {shortfall(summary)})" if summary["done"] else ""
     lines.append(f"  progress {summary['progress']:.1%}" + (f", success rate {rate:.1%}" if rate is not None else "") + ending)
     lines.append(f"  directory {pdir}" + (f"; desired state tag {tag}" if tag else ""))
+    stages = [st for st in summary.get("stages") or () if st["name"]]
+    if stages:  # a campaign: the chain, with each stage's counts
+        lines.append("  stages:")
+        lines += [f"    {st['name']:<14} {counts_line(st)}" for st in stages]
     lines += _causes_text(summary.get("causes", []), verbose)
     if summary["failures"]:
         lines.append("  failures:")

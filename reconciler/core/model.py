@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from reconciler.core.causes import Cause
 from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
@@ -122,11 +122,11 @@ class Policy:
         return min(self.initial_delay_s * self.backoff_multiplier ** min(failures - 1, 60), self.max_delay_s)
 
 
-@dataclass(frozen=True, slots=True)
-class Need:
+class Need(NamedTuple):
     """One upstream stage a task needs, and its members there: the upstream tasks that share
     the task's values on the axes both stages have (one for a map or a fan-out edge, a group
-    for a fan-in), excluded ones left out, in the upstream stage's order."""
+    for a fan-in), excluded ones left out, in the upstream stage's order. A named tuple: the
+    expansion makes one per task of a map (40,000 a pass), at a third of a dataclass's cost."""
 
     stage: str
     members: tuple[str, ...]

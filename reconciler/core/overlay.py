@@ -1,5 +1,5 @@
 """A read-only mapping of a few overrides over a large base: the planner's view of the world
-as its decisions leave it (core.planner.Settled.views), without copying 10^5 entries."""
+as its decisions leave it (core.settle.Settled.views), without copying 10^5 entries."""
 
 from __future__ import annotations
 

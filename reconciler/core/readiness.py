@@ -7,10 +7,13 @@ to hold and why) and the summary (what status says of a held task). Both build a
 Each member of a Need is, by the world as settle leaves it and its *own* stage's policy:
   done    -- outputs complete or adopted (or adoptable under adopt_existing), not in flight,
              not failing deep verification this pass (its outputs are about to be moved aside)
-  lost    -- not done, not in flight, given up (core.outcome.gave_up with its stage's
-             max_retries; `reconcile retry` makes it pending again)
+  lost    -- not done, not in flight, and will not become done without a person: given up
+             (core.outcome.gave_up with its stage's max_retries; `reconcile retry` makes it
+             pending again), blocked itself (a member of its own is lost: the chain
+             generate -> measure -> covariance blocks all the way down), or stale under a
+             policy that does not rerun it (rerun_on_change off)
   pending -- the rest: queued, running, missing, retrying, waiting for its own input or
-             members, stale -- anything that may still become done without a person.
+             members -- anything that may still become done without a person.
 A task is ready when every member is done (a Need with no members is ready: the expansion
 leaves excluded members out). Any pending member holds it (waiting_members): readiness is
 decided from outputs and the ledger, never from Slurm dependencies, which a purged job or a
@@ -71,7 +74,7 @@ class Verdict:
             return f"{key}: waiting for " + ", ".join(f"{p} of {n} {s}" for s, p, n in self.pending)
         shown = ", ".join(self.lost[:_SHOWN]) + (f" and {len(self.lost) - _SHOWN} more" if len(self.lost) > _SHOWN else "")
         if self.reason is Reason.BLOCKED_BY_MEMBER:
-            return f"{key}: {len(self.lost)} of {self.members} {self.stages} gave up: {shown}"
+            return f"{key}: {len(self.lost)} of {self.members} {self.stages} gave up, are blocked or stale: {shown}"
         return f"{key} from {self.done}/{self.members} {self.stages}; missing {shown}"
 
 
@@ -104,6 +107,10 @@ class Readiness:
         retry: bool = False,
     ) -> None:
         self.policies: dict[str, Policy] = {s.name: s.policy for s in desired.stage_list}
+        self.fractions: dict[str, float] = {s.name: s.min_fraction for s in desired.stage_list}
+        self.desired = desired
+        self._tasks: dict[str, DesiredTask] | None = None  # by key, built the first time a member may be blocked
+        self._blocked_memo: dict[str, bool] = {}
         self.campaign = len(self.policies) > 1  # a need names another stage: one stage has none to ask about
         self.default = desired.policy
         # an Overlay's lookups run Python code; its two dicts, read directly, do not
@@ -111,8 +118,8 @@ class Readiness:
         self._hist = (history.top, history.base) if isinstance(history, Overlay) else ({}, history)
         self.held, self.corrupt, self.retry = held, corrupt, retry
 
-    def member(self, key: str, policy: Policy) -> int:
-        """DONE, PENDING or LOST (see the module docstring)."""
+    def member(self, key: str, policy: Policy, stage: str = "") -> int:
+        """DONE, PENDING or LOST (see the module docstring); ``stage``: the member's."""
         top, base = self._obs
         obs = top.get(key) or base.get(key, EMPTY_OBS)
         sched, out = obs.sched, obs.output
@@ -124,11 +131,24 @@ class Readiness:
         hist = htop.get(key) or hbase.get(key, EMPTY_HISTORY)
         if policy.adopt_existing and out is OutputState.UNMARKED and hist.submissions == 0:
             return DONE
+        if out is OutputState.STALE and not policy.rerun_on_change:
+            return LOST  # made with another fingerprint, and nothing reruns it
         if not hist.failures or self.retry:
-            return PENDING
+            return LOST if not hist.failures and self._blocked(key, stage) else PENDING
         if hist.failures > policy.max_retries or (hist.cause is not None and hist.cause.kind.permanent):
             return LOST  # core.outcome.gave_up, inlined
         return PENDING
+
+    def _blocked(self, key: str, stage: str) -> bool:
+        """Whether a member that never failed is blocked itself (its own members are lost)."""
+        got = self._blocked_memo.get(key)
+        if got is None:
+            if self._tasks is None:
+                self._tasks = {t.key: t for t in self.desired.tasks}
+            task = self._tasks.get(key)
+            v = self.of(task, self.fractions.get(stage, 1.0)) if task is not None and task.needs else None
+            got = self._blocked_memo[key] = v is not None and v.reason is Reason.BLOCKED_BY_MEMBER
+        return got
 
     def of(self, task: DesiredTask, min_fraction: float = 1.0) -> Verdict | None:
         """None when every member is done (or the task needs nothing), else the verdict.
@@ -159,7 +179,7 @@ class Readiness:
                     done += 1
                     continue
                 pol = pol or self.policies.get(need.stage, self.default)
-                c = self.member(m, pol)
+                c = self.member(m, pol, need.stage)
                 if c == PENDING:
                     return WAITING
                 if c == DONE:
@@ -181,7 +201,7 @@ class Readiness:
         lost: list[str] = []
         for need in task.needs:
             pol = self.policies.get(need.stage, self.default)
-            classes = [self.member(m, pol) for m in need.members]
+            classes = [self.member(m, pol, need.stage) for m in need.members]
             done += classes.count(DONE)
             total += len(classes)
             lost.extend(m for m, c in zip(need.members, classes, strict=True) if c == LOST)
@@ -197,7 +217,7 @@ class Readiness:
         missing = set(missing)
         for need in task.needs:
             pol = self.policies.get(need.stage, self.default)
-            out.extend(m for m in need.members if m in missing and self.member(m, pol) == DONE)
+            out.extend(m for m in need.members if m in missing and self.member(m, pol, need.stage) == DONE)
         return tuple(out)
 
 

@@ -15,8 +15,9 @@ from typing import Any
 
 from reconciler.core.model import Desired, Limits, Policy, Stage, TaskObs
 from reconciler.core.plan import SENDS, ActionKind, Plan
-from reconciler.core.planner import plan, settle
+from reconciler.core.planner import plan
 from reconciler.core.reasons import Reason
+from reconciler.core.settle import settle
 from reconciler.core.states import OutputState, SchedState, SubmissionState
 from reconciler.core.summary import summarize
 from reconciler.engine.apply import UNFENCED, Actor, Fence
@@ -125,7 +126,7 @@ class Engine:
             if job and batch is not None:
                 logs[key] = f"{base}{batch:04d}_{job}_{att.array_index}.err"  # the wrapper's and the command's stderr: why it failed
         excluded = [(e.key, e.reason) for e in self.expansion.excluded]
-        return summarize(obs.desired, tasks, history, excluded, logs, staged, world.missing_inputs)
+        return summarize(obs.desired, tasks, history, excluded, logs, staged, world.missing_inputs, partial=world.partial)
 
     def run_pass(self, *, apply: bool = True, stage: bool = False, retry: bool = False, verify: Verify = "sample") -> PassResult:
         """One pass. ``verify``: which completed tasks to open and validate again (by default

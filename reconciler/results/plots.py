@@ -32,6 +32,7 @@ from reconciler.results.document import task_keys, task_states
 # Heatmap categories, worst first: a cell with several tasks (extra axes) shows its worst one.
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("failed", "#d62728"),
+    ("blocked", "#e377c2"),
     ("retrying", "#ff7f0e"),
     ("stale", "#9467bd"),
     ("unknown", "#8c564b"),

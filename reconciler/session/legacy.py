@@ -69,6 +69,8 @@ def import_legacy(opts: Options, name: str, *, db: Path | None = None, dry_run: 
             f"{ledger_path} is reconciler's ledger already, with its own history: importing {source} would replace it; "
             "move one of them aside first"
         )
+    if loaded.spec.stages:
+        raise UsageError(f"production {name} is a campaign of stages; the old production manager's jobs belong to a production with one `task:` (import them there, then add stages)")
     jobs, batches = legacy.read(source)
     exp = loaded.expansion()
     points = task_points(exp.tasks)

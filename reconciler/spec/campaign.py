@@ -122,19 +122,25 @@ class Edge:
     shared: tuple[int, ...]  # positions, in the downstream task's params, of the axes both stages have
     fan_in: bool  # the upstream stage has axes the downstream one does not: members are a group
     members: Mapping[tuple[Any, ...], tuple[str, ...]]  # shared values -> upstream keys, in its task order
+    aligned: Sequence[str | None] | None = None  # a map over the same product in the same order: upstream keys by index
 
-    def of(self, params: Sequence[Any]) -> tuple[str, ...]:
-        return self.members.get(tuple([params[i] for i in self.shared]), ())
-
-    def needs(self) -> Callable[[tuple[Any, ...]], Need | None]:
-        """A task's Need in this edge from its params (None: no member left), made once per
-        member set: a fan-in's tasks share few, a map's are one per task (40,000 a pass)."""
+    def needs(self) -> Callable[[tuple[Any, ...], int], Need | None]:
+        """A task's Need in this edge from its params and index (None: no member left), made
+        once per member set: a fan-in's tasks share few, a map's are one per task (40,000 a
+        pass; an aligned map finds its member by index, without building a key)."""
         made: dict[tuple[str, ...], Need] = {}
-        get, shared, up, fan_in = self.members.get, self.shared, self.upstream, self.fan_in
+        get, shared, up, fan_in, aligned = self.members.get, self.shared, self.upstream, self.fan_in, self.aligned
         at = shared[0] if len(shared) == 1 else None
         prefix = len(shared) if shared == tuple(range(len(shared))) else None
+        if aligned is not None:
 
-        def need(params: tuple[Any, ...]) -> Need | None:
+            def by_index(params: tuple[Any, ...], index: int) -> Need | None:
+                key = aligned[index]
+                return None if key is None else Need(up, (key,), False)
+
+            return by_index
+
+        def need(params: tuple[Any, ...], index: int) -> Need | None:
             k = (params[at],) if at is not None else params[:prefix] if prefix is not None else tuple([params[i] for i in shared])
             members = get(k)
             if members is None:
@@ -149,9 +155,15 @@ class Edge:
         return need
 
 
-def edge(down: Shape, up: Shape, up_tasks: Sequence[Any]) -> Edge:
-    """Index ``up``'s (non-excluded) tasks by the values of the axes ``down`` shares with it."""
+def edge(down: Shape, up: Shape, up_tasks: Sequence[Any], up_total: int) -> Edge:
+    """Index ``up``'s (non-excluded) tasks by the values of the axes ``down`` shares with it;
+    for a map over the same product in the same order, by index (``up_total``: its size)."""
     shared_names = [a for a in down.axes if a in up.axes]
+    if up.axes == down.axes and up.order == down.order:
+        aligned: list[str | None] = [None] * up_total
+        for t in up_tasks:
+            aligned[t.index] = t.key
+        return Edge(up.name, tuple(range(len(down.axes))), False, {}, aligned)
     at_up = [up.axes.index(a) for a in shared_names]
     groups: dict[tuple[Any, ...], list[str]] = {}
     for t in up_tasks:
