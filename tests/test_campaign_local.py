@@ -9,6 +9,7 @@ started before its members ended, and that each task ran once.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +76,18 @@ def campaign(repo: Path, tmp: Path, *, exclude: str = "", inputs: str = "", requ
     git(repo, "commit", "-qm", message)
 
 
-def run_until_quiet(repo: Path, env: dict[str, str], tmp: Path, passes: int = 40) -> dict[str, Any]:
-    """Passes of `once` until one applies nothing and nothing runs; the last status."""
-    for _ in range(passes):
-        r = reconcile(repo, env, "once", "camp")
-        assert r.returncode in (0, 1), r.stderr
-        wait_quiet(tmp / "spool", timeout=30)
-        p = json.loads(reconcile(repo, env, "plan", "camp", "--json").stdout)
-        if not [a for a in p["actions"] if a["kind"] != "wait"]:
+def run_until_quiet(repo: Path, env: dict[str, str], tmp: Path, timeout: float = 90) -> dict[str, Any]:
+    """Passes of `once` until one applies nothing while nothing is queued or running; the last status."""
+    end = time.monotonic() + timeout
+    while True:
+        r = reconcile(repo, env, "once", "camp", "--json")
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)[0]
+        counts = doc["summary"]["counts"]
+        if not doc["applied"] and not counts["running"] and not counts["queued"]:
             break
+        assert time.monotonic() < end, counts
+        time.sleep(0.3)
     return json.loads(reconcile(repo, env, "status", "camp", "--json", "--tasks").stdout)
 
 
