@@ -170,3 +170,8 @@ def test_diff_counts_added_removed_and_stale_tasks_per_stage(tmp_path: Path) -> 
         "covariance": {"added": 0, "removed": 0, "stale": 2},
     }
     assert "per stage: generate +2 -0 ~0; measure +2 -0 ~5; covariance +0 -0 ~2" in render_text([d], "a", "b")
+
+
+def test_two_stages_writing_one_path_is_refused(tmp_path: Path) -> None:
+    out = _problems(tmp_path, CAMPAIGN.replace('"pk/r{realization:04d}/pk_z{redshift:.3f}.npy"', '"catalogs/r{realization:04d}/mock_z{redshift:.3f}.h5"'))
+    assert "stages.measure.outputs: tasks generate/r0000/z0.500 and measure/r0000/z0.500 both write 'catalogs/r0000/mock_z0.500.h5'" in out, out

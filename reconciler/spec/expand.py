@@ -274,10 +274,11 @@ def expand(prod: Production, stage_specs: Mapping[str, Production] | None = None
     try:
         stages: list[StageExpansion] = []
         done: dict[str, tuple[Shape, tuple[Task, ...], int]] = {}
+        written: set[str] = set()  # every output path so far, of every stage: two tasks writing one path overwrite each other
         for shape in shapes(prod, stage_specs or {}):
             edges = [edge(shape, done[u][0], done[u][1], done[u][2]) for u in shape.needs]
             upstream = {t.key: t for u in shape.needs for t in done[u][1]}
-            st = _expand_stage(prod, shape, edges, upstream)
+            st = _expand_stage(prod, shape, edges, upstream, written, [t for s in stages for t in s.tasks])
             stages.append(st)
             done[shape.name] = (shape, st.tasks, st.total)
         return Expansion(
@@ -307,7 +308,10 @@ def _exclusions(prod: Production) -> tuple[dict[int, str], dict[tuple[int, float
     return whole, pairs
 
 
-def _expand_stage(prod: Production, shape: Shape, edges: Sequence[Edge], upstream: Mapping[str, Task]) -> StageExpansion:
+def _expand_stage(
+    prod: Production, shape: Shape, edges: Sequence[Edge], upstream: Mapping[str, Task], written: set[str], earlier: Sequence[Task],
+) -> StageExpansion:
+    """One stage's tasks; ``written``: the output paths of the stages before (and, after, its own)."""
     spec = shape.spec
     renderer = Renderer(spec, where=shape.where, over=shape.axes, needs=shape.needs)
     sci = prod.science
@@ -320,7 +324,6 @@ def _expand_stage(prod: Production, shape: Shape, edges: Sequence[Edge], upstrea
     tasks: list[Task] = []
     excluded: list[Excluded] = []
     seen: set[str] = set()
-    written: set[str] = set()  # every output path so far: two tasks writing one path overwrite each other
     index = -1
     stage = shape.name
     prefix = f"{stage}/" if stage else ""
@@ -374,7 +377,7 @@ def _expand_stage(prod: Production, shape: Shape, edges: Sequence[Edge], upstrea
         before = len(written)
         written.update(outputs)
         if len(written) != before + len(outputs):
-            _collision(tasks, key, outputs, shape.where)
+            _collision([*earlier, *tasks], key, outputs, shape.where)
         if fast is None:
             argv = renderer._argv(values, key, SYMBOLIC_DIR, outputs)
         h = hash_base.copy()  # fingerprint: hash of the static parts, of the symbolic argv, then of the members'
