@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,14 @@ from hypothesis import strategies as st
 from reconciler.core.model import Desired, Need, Policy, Stage, TaskHistory, TaskObs
 from reconciler.core.states import OutputState, SchedState
 from reconciler.core.summary import summarize
-from reconciler.results.document import StatusDoc, build_status, dumps_status, encode_keys, task_keys, task_states
+from reconciler.results.document import (
+    StatusDoc,
+    build_status,
+    dumps_status,
+    encode_keys,
+    task_keys,
+    task_states,
+)
 from reconciler.results.layout import render_status_md
 from reconciler.results.plots import CATEGORIES, heatmap_figure, plots_bytes
 from reconciler.results.stage_heatmap import stage_panels
@@ -207,24 +215,17 @@ def test_a_campaign_run_on_the_local_backend_publishes_its_stages(repo: Path, tm
     env = env_for(tmp_path)
     campaign(repo, tmp_path)
     _fail(repo, "measure/r0001/z0.500")
-    st = run_until_quiet(repo, env, tmp_path)
-    assert st["states"]["covariance/z0.500"] == "blocked", st["states"]
+    status = run_until_quiet(repo, env, tmp_path)
+    assert status["states"]["covariance/z0.500"] == "blocked", status["states"]
     assert reconcile(repo, env, "once", "camp").returncode in (0, 1)  # publishes what the last job left
     doc = json.loads(git(repo, "show", "reconciler/status:productions/camp/status.json"))
     keys = task_keys(doc["tasks"])
-    assert dict(zip(keys, task_states(doc["tasks"]), strict=True)) == st["states"] and len(keys) == 14
+    assert dict(zip(keys, task_states(doc["tasks"]), strict=True)) == status["states"] and len(keys) == 14
     assert keys[:3] == ["generate/r0000/z0.500", "generate/r0001/z0.500", "generate/r0002/z0.500"]  # task order, redshift-major
     assert [r["grid"][0] for r in doc["tasks"]["runs"]] == [["generate"], ["measure"], ["covariance"]]
     assert [(s["name"], s["total"], s["done"]) for s in doc["stages"]] == [("generate", 6, True), ("measure", 6, True), ("covariance", 2, True)]
     md = git(repo, "show", "reconciler/status:STATUS.md")
     assert "| ↳ generate 6/6 → measure 5/6 (1 failed) → covariance 1/2 (1 blocked) |" in md, md
     assert "heatmap.png" in doc["plots"]
-    png = Path(tmp_path / "heatmap.png")
-    png.write_bytes(_show_bytes(repo, "reconciler/status:productions/camp/heatmap.png"))
-    assert _png_size(png.read_bytes())[0] > 400
-
-
-def _show_bytes(repo: Path, what: str) -> bytes:
-    import subprocess
-
-    return subprocess.run(["git", "-C", str(repo), "show", what], check=True, capture_output=True).stdout
+    png = subprocess.run(["git", "-C", str(repo), "show", "reconciler/status:productions/camp/heatmap.png"], check=True, capture_output=True).stdout
+    assert _png_size(png)[0] > 400
