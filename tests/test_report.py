@@ -158,7 +158,7 @@ def test_palette_heatmap_keeps_every_category_colour_exactly() -> None:
 
     keys = [f"r{r:04d}/z{z:.3f}" for r in range(300) for z in (0.5, 1.0, 1.5)]
     states = dict.fromkeys(keys[:-1], "complete")
-    for i, state in enumerate(["failed", "retrying", "stale", "missing", "waiting", "staged", "queued", "running", "adopted", "a-newer-state"]):
+    for i, state in enumerate(["failed", "blocked", "retrying", "stale", "missing", "waiting", "staged", "queued", "running", "adopted", "a-newer-state"]):
         states[keys[40 * i + 7]] = state
     summary = {"total": len(keys), "counts": {}, "progress": 0.99, "success_rate": 0.99, "done": False, "failures": [], "retried": [], "excluded": [{"key": keys[-1], "reason": "x"}], "states": states}
     status = build_status(summary, production="rare", version="v1", tag=None, commit="c", ref="HEAD", machine="local", now=0.0, keys=keys[:-1])

@@ -19,13 +19,15 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from itertools import product
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from reconciler import __version__
 from reconciler.core.states import UNKNOWN_CODE, TaskState
+from reconciler.results.keys import encode_keys, task_keys
+
+__all__ = ["encode_keys", "task_keys"]  # the key encoding lives in results.keys; readers import it from here too
 
 SCHEMA_VERSION = 1
 
@@ -82,13 +84,33 @@ class ExcludedTask(_Doc):
     reason: str
 
 
-class TaskTable(_Doc):
-    """Per-task data in task index order, as parallel arrays.
+class StageStatus(_Doc):
+    """One stage of a campaign: how far it got (the chain STATUS.md shows under the production)."""
 
-    ``keys`` is either the explicit list of task keys, or (when the keys form a cross product
-    of their ``/``-separated parts, which canonical expansion guarantees) ``grid``: the
-    distinct parts per position in order, plus ``holes``: positions of that product that are
-    not tasks (the excluded ones). ``task_keys()`` decodes both.
+    name: str
+    total: int
+    counts: dict[str, int] = Field(description="the stage's tasks per state")
+    progress: float = Field(description="(complete + adopted) / total")
+    done: bool = Field(description="nothing left to do in the stage: every task complete, adopted, failed or blocked (or the production is done)")
+
+
+class KeyRun(_Doc):
+    """Consecutive task keys (a campaign's stage): a grid nested in ``order``, or plain ``keys``."""
+
+    keys: list[str] | None = Field(default=None, description="the run's keys, when they are not a grid")
+    grid: list[list[str]] | None = Field(default=None, description="distinct key parts per position")
+    holes: list[int] = Field(default_factory=list, description="positions in the grid product (nested in order) that are not tasks")
+    order: list[int] | None = Field(default=None, description="key positions from outermost to innermost (null: 0, 1, ...): a stage numbered redshift-major is [0, 2, 1]")
+
+
+class TaskTable(_Doc):
+    """Per-task data in task order, as parallel arrays.
+
+    Keys are factored into their parts (``reconciler.results.keys``): ``grid``: the distinct
+    parts per position, plus ``holes``: positions of their product that are not tasks (the
+    excluded ones), when the keys are one product (one stage); ``runs``: one such grid per
+    stage of a campaign, each nested in its own ``order``; ``keys``: the plain list when they
+    are no product. ``task_keys()`` decodes each.
     """
 
     legend: dict[str, str] = Field(default_factory=lambda: dict(LEGEND), description="state code -> state")
@@ -96,6 +118,7 @@ class TaskTable(_Doc):
     keys: list[str] | None = Field(default=None, description="task keys, when they are not a grid")
     grid: list[list[str]] | None = Field(default=None, description="distinct key parts per position; keys are their product minus holes")
     holes: list[int] = Field(default_factory=list, description="positions in the grid product that are not tasks")
+    runs: list[KeyRun] | None = Field(default=None, description="consecutive runs of keys (a campaign's stages), each a grid or a list")
     attempts: list[int | None] = Field(default_factory=list, description="submissions per task; null when unknown")
     runtime_s: list[int | float | None] = Field(default_factory=list, description="run time of the latest attempt in seconds; null when unknown")
 
@@ -127,54 +150,12 @@ class StatusDoc(_Doc):
     adopted: int = 0
     plots: list[str] = Field(default_factory=list, description="picture files next to this one, e.g. progress.png")
     plots_updated: str | None = Field(default=None, description="ISO 8601 time (UTC) of the pass that drew the pictures: they are redrawn at most hourly, and when the production's phase changes")
+    stages: list[StageStatus] = Field(default_factory=list, description="a campaign's stages in chain order, each with its counts; empty for a production of one stage")
     error: str | None = Field(default=None, description="why the latest pass failed, the counts being those of the last pass that did not; null when it succeeded")
     tasks: TaskTable
 
 
 # ---------------------------------------------------------------- keys
-
-
-def encode_keys(keys: Sequence[str]) -> dict[str, Any]:
-    """``{"grid": ..., "holes": ...}`` when ``keys`` is an ordered product minus holes, else ``{"keys": ...}``.
-
-    The encoding is checked by decoding it, so it is lossless whatever the keys look like.
-    """
-    if not keys:
-        return {"keys": []}
-    split = [k.split("/") for k in keys]
-    width = len(split[0])
-    if any(len(s) != width for s in split):
-        return {"keys": list(keys)}
-    parts: list[dict[str, None]] = [{} for _ in range(width)]
-    for s in split:
-        for i, p in enumerate(s):
-            parts[i].setdefault(p, None)
-    grid = [list(p) for p in parts]
-    size = math.prod(len(g) for g in grid)
-    if size > 4 * len(keys) + 1000:  # sparse: the holes would cost more than the keys
-        return {"keys": list(keys)}
-    want = iter(keys)
-    nxt = next(want, None)
-    holes = []
-    for pos, combo in enumerate(product(*grid)):
-        if nxt is not None and "/".join(combo) == nxt:
-            nxt = next(want, None)
-        else:
-            holes.append(pos)
-    if nxt is not None:  # keys are not in product order
-        return {"keys": list(keys)}
-    return {"grid": grid, "holes": holes}
-
-
-def task_keys(tasks: Mapping[str, Any]) -> list[str]:
-    """The task keys of a ``tasks`` table (either encoding)."""
-    if tasks.get("keys") is not None:
-        return list(tasks["keys"])
-    grid = tasks.get("grid") or []
-    if not grid:
-        return []
-    holes = set(tasks.get("holes") or ())
-    return ["/".join(c) for pos, c in enumerate(product(*grid)) if pos not in holes]
 
 
 def task_states(tasks: Mapping[str, Any]) -> list[str]:
@@ -259,9 +240,30 @@ def build_status(
         stale_omitted=max(0, len(stale) - MAX_LISTED),
         adopted=counts.get(TaskState.ADOPTED, 0),
         plots=list(plots),
+        stages=_stages(summary),
         tasks=TaskTable(**table),
     )
     return doc.model_dump(mode="json", exclude_none=False)
+
+
+def _stages(summary: Mapping[str, Any]) -> list[StageStatus]:
+    """``summary["stages"]`` (core.summary, in chain order) for a campaign; [] for one stage (its
+    counts are the production's). A stage is done when none of its tasks can still change,
+    which a finished production says of every stage (stale tasks left alone included)."""
+    stages = list(summary.get("stages") or ())
+    if len(stages) == 1 and not stages[0].get("name"):
+        return []
+    finished = (TaskState.COMPLETE, TaskState.ADOPTED, TaskState.FAILED, TaskState.BLOCKED)
+    out = []
+    for st in stages:
+        counts = {s: int(n) for s, n in (st.get("counts") or {}).items()}
+        total = int(st.get("total", 0))
+        done = counts.get(TaskState.COMPLETE, 0) + counts.get(TaskState.ADOPTED, 0)
+        out.append(StageStatus(
+            name=str(st.get("name", "")), total=total, counts=counts, progress=(done / total) if total else 1.0,
+            done=bool(summary.get("done")) or sum(counts.get(s, 0) for s in finished) == total,
+        ))
+    return out
 
 
 def history_line(summary: Mapping[str, Any], actions: Mapping[str, int], now: float) -> dict[str, Any]:

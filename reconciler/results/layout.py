@@ -34,8 +34,27 @@ def _md(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;")
 
 
+CHAIN_NOTED = ("failed", "blocked", "retrying", "stale", "running", "queued", "staged", "waiting")
+"""States a stage's link in the chain names when it has any (the others are done or not yet sent)."""
+
+
+def stage_chain(stages: Sequence[Mapping[str, Any]]) -> str:
+    """A campaign's stages as one line, in chain order: ``generate 40000/40000 → measure
+    39998/40000 (2 failed) → covariance 19/20 (1 blocked)``: where it is, and where it is stuck."""
+    links = []
+    for st in stages:
+        counts = st.get("counts") or {}
+        done = int(counts.get("complete", 0)) + int(counts.get("adopted", 0))
+        noted = ", ".join(f"{int(counts[k])} {k}" for k in CHAIN_NOTED if int(counts.get(k) or 0))
+        links.append(f"{st.get('name', '?')} {done}/{int(st.get('total', 0))}" + (f" ({noted})" if noted else ""))
+    return " → ".join(links)
+
+
 def render_status_md(statuses: Sequence[Mapping[str, Any]], plots: Mapping[str, str]) -> str:
     """The top-level STATUS.md: one row per production, then each production's progress picture.
+
+    A campaign's row has its totals, and under it a row with its chain of stages and their
+    counts (``stage_chain``): a table cell cannot hold two lines, and a row keeps the table whole.
 
     ``plots`` maps a production name to the branch-relative path of its progress picture
     (productions without one get no image).
@@ -65,6 +84,8 @@ def render_status_md(statuses: Sequence[Mapping[str, Any]], plots: Mapping[str, 
             f"{int(counts.get('failed', 0))} | {int(counts.get('running', 0))} | {int(counts.get('queued', 0))} | "
             f"{_md(s.get('updated', ''))} | {' · '.join(links)} |"
         )
+        if s.get("stages"):
+            lines.append(f"| ↳ {_md(stage_chain(s['stages']))} | | | | | | | | |")
     if not rows:
         lines.append("| (no productions yet) | | | | | | | | |")
     failing = [s for s in rows if s.get("error")]

@@ -10,7 +10,7 @@ matplotlib is imported lazily (it costs ~0.3 s, and most passes draw nothing) an
 safe inside a long-running watch loop.
 
 Every picture is committed to the results branch, where nothing is ever forgotten, so the
-PNGs are made small and deterministic (``_png``): quantized to a palette of ``COLOURS``
+PNGs are made small and deterministic (``drawing.png``): quantized to a palette of ``COLOURS``
 colours (the pictures are flat colours and anti-aliased lines: ~3x smaller, hardly a
 visible change; the heatmap's category colours are kept exactly) and written without any time or version in their metadata, so that drawing the
 same picture twice gives the same bytes, the same git blob, and costs the branch nothing.
@@ -18,7 +18,6 @@ same picture twice gives the same bytes, the same git blob, and costs the branch
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -26,70 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reconciler.errors import UsageError
 from reconciler.results.document import task_keys, task_states
+from reconciler.results.drawing import CATEGORIES, MAX_ROWS, RANK, figure, png, title
+from reconciler.results.stage_heatmap import stage_heatmap_figure
 
-# Heatmap categories, worst first: a cell with several tasks (extra axes) shows its worst one.
-CATEGORIES: tuple[tuple[str, str], ...] = (
-    ("failed", "#d62728"),
-    ("blocked", "#e377c2"),
-    ("retrying", "#ff7f0e"),
-    ("stale", "#9467bd"),
-    ("unknown", "#8c564b"),
-    ("missing", "#dddddd"),
-    ("waiting", "#c5b0d5"),
-    ("staged", "#c7c7c7"),
-    ("queued", "#aec7e8"),
-    ("running", "#1f77b4"),
-    ("adopted", "#98df8a"),
-    ("complete", "#2ca02c"),
-    ("excluded", "#ffffff"),
-)
-_RANK = {name: i for i, (name, _) in enumerate(CATEGORIES)}
 _KEY = re.compile(r"^r(\d+)/z(-?\d+(?:\.\d+)?)(?:/.*)?$")
-DPI = 100
-COLOURS = 64
-"""Palette size of every PNG (Pillow, which matplotlib depends on, quantizes)."""
-MAX_ROWS = 400
-"""Heatmap rows at most; more realizations are binned (the figure is at most ~1100 px tall)."""
-
-
-def _figure(width: float, height: float) -> Any:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise UsageError("pictures need matplotlib (a dependency of reconciler): pip install matplotlib") from None
-    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-
-
-def _png(fig: Any) -> bytes:
-    """The figure as a palette PNG with no metadata: the same figure always gives the same bytes.
-
-    The palette is ``COLOURS`` colours chosen for the picture (median cut) plus every
-    heatmap category's colour exactly, each pixel mapped to its nearest entry without
-    dithering: a lone failed cell keeps its red however few pixels it has.
-    """
-    from PIL import Image
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, facecolor="white")
-    buf.seek(0)
-    with Image.open(buf) as rgba:
-        rgb = rgba.convert("RGB")
-    flat = rgb.quantize(colors=COLOURS, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).getpalette() or []
-    exact = [tuple(int(c[i : i + 2], 16) for i in (1, 3, 5)) for _, c in CATEGORIES] + [(0, 0, 0), (255, 255, 255)]
-    # Pillow maps pixels to the palette through a coarse colour cache: a chosen colour close
-    # to an exact one could take its pixels, so the exact ones have their neighbourhood alone
-    chosen = [c for c in zip(flat[0::3], flat[1::3], flat[2::3], strict=False) if all(max(abs(a - b) for a, b in zip(c, e, strict=True)) > 8 for e in exact)]
-    palette = Image.new("P", (1, 1))
-    palette.putpalette([v for c in [*dict.fromkeys(exact), *chosen[:COLOURS]] for v in c])
-    out = io.BytesIO()
-    rgb.quantize(palette=palette, dither=Image.Dither.NONE).save(out, format="PNG", optimize=True)  # no tIME or text chunk
-    return out.getvalue()
-
-
-def _title(status: Mapping[str, Any], what: str) -> str:
-    return f"{status.get('production', '?')} {status.get('version', '')}: {what}".strip()
 
 
 def _time(line: Mapping[str, Any]) -> datetime | None:
@@ -104,7 +44,7 @@ def _time(line: Mapping[str, Any]) -> datetime | None:
 
 def progress_png(status: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> bytes:
     """Tasks complete, running, queued and failed over time, with the total as a ceiling."""
-    fig = _figure(8, 4.5)
+    fig = figure(8, 4.5)
     ax = fig.add_subplot()
     lines: list[Mapping[str, Any]] = list(history) or [{**status, "time": status.get("updated")}]  # no history yet: the current state
     points = [(t, line) for line in lines if (t := _time(line)) is not None]
@@ -126,7 +66,7 @@ def progress_png(status: Mapping[str, Any], history: Sequence[Mapping[str, Any]]
     if total:
         ax.axhline(total, linestyle="--", color="black", linewidth=1, label=f"total ({total})")
     pct = 100.0 * float(status.get("progress", 0.0))
-    ax.set_title(_title(status, f"progress ({pct:.1f}% complete)"))
+    ax.set_title(title(status, f"progress ({pct:.1f}% complete)"))
     ax.set_xlabel("time of pass (UTC)")
     ax.set_ylabel("tasks")
     ax.set_ylim(bottom=0, top=max(total, 1) * 1.05)
@@ -135,7 +75,7 @@ def progress_png(status: Mapping[str, Any], history: Sequence[Mapping[str, Any]]
     if not points:
         ax.text(0.5, 0.5, "no passes recorded yet", transform=ax.transAxes, ha="center", va="center")
     fig.autofmt_xdate()
-    return _png(fig)
+    return png(fig)
 
 
 def heatmap_grid(status: Mapping[str, Any]) -> tuple[list[int], list[str], list[list[int]]]:
@@ -153,20 +93,29 @@ def heatmap_grid(status: Mapping[str, Any]) -> tuple[list[int], list[str], list[
         if not m:
             continue
         cell = (int(m.group(1)), m.group(2))
-        rank = _RANK.get(state, _RANK["unknown"])
+        rank = RANK.get(state, RANK["unknown"])
         cells[cell] = min(cells.get(cell, len(CATEGORIES)), rank)
     reals = sorted({r for r, _ in cells})
     zs = sorted({z for _, z in cells}, key=float)
     ri = {r: i for i, r in enumerate(reals)}
     zi = {z: i for i, z in enumerate(zs)}
-    grid = [[_RANK["excluded"]] * len(zs) for _ in reals]
+    grid = [[RANK["excluded"]] * len(zs) for _ in reals]
     for (r, z), rank in cells.items():
         grid[ri[r]][zi[z]] = rank
     return reals, zs, grid
 
 
 def heatmap_png(status: Mapping[str, Any]) -> bytes:
-    """Task state over realizations (rows) x redshifts (columns), categorical colours."""
+    """Task state over realizations (rows) x redshifts (columns), categorical colours; for a
+    campaign, one panel per stage (``heatmap_figure``)."""
+    return png(heatmap_figure(status))
+
+
+def heatmap_figure(status: Mapping[str, Any]) -> Any:
+    """The heatmap as a matplotlib Figure: one axes for a production of one stage, one per
+    stage, side by side, for a campaign (``reconciler.results.stage_heatmap``)."""
+    if status.get("stages"):
+        return stage_heatmap_figure(status)
     reals, zs, grid = heatmap_grid(status)
     per_row = max(1, math.ceil(len(reals) / MAX_ROWS))
     if per_row > 1:
@@ -175,7 +124,7 @@ def heatmap_png(status: Mapping[str, Any]) -> bytes:
         grid = [[min(col) for col in zip(*grid[i : i + per_row], strict=True)] for i in range(0, len(grid), per_row)]
         reals = reals[::per_row]
     height = min(12.0, 3.0 + 0.18 * len(reals)) if reals else 4.0
-    fig = _figure(min(14.0, 5.0 + 0.6 * len(zs)), height)
+    fig = figure(min(14.0, 5.0 + 0.6 * len(zs)), height)
     from matplotlib.colors import BoundaryNorm, ListedColormap
     from matplotlib.patches import Patch
 
@@ -199,10 +148,10 @@ def heatmap_png(status: Mapping[str, Any]) -> bytes:
     handles = [Patch(facecolor=CATEGORIES[i][1], edgecolor="grey", label=CATEGORIES[i][0]) for i in present]
     if handles:
         ax.legend(handles=handles, title="task state", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    ax.set_title(_title(status, "task state by realization and redshift"))
+    ax.set_title(title(status, "task state by realization and redshift"))
     ax.set_xlabel("redshift")
     ax.set_ylabel("realization" if per_row == 1 else f"realization ({per_row} per row, worst state shown)")
-    return _png(fig)
+    return fig
 
 
 def runtimes_png(status: Mapping[str, Any]) -> bytes:
@@ -210,7 +159,7 @@ def runtimes_png(status: Mapping[str, Any]) -> bytes:
     tasks = status.get("tasks") or {}
     runtimes = [float(x) for x in tasks.get("runtime_s") or () if x is not None]
     attempts = [int(x) for x in tasks.get("attempts") or () if x is not None]
-    fig = _figure(10, 4)
+    fig = figure(10, 4)
     left, right = fig.subplots(1, 2)
     if runtimes:
         lo, hi = min(runtimes), max(runtimes)
@@ -238,8 +187,8 @@ def runtimes_png(status: Mapping[str, Any]) -> bytes:
     right.set_title("attempts per task")
     right.set_xlabel("submissions")
     right.set_ylabel("tasks")
-    fig.suptitle(_title(status, "run times and attempts"))
-    return _png(fig)
+    fig.suptitle(title(status, "run times and attempts"))
+    return png(fig)
 
 
 def plots_bytes(status: Mapping[str, Any], history: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
