@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import groupby
+from operator import attrgetter
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -84,15 +86,14 @@ def observe_stages(
 ) -> dict[str, OutputState]:
     """observe_outputs for the tasks of several stages, each judged by its stage's validator
     (``validators`` by stage name; a task's ``stage`` attribute, "" for a one-stage production)."""
-    runs: dict[str, list[_T]] = {}
-    for t in tasks:
-        runs.setdefault(getattr(t, "stage", ""), []).append(t)
-    if len(runs) == 1:
-        ((stage, _),) = runs.items()
-        return observe_outputs(production_dir, tasks, validators[stage], deep=deep, partial=partial)
+    if not tasks:
+        return {}
+    stage_of = attrgetter("stage")
+    if len(validators) == 1 or stage_of(tasks[0]) == stage_of(tasks[-1]) and all(stage_of(t) == stage_of(tasks[0]) for t in tasks):
+        return observe_outputs(production_dir, tasks, validators[stage_of(tasks[0])], deep=deep, partial=partial)
     out: dict[str, OutputState] = {}
-    for stage, ts in runs.items():
-        out.update(observe_outputs(production_dir, ts, validators[stage], deep=deep, partial=partial))
+    for stage, run in groupby(tasks, key=stage_of):  # an expansion's tasks come stage by stage
+        out.update(observe_outputs(production_dir, list(run), validators[stage], deep=deep, partial=partial))
     return out
 
 
@@ -114,25 +115,29 @@ def observe_outputs(
     observed and dropped after the last one, so memory holds the listings of a few
     directories, not of the whole tree (10^6 tasks: 2 x 10^6 names).
     """
-    # How many tasks still need each directory; a listing is dropped when its count hits 0.
     # Tasks are visited directory by directory (their first output's), whatever their order: a
     # stage numbered redshift-major (spec.campaign) would otherwise keep every directory's
-    # listing alive and hop between them, 60% slower.
-    need: dict[str, int] = {}
-    by_head: dict[str, list[_T]] = {}
+    # listing alive and hop between them. With one output per task (the common case) each
+    # directory is listed, judged and dropped in turn.
+    by_head: dict[str, list[tuple[_T, str]]] = {}
+    single = True
     for t in tasks:
         outs = t.outputs
-        d = outs[0].rpartition("/")[0]
-        group = by_head.get(d)
+        head, _s, base = outs[0].rpartition("/")
+        group = by_head.get(head)
         if group is None:
-            group = by_head[d] = []
-        group.append(t)
-        if len(outs) == 1:
+            group = by_head[head] = []
+        group.append((t, base))
+        if len(outs) != 1:
+            single = False
+    if single:
+        return _observe_single(production_dir, by_head, validator, deep, partial)
+    # How many tasks still need each directory; a listing is dropped when its count hits 0.
+    need: dict[str, int] = {}
+    for t in tasks:
+        for d in {rel.rpartition("/")[0] for rel in t.outputs}:
             need[d] = need.get(d, 0) + 1
-        else:
-            for d in {rel.rpartition("/")[0] for rel in outs}:
-                need[d] = need.get(d, 0) + 1
-    visit: Iterable[_T] = tasks if len(by_head) <= 1 else [t for group in by_head.values() for t in group]
+    visit = [t for group in by_head.values() for t, _b in group]
     root = str(production_dir)
     open_: dict[str, _Listing] = {}
     result: dict[str, OutputState] = {}
@@ -195,6 +200,44 @@ def observe_outputs(
                     need[d] = left
                 else:
                     open_.pop(d, None)
+    return result
+
+
+def _observe_single(
+    production_dir: Path,
+    by_head: dict[str, list[tuple[_T, str]]],
+    validator: ValidatorLike,
+    deep: Callable[[_T], bool] | bool,
+    partial: list[str] | None,
+) -> dict[str, OutputState]:
+    """observe_outputs for tasks of one output each, grouped by directory (with each output's base name)."""
+    root = str(production_dir)
+    result: dict[str, OutputState] = {}
+    complete, missing, stale, unmarked, adopted = OutputState.COMPLETE, OutputState.MISSING, OutputState.STALE, OutputState.UNMARKED, OutputState.ADOPTED
+    done_suffix, adopted_suffix, partial_suffix = "." + DONE, "." + ADOPTED, "." + PARTIAL
+    for head, group in by_head.items():
+        listing = _list_dir(root, head)
+        names = listing.names
+        for t, base in group:
+            if base not in names:
+                result[t.key] = missing
+                continue
+            stem = f".{base}.{t.fingerprint}"
+            if stem + done_suffix in names:
+                state = complete
+            elif stem + adopted_suffix in names:
+                state = adopted
+            elif stem + partial_suffix in names:
+                state = complete
+                if partial is not None:
+                    partial.append(t.key)
+            elif listing.markers(base):
+                state = stale
+            elif deep(t) if callable(deep) else deep:
+                state = unmarked if validate(production_dir, t.outputs, validator) is None else OutputState.INVALID
+            else:
+                state = unmarked
+            result[t.key] = state
     return result
 
 

@@ -4,7 +4,9 @@ at the stage's lines. Pure loading and expansion: no scheduler."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -175,3 +177,33 @@ def test_diff_counts_added_removed_and_stale_tasks_per_stage(tmp_path: Path) -> 
 def test_two_stages_writing_one_path_is_refused(tmp_path: Path) -> None:
     out = _problems(tmp_path, CAMPAIGN.replace('"pk/r{realization:04d}/pk_z{redshift:.3f}.npy"', '"catalogs/r{realization:04d}/mock_z{redshift:.3f}.h5"'))
     assert "stages.measure.outputs: tasks generate/r0000/z0.500 and measure/r0000/z0.500 both write 'catalogs/r0000/mock_z0.500.h5'" in out, out
+
+
+def test_a_map_found_by_index_expands_exactly_as_one_found_by_its_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aligned fast path of a map (member by index) and the general one (by shared values)
+    give the same members, paths and fingerprints."""
+    import reconciler.spec.campaign as campaign
+    import reconciler.spec.expand as expand
+
+    made: list[campaign.Edge] = []
+
+    def recorded(*args: Any) -> campaign.Edge:
+        made.append(campaign.edge(*args))
+        return made[-1]
+
+    def by_values(down: campaign.Shape, up: campaign.Shape, tasks: Sequence[Any], total: int) -> campaign.Edge:
+        e = campaign.edge(down, up, tasks, total)
+        if e.aligned is None:
+            return e
+        groups: dict[tuple[Any, ...], list[str]] = {}
+        for t in tasks:
+            groups.setdefault(t.params, []).append(t.key)
+        return campaign.Edge(e.upstream, e.shared, False, {k: tuple(v) for k, v in groups.items()}, None)
+
+    monkeypatch.setattr(expand, "edge", recorded)
+    fast = _load(tmp_path).expansion()
+    assert [e.aligned is not None for e in made] == [True, False]  # measure's map is aligned, the fan-in is not
+    monkeypatch.setattr(expand, "edge", by_values)
+    slow = _load(tmp_path).expansion()
+    assert [(t.key, t.fingerprint, t.needs) for t in slow.tasks] == [(t.key, t.fingerprint, t.needs) for t in fast.tasks]
+    assert [e.key for e in slow.excluded] == [e.key for e in fast.excluded]

@@ -122,7 +122,7 @@ class Edge:
     shared: tuple[int, ...]  # positions, in the downstream task's params, of the axes both stages have
     fan_in: bool  # the upstream stage has axes the downstream one does not: members are a group
     members: Mapping[tuple[Any, ...], tuple[str, ...]]  # shared values -> upstream keys, in its task order
-    aligned: Sequence[str | None] | None = None  # a map over the same product in the same order: upstream keys by index
+    aligned: Sequence[Any] | None = None  # a map over the same product in the same order: upstream tasks by index (None: excluded)
 
     def needs(self) -> Callable[[tuple[Any, ...], int], Need | None]:
         """A task's Need in this edge from its params and index (None: no member left), made
@@ -135,8 +135,8 @@ class Edge:
         if aligned is not None:
 
             def by_index(params: tuple[Any, ...], index: int) -> Need | None:
-                key = aligned[index]
-                return None if key is None else Need(up, (key,), False)
+                t = aligned[index]
+                return None if t is None else Need(up, (t.key,), False)
 
             return by_index
 
@@ -160,9 +160,9 @@ def edge(down: Shape, up: Shape, up_tasks: Sequence[Any], up_total: int) -> Edge
     for a map over the same product in the same order, by index (``up_total``: its size)."""
     shared_names = [a for a in down.axes if a in up.axes]
     if up.axes == down.axes and up.order == down.order:
-        aligned: list[str | None] = [None] * up_total
+        aligned: list[Any] = [None] * up_total
         for t in up_tasks:
-            aligned[t.index] = t.key
+            aligned[t.index] = t
         return Edge(up.name, tuple(range(len(down.axes))), False, {}, aligned)
     at_up = [up.axes.index(a) for a in shared_names]
     groups: dict[tuple[Any, ...], list[str]] = {}

@@ -340,6 +340,10 @@ def _expand_stage(
     grid: Iterator[tuple[Any, ...]] = product(*(values_of[a] for a in shape.order))
     need_of = [e.needs() for e in edges]
     up_first = (lambda m: upstream[m].outputs[0]) if edges else None
+    single_map = edges[0].aligned if len(edges) == 1 else None
+    up_name = edges[0].upstream if edges else ""
+    up_bytes = up_name.encode()
+    member_bytes = b""
     for params in grid:
         index += 1
         if perm is not None:
@@ -353,13 +357,22 @@ def _expand_stage(
             reason = whole.get(params[r_at]) or (pairs.get((params[r_at], params[z_at])) if z_at is not None else None)
         needs: tuple[Need, ...] = ()
         paths = None
-        if need_of and reason is None:
+        if reason is None and single_map is not None:  # the common map: its member by index, no lookups
+            m = single_map[index]
+            if m is None:
+                reason = f"every member of it in {up_name} is excluded"
+            else:
+                needs = (Need(up_name, (m.key,), False),)
+                paths = {up_name: f"{SYMBOLIC_DIR}/{m.outputs[0]}"}
+                member_bytes = up_bytes + m.fingerprint.encode()
+        elif need_of and reason is None:
             got = [f(params, index) for f in need_of]
             if None in got:
                 reason = f"every member of it in {edges[got.index(None)].upstream} is excluded"
             else:
                 needs = tuple(got)  # type: ignore[arg-type]
                 paths = need_paths(needs, key, up_first, SYMBOLIC_DIR)  # type: ignore[arg-type]
+                member_bytes = b"".join(n.stage.encode() + b"".join(upstream[m].fingerprint.encode() for m in n.members) for n in needs)
         if reason is not None:
             excluded.append(Excluded(index, key, reason))
             continue
@@ -382,9 +395,7 @@ def _expand_stage(
             argv = renderer._argv(values, key, SYMBOLIC_DIR, outputs)
         h = hash_base.copy()  # fingerprint: hash of the static parts, of the symbolic argv, then of the members'
         h.update("\0".join(argv).encode())
-        for n in needs:  # a change upstream makes exactly the tasks downstream of it stale
-            h.update(n.stage.encode())
-            for m in n.members:
-                h.update(upstream[m].fingerprint.encode())
+        if needs:  # each need's stage, then its members' fingerprints: a change upstream makes exactly the tasks downstream of it stale
+            h.update(member_bytes)
         tasks.append(Task(index, key, params, outputs, h.hexdigest(), renderer.inputs(params, index, key) if has_inputs else (), stage, needs))
     return StageExpansion(stage, spec, axes, tuple(tasks), tuple(excluded), index + 1, spec.execution.batch_size, shape.min_fraction, shape.needs)
