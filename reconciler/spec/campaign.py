@@ -172,3 +172,22 @@ def edge(down: Shape, up: Shape, up_tasks: Sequence[Any], up_total: int) -> Edge
         up.name, tuple(down.axes.index(a) for a in shared_names), not set(up.axes) <= set(down.axes),
         {k: tuple(v) for k, v in groups.items()},
     )
+
+
+def exclusions(prod: Production) -> tuple[dict[int, str], dict[tuple[int, float], str]]:
+    """science.realizations.exclude as (whole realizations, realization x redshift pairs) -> reason:
+    an exclusion applies in every stage that has its axes."""
+    sci = prod.science
+    whole: dict[int, str] = {}
+    pairs: dict[tuple[int, float], str] = {}
+    known_r = set(sci.realizations.values())
+    for ex in sci.realizations.exclude:
+        if ex.realization not in known_r:
+            raise TemplateError("science.realizations.exclude", f"excludes realization {ex.realization}, which is not in the production", "remove the exclusion or fix the number")
+        if ex.redshift is None:
+            whole[ex.realization] = ex.reason
+        else:
+            if ex.redshift not in sci.redshifts:
+                raise TemplateError("science.realizations.exclude", f"excludes redshift {ex.redshift}, which is not in science.redshifts", "fix the redshift")
+            pairs[(ex.realization, ex.redshift)] = ex.reason
+    return whole, pairs

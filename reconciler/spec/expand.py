@@ -23,7 +23,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from reconciler.core.model import Need
-from reconciler.spec.campaign import Edge, Shape, edge, key_of, need_paths, shapes
+from reconciler.spec.campaign import Edge, Shape, edge, exclusions, key_of, need_paths, shapes
 from reconciler.spec.compiled import compile_renderer
 from reconciler.spec.environment import fingerprint_parts
 from reconciler.spec.models import BUILTIN_AXES, Production
@@ -290,34 +290,16 @@ def expand(prod: Production, stage_specs: Mapping[str, Production] | None = None
             gc.enable()
 
 
-def _exclusions(prod: Production) -> tuple[dict[int, str], dict[tuple[int, float], str]]:
-    """science.realizations.exclude as (whole realizations, realization x redshift pairs) -> reason."""
-    sci = prod.science
-    whole: dict[int, str] = {}
-    pairs: dict[tuple[int, float], str] = {}
-    known_r = set(sci.realizations.values())
-    for ex in sci.realizations.exclude:
-        if ex.realization not in known_r:
-            raise TemplateError("science.realizations.exclude", f"excludes realization {ex.realization}, which is not in the production", "remove the exclusion or fix the number")
-        if ex.redshift is None:
-            whole[ex.realization] = ex.reason
-        else:
-            if ex.redshift not in sci.redshifts:
-                raise TemplateError("science.realizations.exclude", f"excludes redshift {ex.redshift}, which is not in science.redshifts", "fix the redshift")
-            pairs[(ex.realization, ex.redshift)] = ex.reason
-    return whole, pairs
-
-
 def _expand_stage(
     prod: Production, shape: Shape, edges: Sequence[Edge], upstream: Mapping[str, Task], written: set[str], earlier: Sequence[Task],
 ) -> StageExpansion:
-    """One stage's tasks; ``written``: the output paths of the stages before (and, after, its own)."""
+    """One stage's tasks; ``written``: the output paths of the stages before (then its own too)."""
     spec = shape.spec
     renderer = Renderer(spec, where=shape.where, over=shape.axes, needs=shape.needs)
     sci = prod.science
     values_of: dict[str, list[Any]] = {"realization": sci.realizations.values(), "redshift": sorted(sci.redshifts), **{a: list(v) for a, v in spec.the_task.axes.items()}}
     axes = renderer.axes
-    whole, pairs = _exclusions(prod)
+    whole, pairs = exclusions(prod)
     r_at = axes.index("realization") if "realization" in axes else None
     z_at = axes.index("redshift") if "redshift" in axes else None
 
@@ -357,7 +339,7 @@ def _expand_stage(
             reason = whole.get(params[r_at]) or (pairs.get((params[r_at], params[z_at])) if z_at is not None else None)
         needs: tuple[Need, ...] = ()
         paths = None
-        if reason is None and single_map is not None:  # the common map: its member by index, no lookups
+        if reason is None and single_map is not None:  # the common map: its member by index
             m = single_map[index]
             if m is None:
                 reason = f"every member of it in {up_name} is excluded"
