@@ -11,15 +11,13 @@ import json
 import struct
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.core.model import Desired, Need, Policy, Stage, TaskHistory, TaskObs
-from reconciler.core.states import OutputState, SchedState
+from reconciler.core.model import Desired, Need, Policy, Stage, TaskHistory
 from reconciler.core.summary import summarize
 from reconciler.results.document import (
     StatusDoc,
@@ -36,17 +34,7 @@ from reconciler.results.stage_heatmap import stage_panels
 from .conftest import git
 from .test_campaign_local import _fail, campaign, run_until_quiet
 from .test_loop_local import env_for, reconcile
-
-DONE = TaskObs(OutputState.COMPLETE, SchedState.COMPLETED)
-RUNNING = TaskObs(OutputState.MISSING, SchedState.RUNNING)
-GAVE_UP = TaskObs(OutputState.MISSING, SchedState.FAILED)
-
-
-@dataclass(frozen=True)
-class T:
-    key: str
-    index: int
-    needs: tuple[Need, ...] = ()
+from .test_readiness import DONE, GAVE_UP, RUNNING, T
 
 
 def chain(reals: int, zs: Sequence[str], excluded: frozenset[tuple[int, str]] = frozenset()) -> Desired:
