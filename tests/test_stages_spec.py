@@ -191,8 +191,11 @@ def test_a_map_found_by_index_expands_exactly_as_one_found_by_its_values(tmp_pat
         made.append(campaign.edge(*args))
         return made[-1]
 
+    seen: list[campaign.Edge] = []
+
     def by_values(down: campaign.Shape, up: campaign.Shape, tasks: Sequence[Any], total: int) -> campaign.Edge:
         e = campaign.edge(down, up, tasks, total)
+        seen.append(e)
         if e.aligned is None:
             return e
         groups: dict[tuple[Any, ...], list[str]] = {}
@@ -204,6 +207,19 @@ def test_a_map_found_by_index_expands_exactly_as_one_found_by_its_values(tmp_pat
     fast = _load(tmp_path).expansion()
     assert [e.aligned is not None for e in made] == [True, False]  # measure's map is aligned, the fan-in is not
     monkeypatch.setattr(expand, "edge", by_values)
-    slow = _load(tmp_path).expansion()
+    slow = _load(tmp_path / "again").expansion()  # another repository: not the process's memo of the first
+    assert len(seen) == 2 and len(made) == 2, "the second expansion went through by_values"
     assert [(t.key, t.fingerprint, t.needs) for t in slow.tasks] == [(t.key, t.fingerprint, t.needs) for t in fast.tasks]
     assert [e.key for e in slow.excluded] == [e.key for e in fast.excluded]
+
+
+def test_loading_the_same_files_again_gives_the_expansion_already_made(tmp_path: Path) -> None:
+    """`reconcile watch` loads each production every pass: unchanged files cost no new expansion."""
+    first = _load(tmp_path)
+    ex = first.expansion()
+    again = load(WorkTree(tmp_path), "camp", "local", repo_root=tmp_path)
+    assert again is first and again.expansion() is ex
+    changed = _load(tmp_path, CAMPAIGN.replace("count: 3", "count: 4"))
+    assert changed is not first and len(changed.expansion().tasks) > len(ex.tasks)
+    (tmp_path / "defaults" / "local.yaml").write_text(MACHINE.replace("memory_gb: 2", "memory_gb: 3"))
+    assert load(WorkTree(tmp_path), "camp", "local", repo_root=tmp_path) is not changed  # the machine's file is part of the key
