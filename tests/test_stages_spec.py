@@ -223,3 +223,16 @@ def test_loading_the_same_files_again_gives_the_expansion_already_made(tmp_path:
     assert changed is not first and len(changed.expansion().tasks) > len(ex.tasks)
     (tmp_path / "defaults" / "local.yaml").write_text(MACHINE.replace("memory_gb: 2", "memory_gb: 3"))
     assert load(WorkTree(tmp_path), "camp", "local", repo_root=tmp_path) is not changed  # the machine's file is part of the key
+
+
+def test_a_task_production_turned_into_stages_keeps_its_first_stages_fingerprints(tmp_path: Path) -> None:
+    """Adding stages to a running production: its `task:` becomes the first stage, whose tasks
+    keep their fingerprints, so the catalogs already made (their markers) stay complete."""
+    one = CAMPAIGN.split("stages:")[0] + (
+        "task:\n"
+        '  command: "gen --r {realization} --z {redshift} --out {output}"\n'
+        '  outputs: ["catalogs/r{realization:04d}/mock_z{redshift:.3f}.h5"]\n'
+    )
+    before = {t.key: t.fingerprint for t in _load(tmp_path / "one", one).expansion().tasks}
+    after = {t.key: t.fingerprint for t in _load(tmp_path / "stages").expansion().stages[0].tasks}
+    assert after == {f"generate/{k}": fp for k, fp in before.items()}
