@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import git
 from .test_campaign_local import STEP, campaign_text
-from .test_loop_slurm import Prod, make_prod, slurm  # noqa: F401 - make_prod is a fixture
+from .test_loop_slurm import Prod, doctor_checks, make_prod, slurm  # noqa: F401 - make_prod is a fixture
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
 
@@ -59,6 +59,9 @@ def test_a_campaign_converges_on_slurm_each_task_once_fan_in_after_its_members(m
     # batches of 4: generate 0-1, measure 2-3 (numbered after generate's), covariance 4
     assert per_batch == {0: 4, 1: 4, 2: 4, 3: 4, 4: 2}, per_batch
     assert not [s for s in (out / "logs").glob("batch_*.sh") if "dependency" in s.read_text()]
+    # doctor checks each stage's partition and time limit (a stage may have its own)
+    _code, checks = doctor_checks(p)
+    assert {f"slurm.partition:{p.name}/{s}" for s in ("generate", "measure", "covariance")} <= set(checks), sorted(checks)
 
 
 def test_on_slurm_a_missing_input_holds_its_chain_and_a_partial_fan_in_records_what_it_lacked(make_prod: Callable[..., Prod]) -> None:  # noqa: F811 - the fixture imported above

@@ -56,10 +56,11 @@ def slurm_checks(machine: MachineDefaults, defaults_file: str, productions: Sequ
     checks.append(judge.judge_comments(config.get("AccountingStoreFlags") if config is not None else None))
     size = config.get("MaxArraySize", "") if config is not None else ""
     checks.append(judge.judge_array_size(int(size) if size.isdigit() else None, machine.machine.max_array_size, defaults_file))
-    qos = {p.spec.resources.qos for p in productions if p.spec.resources.qos}
+    specs = [(f"{p.name}/{stage}" if stage else p.name, p.stage_spec(stage)) for p in productions for stage in (p.stage_specs or [""])]
+    qos = {spec.resources.qos for _n, spec in specs if spec.resources.qos}
     limits = probe.job_limits(getpass.getuser(), qos) if found.get("sacctmgr") else None
     checks.append(judge.judge_job_limits(limits, machine.machine.max_queued_tasks, defaults_file))
     parts = probe.partitions()
-    uses = [Uses(p.name, p.spec.resources.partition, p.spec.execution.timeout_hours) for p in productions]
+    uses = [Uses(name, spec.resources.partition, spec.execution.timeout_hours) for name, spec in specs]  # each stage of a campaign its own
     checks += judge.judge_partitions(parts.max_minutes if parts else None, parts.default if parts else None, uses)
     return checks
