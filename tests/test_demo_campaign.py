@@ -5,7 +5,6 @@ campaign run by `reconcile watch` on the local backend in a scratch repository."
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from collections import Counter
@@ -20,7 +19,7 @@ from reconciler.demo import covariance, generate, measure
 from reconciler.spec.load import WorkTree, load
 
 from .conftest import ROOT, git
-from .test_loop_local import env_for, reconcile, sent_to_scheduler, wait_quiet
+from .test_loop_local import env_for, reconcile, sent_to_scheduler, wait_quiet, watched_to_the_end
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -179,12 +178,7 @@ def test_make_demo_campaign_converges_and_fans_in_after_its_members(repo: Path, 
     fail once), each measure starts after its catalog ended, and each covariance starts after
     every measure task of its redshift ended (the markers' clocks, written by the wrapper)."""
     env = env_for(tmp_path)
-    r = reconcile(repo, env, "watch", "mocks", "--until-done", "--interval", "0.5", timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "every task is complete" in r.stdout
-    st = reconcile(repo, env, "status", "mocks", "--json")
-    assert st.returncode == 0, st.stderr
-    status = json.loads(st.stdout)
+    status = watched_to_the_end(repo, env, "mocks", timeout=300)
     assert status["counts"]["complete"] == 51 and status["done"]
     assert {x["key"] for x in status["retried"]} == MOCKS_FAIL_ONCE
 

@@ -71,14 +71,19 @@ def shrink_demo(repo: Path) -> int:
     return 8
 
 
-def test_demo_runs_to_completion_with_a_visible_retry(repo: Path, tmp_path: Path) -> None:
-    env = env_for(tmp_path)
-    r = reconcile(repo, env, "watch", "demo", "--until-done", "--interval", "0.5")
+def watched_to_the_end(repo: Path, env: dict[str, str], name: str, timeout: float = 180) -> dict:
+    """`reconcile watch NAME --until-done` (which must end 0, every task complete), then its status."""
+    r = reconcile(repo, env, "watch", name, "--until-done", "--interval", "0.5", timeout=timeout)
     assert r.returncode == 0, r.stderr
     assert "every task is complete" in r.stdout
-    st = reconcile(repo, env, "status", "demo", "--json")
+    st = reconcile(repo, env, "status", name, "--json")
     assert st.returncode == 0, st.stderr
-    status = json.loads(st.stdout)
+    return json.loads(st.stdout)
+
+
+def test_demo_runs_to_completion_with_a_visible_retry(repo: Path, tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    status = watched_to_the_end(repo, env, "demo")
     assert status["counts"]["complete"] == 32 and status["done"]
     assert {x["key"] for x in status["retried"]} == FAIL_ONCE
     assert all("exit" in x["last_reason"] or "FAILED" in x["last_reason"] for x in status["retried"]), status["retried"]

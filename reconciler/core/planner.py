@@ -23,9 +23,9 @@ Then stage by stage (Desired.stage_list, each by its own policy), per task, in t
   failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
   ended, no failure, no outputs -> RESUBMIT at once (its outputs were deleted after it completed)
 Every send above passes core.readiness first (the summary's rule too): an input missing ->
-WAIT waiting_input; a member pending -> WAIT waiting_members; members given up, none pending
--> sent on a partial set (partial_members, Action.partial) if min_fraction allows, else WAIT
-blocked_by_member. A task that is complete is never held back: readiness gates sends only.
+WAIT waiting_input; a member pending -> WAIT waiting_members; members lost (given up, blocked
+themselves, or stale with nothing to rerun them), none pending -> sent on a partial set
+(partial_members, Action.partial) if min_fraction allows, else WAIT blocked_by_member. A task that is complete is never held back: readiness gates sends only.
 A task (re)submitted over outputs that are present but not certified gets them moved aside
 first (QUARANTINE). A stage's batches are numbered after the earlier stages' (batch = base +
 index // batch_size, batch-local array indices), so no submission mixes two stages; queued

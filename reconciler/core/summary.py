@@ -69,7 +69,7 @@ def summarize(
     failures: list[dict[str, Any]] = []
     retried: list[dict[str, Any]] = []
     examples: dict[str, tuple[str, TaskHistory]] = {}  # cause -> its first task, in index order
-    campaign = ready.campaign  # a need names another stage: one stage has none (nor, in tests, the attribute)
+    campaign = ready.campaign  # one stage has no needs to ask about
     for stage in desired.stage_list:
         pol = stage.policy
         counts: Counter[str] = Counter()

@@ -13,3 +13,18 @@ as ``python -m``:
 Each is deterministic (same inputs, same bytes), so a rerun changes nothing downstream,
 and each can ``--sleep`` so a human can watch the campaign move.
 """
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def write_npy(path: Path, array: Any) -> None:
+    """Write ``array`` to exactly ``path`` (np.save given a name would add ``.npy`` to one
+    without it), making its directory first: how measure and covariance write their outputs."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        np.save(fh, array, allow_pickle=False)

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reconciler.demo import write_npy
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -109,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     cov = np.cov(data, rowvar=False)
     png = args.png if args.png is not None else args.output.with_suffix(".png")
     draw(correlation(cov), title(args.redshift, len(paths)), png)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "wb") as fh:
-        np.save(fh, cov, allow_pickle=False)
+    write_npy(args.output, cov)
     print(f"covariance: {cov.shape[0]}x{cov.shape[1]} matrix from {len(paths)} statistics to {args.output} and {png}", file=sys.stderr)
     return 0
 

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from reconciler.demo import write_npy
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -82,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"measure: cannot read galaxies/ra and galaxies/dec from {args.catalog}: {exc}", file=sys.stderr)
         return 1
     pk = power_spectrum(ra, dec, args.bins)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.output, "wb") as fh_out:
-        np.save(fh_out, pk, allow_pickle=False)
+    write_npy(args.output, pk)
     print(f"measure: {len(pk)} bins of P(k) from {len(ra)} galaxies in {args.catalog} to {args.output}", file=sys.stderr)
     return 0
 
