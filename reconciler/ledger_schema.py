@@ -10,7 +10,7 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
 CREATE TABLE IF NOT EXISTS submissions (
@@ -52,6 +52,19 @@ CREATE TABLE IF NOT EXISTS tasks (
     latest_token TEXT,
     last_cause TEXT                 -- the latest failure's cause (JSON), which the planner reads
 );
+CREATE TABLE IF NOT EXISTS workers (  -- a pool's worker jobs, one row per worker of an array (v4)
+    token TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    job_id TEXT,                    -- the worker array's job id, NULL while sbatch's answer is missing
+    state TEXT,                     -- SchedState, as last seen, NULL before any answer
+    nodes INTEGER NOT NULL,
+    created REAL NOT NULL,
+    submitted REAL,
+    start REAL,
+    end REAL,
+    abandoned INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (token, idx)
+);
 CREATE TABLE IF NOT EXISTS events (
     ts REAL NOT NULL,
     kind TEXT NOT NULL,
@@ -84,7 +97,8 @@ ADDED_IN_3 = (("submissions", "finished", "REAL"), ("submissions", "logs_pruned"
 """Version 2 adds failure causes: columns added in place (ADD COLUMN works on every SQLite a
 login node has), so a long production's ledger is not copied. Version 0 is copied into the
 current SCHEMA, which has them already. Version 3 adds, the same way, when a submission
-finished and when its logs were pruned (``outputs.cleanup_policy.keep_logs_days``)."""
+finished and when its logs were pruned (``outputs.cleanup_policy.keep_logs_days``). Version 4
+adds the ``workers`` table (pool mode), which SCHEMA creates where it is missing."""
 
 
 

@@ -10,7 +10,8 @@ completion marker. Its exit code tells the scheduler (and the person reading the
 happened:
 
     0 done and marked, N the command's own exit code (128+signal if killed by one),
-    2 bad manifest or index, 65 outputs invalid, 74 marker could not be written,
+    2 bad manifest or index, 65 outputs invalid, 69 a pool claim lost (fenced: not marked),
+    74 marker could not be written,
     124 timeout, 126 command not executable, 127 command not found, 143 cancelled (SIGTERM).
 
 When it exits non-zero it also says *why*, in a small JSON file beside the logs
@@ -42,6 +43,7 @@ from reconciler.spec.symbols import SYMBOLIC_DIR, SYMBOLIC_PYTHON
 
 EXIT_USAGE = 2
 EXIT_INVALID_OUTPUT = 65
+EXIT_FENCED = 69  # sysexits' EX_UNAVAILABLE: a pool worker's claim on the task is no longer held
 EXIT_IO = 74
 EXIT_TEMPFAIL = 75  # sysexits' EX_TEMPFAIL: the command could not be started this time
 EXIT_TIMEOUT = 124
@@ -245,6 +247,11 @@ def run(manifest_path: Path, array_index: str) -> int:
     if why is not None:
         _say(f"task {task.key}: outputs invalid: {why}")
         return _failed(manifest_path, array_index, EXIT_INVALID_OUTPUT, CauseKind.INVALID_OUTPUT, why)
+    from reconciler.pool import files as pool_files
+
+    if not pool_files.still_held(os.environ.get(pool_files.CLAIM_ENV), os.environ.get(pool_files.OWNER_ENV)):
+        _say(f"task {task.key}: the pool claim on it died or was taken over: not marked complete")
+        return _failed(manifest_path, array_index, EXIT_FENCED, CauseKind.FENCED)
     try:
         marker = markers.write_marker(pdir, task, attempt=task.attempt, exit_code=0, start=start, end=end, token=token, host=host, missing=task.missing)
     except OSError as exc:

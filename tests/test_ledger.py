@@ -161,7 +161,7 @@ def test_a_v1_ledger_gains_causes_in_place_keeping_every_count(tmp_path: Path) -
         ledger.waive([("r2/z0.5", 2)], 310.0)  # `reconcile retry`: one more attempt, not an instant give-up
         assert ledger.history()["r2/z0.5"].cause is None
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert db.execute("SELECT cause FROM attempts WHERE token = 'tok2'").fetchone()[0] == cause.dumps()
     db.close()
 
@@ -188,7 +188,7 @@ def test_a_v2_ledger_learns_when_its_submissions_finished_in_place(tmp_path: Pat
         assert first.token not in {k.token for k in ledger.logs_kept()}
         ledger.finish(["nothing"], 600.0)
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert {"finished", "logs_pruned"} <= {r[1] for r in db.execute("PRAGMA table_info(submissions)")}
     db.close()
 

@@ -103,6 +103,8 @@ def plan_text(name: str, p: Plan) -> str:
         where += f" array {_short_array(a.array_indices)}" if a.array_indices else ""
         where += f" submission {a.token}" if a.token else ""
         until = f" until {time.strftime('%H:%M:%S', time.localtime(a.until))}" if a.until else ""
-        lines.append(f"{a.kind.value:<14} {len(a.keys):>6} task(s){where}{until}: {a.message}")
+        what = f"{len(a.keys):>6} task(s)" if a.keys or not a.array_indices else f"{len(a.array_indices):>4} worker(s)"
+        where += f" expected {a.expect_s:.0f} s each, in the pool" if a.expect_s is not None else ""
+        lines.append(f"{a.kind.value:<14} {what}{where}{until}: {a.message}")
     lines += [f"note: {n.message}" for n in p.notes]
     return "\n".join(lines)

@@ -34,6 +34,7 @@ class CauseKind(StrEnum):
     LAUNCH_FAILED = "launch_failed"  # it could not be started this time (ENOMEM, EAGAIN, ETXTBSY, EIO): may pass
     INVALID_OUTPUT = "invalid_output"  # exited 0, but the validator rejected the outputs
     MARKER_IO = "marker_io"  # outputs valid, but the completion marker could not be written
+    FENCED = "fenced"  # run by a pool worker whose claim on it died or was taken: not marked complete
 
     @property
     def permanent(self) -> bool:
@@ -50,6 +51,7 @@ _LABELS = {
     CauseKind.NOT_EXECUTABLE: "command not executable",
     CauseKind.LAUNCH_FAILED: "command could not be started",
     CauseKind.INVALID_OUTPUT: "outputs invalid",
+    CauseKind.FENCED: "its pool claim was lost before it could be marked",
     CauseKind.MARKER_IO: "completion marker not written",
 }
 

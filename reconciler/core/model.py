@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from reconciler.core.causes import Cause
+from reconciler.core.pool import PoolPolicy, WorkerObs
 from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
 
 
@@ -78,6 +79,8 @@ class World:
     logs_kept: Sequence[FinishedSubmission] = ()  # finished submissions whose logs are still in logs/
     missing_inputs: Mapping[str, str] = field(default_factory=dict)  # task.inputs absent: key -> the first absent path
     partial: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # complete fan-in tasks that ran on a partial set: key -> the members missing then
+    workers: Sequence[WorkerObs] = ()  # the pool's worker arrays still open (core.pool)
+    runtimes: Mapping[str, Sequence[float]] = field(default_factory=dict)  # pool-mode stages: their finished tasks' run times, seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +162,8 @@ class Stage:
     policy: Policy
     total: int = 0
     min_fraction: float = 1.0
+    pool: bool = False  # execution.mode: pool: its sends go to the production's pool, outside the queue cap
+    timeout_s: float = 3600.0  # a task's timeout: what a pool expects of it before it has run times
 
 
 @dataclass(frozen=True)
@@ -168,11 +173,13 @@ class Desired:
     ``stages`` is empty for a one-stage production built by hand (property tests): it is then
     one stage of ``tasks`` run by ``policy`` (``Desired.stage_list``). ``policy`` holds what is
     production-wide (prune, logs, verification); each stage's retries and batch size are its own.
+    ``pool``: the production's pool (``execution.pool``), for its stages in pool mode.
     """
 
     tasks: Sequence[DesiredTask]
     policy: Policy
     stages: Sequence[Stage] = ()
+    pool: PoolPolicy = field(default_factory=PoolPolicy)
 
     @property
     def stage_list(self) -> Sequence[Stage]:

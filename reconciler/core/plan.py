@@ -34,6 +34,8 @@ class ActionKind(StrEnum):
     RESUBMIT = "resubmit"  # retry of failed tasks of one batch, as a sparse array
     SUBMIT = "submit"  # first attempt of tasks of one batch
     STAGE = "stage"  # write script + manifest for inspection, submit nothing
+    STOP_WORKERS = "stop_workers"  # cancel pool workers still queued that the remaining work does not need
+    START_WORKERS = "start_workers"  # submit pool workers (one array of them), up to what the ready work needs
     PRUNE_LOGS = "prune_logs"  # remove a finished submission's logs (packed into logs/archive/ first, with archive_completed)
     WAIT = "wait"  # nothing to do for these tasks until `until` (backoff, queue cap, lookup)
 
@@ -59,6 +61,7 @@ class Action:
     until: float | None = None  # wait: earliest time something may change
     note: str = ""  # specifics for the message: a limit's value, a job id
     partial: tuple[tuple[str, tuple[str, ...]], ...] = ()  # fan-in tasks sent on a partial set: (key, members missing)
+    expect_s: float | None = None  # sent to the pool: how long each task is expected to run (core.pool.expected_runtime)
 
     @property
     def message(self) -> str:
@@ -81,6 +84,7 @@ class Action:
             "until": self.until,
             "note": self.note,
             **({"partial": {k: list(m) for k, m in self.partial}} if self.partial else {}),
+            **({"expect_s": self.expect_s} if self.expect_s is not None else {}),
         }
 
 

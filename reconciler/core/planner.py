@@ -51,6 +51,7 @@ from reconciler.core.model import (
 )
 from reconciler.core.outcome import adoptable, cannot_retry
 from reconciler.core.plan import Action, ActionKind, Note, Plan
+from reconciler.core.pool import expected_runtime, plan_workers
 from reconciler.core.readiness import Gate, Readiness
 from reconciler.core.reasons import Reason
 from reconciler.core.settle import Settled, history_of, settle
@@ -154,10 +155,12 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     observed, remembered = world.tasks, world.history
     readiness = Readiness(desired, *settled.views(world), held=held, corrupt=world.corrupt, retry=retry)
     ran_partial, failed_verification = world.partial, world.corrupt
-    queued, base = 0, 0
+    counts = {False: 0, True: 0}  # tasks queued or running: as array tasks (the queue cap's), in the pool
+    base = 0
     desired_keys: set[str] = set()
     actions, notes = list(settled.actions), list(settled.notes)
     wanted: list[Action] = []
+    pooled: list[Action] = []  # sends into the pool: outside the queue cap (its workers are inside it)
     starts: list[int] = []  # the first batch of each stage
     for st in desired.stage_list:
         pol = st.policy
@@ -169,7 +172,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             obs = task_over.get(key) or observed.get(key, EMPTY_OBS)
             sched = obs.sched
             if (sched is not None and sched.in_flight) or key in held:
-                queued += 1  # in the queue, or its submission's answer was lost: it may well be; counted even if complete
+                counts[st.pool] += 1  # in the queue, or its submission's answer was lost: it may well be; counted even if complete
                 continue
             output = obs.output
             if output is OutputState.COMPLETE or output is OutputState.ADOPTED:
@@ -198,7 +201,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
                 continue
             if sched is None:
                 s.mark(Reason.AWAITING_SCHEDULER, key)  # submitted, but no scheduler answer yet: never resend blindly
-                queued += 1
+                counts[st.pool] += 1
                 continue
             if retry and hist.failures:
                 s.mark(Reason.MANUAL_RETRY, key)  # the waiver is journaled, ready or not; the task is resubmitted when ready
@@ -225,7 +228,12 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
                 s.backoff_until = deadline if s.backoff_until is None else min(s.backoff_until, deadline)
                 continue
             s.send(Reason.BACKOFF_ELAPSED, task)
-        wanted.extend(s.batched(base, bs, lambda k: history_of(settled, world, k).submissions > 0))  # ours: a rerun
+        sends = s.batched(base, bs, lambda k: history_of(settled, world, k).submissions > 0)  # ours: a rerun
+        if st.pool:
+            expect = expected_runtime(world.runtimes.get(st.name, ()), st.timeout_s)
+            pooled.extend(replace(a, expect_s=expect) for a in sends)
+        else:
+            wanted.extend(sends)
         # corrupt outputs go aside even when the queue cap or readiness defers their rerun: the
         # move is what remembers the verdict (next pass they read missing: output_lost)
         actions.extend(_quarantine_corrupt(s.corrupt, failed_verification, base, bs))
@@ -238,10 +246,14 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     if removed_in_flight and desired.policy.prune:
         actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))
     elif removed_in_flight:
-        queued += len(removed_in_flight)
+        counts[False] += len(removed_in_flight)
         notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
     wanted.sort(key=lambda a: a.order)
-    kept, deferred = _cap(wanted, lim.max_queued_tasks - queued, starts)
+    kept, deferred = _cap(wanted, lim.max_queued_tasks - counts[False], starts)
+    if not stage and (pooled or counts[True] or world.workers):
+        room = lim.max_queued_tasks - counts[False] - sum(len(a.keys) for a in kept)
+        actions.extend(plan_workers(desired.pool, world.workers, counts[True] + sum(len(a.keys) for a in pooled), room, now, lim.lookup_grace_s))
+    kept += pooled
     if stage:
         kept = [replace(a, kind=ActionKind.STAGE) for a in kept]
     else:

@@ -46,6 +46,11 @@ class Reason(StrEnum):
     REMOVED_IN_FLIGHT = "removed_in_flight"
     STALE = "stale"
     SITE_LIMIT = "site_limit"
+    # a pool's workers
+    POOL_SHORT = "pool_short"
+    POOL_SURPLUS = "pool_surplus"
+    WORKER_FOUND = "worker_found"
+    WORKER_NEVER_RECEIVED = "worker_never_received"
     # cleanup
     LOGS_EXPIRED = "logs_expired"
     LOGS_ARCHIVED = "logs_archived"
@@ -92,6 +97,10 @@ MESSAGES: dict[Reason, str] = {
     Reason.STALE: "stale (outputs made with another fingerprint); set execution.rerun_on_change: true to rerun them",
     Reason.LOGS_EXPIRED: "its logs are older than outputs.cleanup_policy.keep_logs_days: removed",
     Reason.LOGS_ARCHIVED: "its logs are older than outputs.cleanup_policy.keep_logs_days: packed into logs/archive/ (archive_completed), then removed",
+    Reason.POOL_SHORT: "the pool has fewer live workers than its ready work needs (execution.pool.workers at most)",
+    Reason.POOL_SURPLUS: "workers still queued that the pool's remaining work does not need: cancelled before they start",
+    Reason.WORKER_FOUND: "a worker job's sbatch answer was lost; the job was found by its token",
+    Reason.WORKER_NEVER_RECEIVED: "the scheduler never received this worker job; the pool is topped up again",
     Reason.SITE_LIMIT: "the cluster's MaxArraySize is below the machine defaults' max_array_size; using the cluster's",
 }
 assert set(MESSAGES) == set(Reason), "every reason needs a message"

@@ -18,6 +18,7 @@ from typing import Any
 from reconciler.core.model import Desired, Limits, Policy, Stage, TaskObs
 from reconciler.core.plan import SENDS, ActionKind, Plan
 from reconciler.core.planner import plan
+from reconciler.core.pool import PoolPolicy
 from reconciler.core.reasons import Reason
 from reconciler.core.settle import settle
 from reconciler.core.states import OutputState, SchedState, SubmissionState
@@ -26,6 +27,7 @@ from reconciler.engine.apply import UNFENCED, Actor, Fence
 from reconciler.engine.observe import DiskOutputs, Observed, Observer, OutputTree, Verify
 from reconciler.ledger import Ledger
 from reconciler.scheduler.base import Scheduler
+from reconciler.scheduler.pool import PoolScheduler
 from reconciler.spec.load import Loaded
 
 
@@ -67,6 +69,12 @@ def policy_of(loaded: Loaded, stage: str = "") -> Policy:
     )
 
 
+def pool_of(loaded: Loaded) -> PoolPolicy:
+    """The production's ``execution.pool``, in seconds (one pool serves every pool-mode stage)."""
+    pool = loaded.spec.execution.pool
+    return PoolPolicy(pool.workers, pool.tasks_side_by_side, pool.nodes, pool.walltime_minutes * 60.0, pool.margin_minutes * 60.0)
+
+
 @dataclass
 class PassResult:
     plan: Plan
@@ -97,8 +105,12 @@ class Engine:
         validators = {s.name: s.spec.the_task.validator for s in self.expansion.stages}
         self.outputs = outputs or DiskOutputs(self.production_dir, validators)
         self.clock = clock
-        stages = [Stage(s.name, s.tasks, policy_of(loaded, s.name), s.total, s.min_fraction) for s in self.expansion.stages]
-        self.desired = Desired(self.expansion.tasks, policy_of(loaded), stages)
+        stages = [
+            Stage(s.name, s.tasks, policy_of(loaded, s.name), s.total, s.min_fraction, s.spec.execution.mode == "pool", s.spec.execution.timeout_hours * 3600.0)
+            for s in self.expansion.stages
+        ]
+        self.desired = Desired(self.expansion.tasks, policy_of(loaded), stages, pool_of(loaded))
+        scheduler = PoolScheduler(scheduler, self.production_dir, clock)  # pool-mode submissions to the pool, the rest to the site's
         machine = loaded.machine.machine
         self.limits = Limits(machine.max_array_size, machine.max_queued_tasks, scheduler.lookup_grace_s)
         kinds = {name: v.kind for name, v in validators.items()}

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from reconciler import logs, markers
+from reconciler import logs, markers, workers
 from reconciler.atomic import atomic_write
 from reconciler.core.outcome import failure_text, waived_failures
 from reconciler.core.plan import SENDS, Action, ActionKind, Plan
@@ -35,12 +35,15 @@ from reconciler.scheduler.script import (
     log_patterns,
     render_manifest,
     render_script,
+    render_worker_script,
+    worker_log_patterns,
 )
 from reconciler.spec.campaign import list_path, need_paths
 from reconciler.spec.expand import SYMBOLIC_DIR, Renderer, Task
 from reconciler.spec.load import Loaded
 
 CRASH_ENV = "RECONCILER_FAILPOINT"
+WORKER_KINDS = frozenset({ActionKind.START_WORKERS, ActionKind.STOP_WORKERS})
 RETRIES = frozenset({Reason.BACKOFF_ELAPSED, Reason.MANUAL_RETRY, Reason.OUTPUT_LOST, Reason.OUTPUT_CORRUPT})
 
 
@@ -115,6 +118,8 @@ class Actor:
         now = self.clock()
         self.fence.check()
         self.ledger.journal(obs.seen)
+        if obs.worker_seen:
+            workers.journal(self.ledger, obs.worker_seen)
         if obs.probed and obs.world.site_max_array_size is not None:  # unknown (slurmctld down): ask again next pass
             self.ledger.set_meta(SITE_PROBE_KEY, f"{now}:{obs.world.site_max_array_size}")
         if obs.verify_cursor is not None:  # the verification rotation moves on only when a pass is applied
@@ -144,6 +149,8 @@ class Actor:
 
     def _act(self, a: Action, obs: Observed) -> str | None:
         now = self.clock()
+        if a.kind in WORKER_KINDS or (a.kind in (ActionKind.RECOVER, ActionKind.ABANDON) and a.token not in obs.subs):
+            return self._workers(a, obs)
         if a.kind is ActionKind.RECOVER:
             job = obs.submission(_token(a)).found
             assert job is not None
@@ -177,7 +184,7 @@ class Actor:
         elif a.kind is ActionKind.SEND:
             sub = obs.subs[_token(a)]
             self.ledger.unstage(sub.token, now)
-            self._send(replace(sub, state=SubmissionState.RECORDED, created=now), a.array_indices)
+            self._send(replace(sub, state=SubmissionState.RECORDED, created=now), a.array_indices, self._expect(self._stage_of(sub.token)))
         elif a.kind in SENDS:
             self._submit(a, obs)
         elif a.kind is ActionKind.PRUNE_LOGS:
@@ -275,9 +282,48 @@ class Actor:
         failpoint("after_fence")  # a holder stopped here is deposed meanwhile: the ledger refuses the write
         self.ledger.record_submission(sub, [(i, t.key) for i, t in sorted(tasks.items())])
         if state is SubmissionState.RECORDED:
-            self._send(sub, sorted(tasks))
+            self._send(sub, sorted(tasks), a.expect_s)
 
-    def _send(self, sub: Submission, indices: Sequence[int]) -> str:
+    def _expect(self, stage: str) -> float | None:
+        """A staged submission of a pool-mode stage, sent now: its tasks are expected to take their timeout."""
+        ex = self.loaded.stage_spec(stage).execution
+        return ex.timeout_hours * 3600.0 if ex.mode == "pool" else None
+
+    def _workers(self, a: Action, obs: Observed) -> str:
+        """The pool's workers: start an array of them (journaled before sbatch, as a submission
+        is), cancel queued ones the work no longer needs, recover or abandon a lost answer."""
+        now = self.clock()
+        if a.kind is ActionKind.RECOVER:
+            found = next(w.found for w in obs.world.workers if w.token == a.token)
+            assert found is not None
+            workers.set_submitted(self.ledger, _token(a), found, now)
+            return f"recovered pool workers {a.token} as job {found}: the sbatch answer was lost, the job was found by its token"
+        if a.kind is ActionKind.ABANDON:
+            workers.abandon(self.ledger, _token(a), now)
+            return f"pool workers {a.token} abandoned: {a.message}"
+        if a.kind is ActionKind.STOP_WORKERS:
+            w = next(w for w in obs.world.workers if w.token == a.token)
+            self.scheduler.cancel(str(w.job_id or w.found), list(a.array_indices))
+            return f"cancelled {len(a.array_indices)} queued pool worker(s) of job {w.job_id}: {a.message}"
+        token = f"{now:.0f}-{secrets.token_hex(6)}"
+        count = len(a.array_indices)
+        name = workers.job_name(self.loaded.name, token)
+        script_path = self.production_dir / "logs" / "pool" / f"workers_{token}.sh"
+        script = render_worker_script(self.spec, name=name, token=token, count=count, production_dir=self.production_dir, python=self.python)
+        script_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(script_path, script)
+        self.fence.check()
+        workers.record(self.ledger, token, count, self.spec.execution.pool.nodes, now)
+        out, err = worker_log_patterns(self.production_dir)
+        job = ArrayJob(token, name, script_path, script, tuple(range(count)), None, self.production_dir, out, err)
+        failpoint("workers_recorded")
+        self.fence.check()
+        job_id = self.scheduler.submit(job)
+        self.fence.check()
+        workers.set_submitted(self.ledger, token, job_id, self.clock())
+        return f"started {count} pool worker(s) as job {job_id}: {a.message}"
+
+    def _send(self, sub: Submission, indices: Sequence[int], expect_s: float | None = None) -> str:
         out, err = log_patterns(self.production_dir, sub.batch)
         job = ArrayJob(
             token=sub.token,
@@ -289,6 +335,7 @@ class Actor:
             workdir=self.production_dir,
             log_out=out,
             log_err=err,
+            pool_expect_s=expect_s,
         )
         failpoint("after_record")
         self.fence.check()

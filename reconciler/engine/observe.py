@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from reconciler import markers
+from reconciler import markers, workers
 from reconciler import outputs as output_tree
 from reconciler.core import causes
 from reconciler.core.model import EMPTY_HISTORY, AttemptObs, Desired, SubmissionObs, TaskObs, World
@@ -25,6 +25,7 @@ from reconciler.ledger import Attempt, Ledger, Seen, Submission
 from reconciler.scheduler.base import JobRef, Scheduler, SchedulerView, TaskSched
 from reconciler.scheduler.script import job_name
 from reconciler.spec.expand import Expansion, Task
+from reconciler.workers import WorkerSeen
 
 SITE_PROBE_KEY = "site_max_array_size"
 SITE_PROBE_EVERY_S = 86400.0
@@ -104,6 +105,7 @@ class Observed:
     probed: bool = False  # the site limit was asked of the scheduler this pass
     verified: tuple[str, ...] = ()  # completed tasks deep-verified this pass (the failures are world.corrupt)
     verify_cursor: int | None = None  # the rotation's new cursor, for apply to keep; None: unchanged
+    worker_seen: list[WorkerSeen] = field(default_factory=list)  # the pool's workers' answers that differ from the journal
 
     def submission(self, token: str) -> SubmissionObs:
         return next(s for s in self.world.submissions if s.token == token)
@@ -120,6 +122,7 @@ class Observer:
         self.validator_kinds = validator_kinds  # by stage
         self.has_inputs = any(s.tasks[0].inputs for s in expansion.stages if s.tasks)
         self.fan_in = any(n.fan_in for s in expansion.stages for t in s.tasks[:1] for n in t.needs)
+        self.pooled = any(st.pool for st in desired.stage_list)
         self.scheduler = scheduler
         self.ledger = ledger
         self.outputs = outputs
@@ -143,6 +146,8 @@ class Observer:
             )
             for s in sent
         ]  # the old tool sent a batch of one job without --array: its record is a plain job's
+        pool_workers = workers.open_workers(self.ledger)
+        refs += workers.refs(pool_workers, self.production)  # the pool's workers: in the same (at most two) reads
         view = self.scheduler.observe(refs) if refs else SchedulerView()
         site, probed = self._site_max_array_size(now)
 
@@ -196,8 +201,18 @@ class Observer:
         waiting = [t for t in self.tasks if t.inputs and not tasks[t.key].output.done] if self.has_inputs else []
         missing = self.outputs.missing_inputs(waiting) if waiting else {}
         partial = self.outputs.partial_members(self.by_key) if self.fan_in else {}
-        world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept(), missing, partial)
-        return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, verified, cursor)
+        worker_obs, worker_seen = workers.answered(pool_workers, view, now)
+        runtimes = self._runtimes() if self.pooled else {}
+        world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept(), missing, partial, worker_obs, runtimes)
+        return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, verified, cursor, worker_seen)
+
+    def _runtimes(self) -> dict[str, list[float]]:
+        """The run times of each stage's tasks that completed in a pool (what its workers expect)."""
+        out: dict[str, list[float]] = {}
+        for key, took, completed in workers.pool_run_times(self.ledger):
+            if completed and key in self.by_key:
+                out.setdefault(self.by_key[key].stage, []).append(took)
+        return out
 
     def _to_verify(self, verify: Verify, tasks: dict[str, TaskObs]) -> tuple[tuple[str, ...], int | None]:
         """(completed keys to open and validate, the rotation's new cursor or None).

@@ -29,6 +29,7 @@ class ArrayJob:
     workdir: Path
     log_out: str  # path pattern with %A (job id) and %a (array index)
     log_err: str
+    pool_expect_s: float | None = None  # into the production's pool (scheduler.pool), each task expected to take this long; None: a job array
 
 
 @dataclass(frozen=True, slots=True)

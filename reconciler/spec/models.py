@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from reconciler.spec.pool import Pool
+
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9._-]{0,63}$"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_BUT_WS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
@@ -110,6 +112,8 @@ class Execution(Strict):
     batch_size: int = Field(default=100, ge=1, le=1_000_000)
     timeout_hours: float = Field(default=1.0, gt=0, le=24 * 365)
     array_throttle: int | None = Field(default=None, ge=1, le=1_000_000)
+    mode: Literal["array", "pool"] = Field(default="array", description="array: each batch one job array; pool: tasks run inside a few long worker jobs (execution.pool).")
+    pool: Pool = Field(default_factory=Pool)
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
     prune: bool = False
     rerun_on_change: bool = False
@@ -143,18 +147,9 @@ class CleanupPolicy(Strict):
     """What happens to a production's logs once their submissions have finished (the seed tool's
     section, kept because every field now does what it says)."""
 
-    keep_logs_days: int = Field(
-        default=90, ge=0,
-        description="Logs (.out/.err, failure causes) of a submission that finished more than this many days ago are removed by a pass (planned: PRUNE_LOGS); manifests and scripts stay.",
-    )
-    keep_intermediate: Literal[False] = Field(
-        default=False,
-        description="A production has no intermediate files (each task writes only its outputs); `true` is refused rather than silently ignored.",
-    )
-    archive_completed: bool = Field(
-        default=False,
-        description="Instead of deleting the logs keep_logs_days prunes, pack each finished submission's logs into logs/archive/<batch>_<token>.tar.gz first.",
-    )
+    keep_logs_days: int = Field(default=90, ge=0, description="Logs (.out/.err, failure causes) of a submission that finished more than this many days ago are removed by a pass (planned: PRUNE_LOGS); manifests and scripts stay.")
+    keep_intermediate: Literal[False] = Field(default=False, description="A production has no intermediate files (each task writes only its outputs); `true` is refused rather than silently ignored.")
+    archive_completed: bool = Field(default=False, description="Instead of deleting the logs keep_logs_days prunes, pack each finished submission's logs into logs/archive/<batch>_<token>.tar.gz first.")
 
 
 STRUCTURE_OUTPUTS = {
@@ -362,11 +357,13 @@ class JobTypeOverride(Strict):
     timeout_hours: float | None = Field(default=None, gt=0)
     batch_size: int | None = Field(default=None, ge=1)
     array_throttle: int | None = Field(default=None, ge=1)
+    mode: Literal["array", "pool"] | None = None
+    pool: Pool | None = None
     setup: list[SetupLine] = Field(default_factory=list, description="Run after the machine's setup lines, before the production's.")
     container: Container | None = None
 
 
-EXECUTION_KEYS = frozenset({"timeout_hours", "batch_size", "array_throttle"})
+EXECUTION_KEYS = frozenset({"timeout_hours", "batch_size", "array_throttle", "mode", "pool"})
 ENVIRONMENT_KEYS = frozenset({"setup", "container"})
 """Job-type keys merged by spec/environment.py, not copied into resources or execution."""
 

@@ -1,0 +1,108 @@
+"""A pool's decisions: how long a task is expected to run, and how many workers to keep.
+
+Pure, like the planner that calls it (core.planner.plan, after the sends: the pool's work is
+what is queued or running in it plus what this plan sends to it). A worker job is one element
+of a worker array (one sbatch of ``START_WORKERS``); the ledger journals each array as the
+planner journals a submission, so a lost sbatch answer is found by its token, never sent twice:
+
+  no job id, token found            -> RECOVER it (reason worker_found)
+  no job id, within the lookup grace-> counted live (it may well exist)
+  no job id, past the grace         -> ABANDON it; the pool is topped up again
+  fewer live workers than wanted    -> START_WORKERS (wanted - live), within the queue cap
+  more queued workers than wanted   -> STOP_WORKERS the queued ones beyond it (running ones exit
+                                       on their own once idle: they may be mid-task)
+
+wanted = ceil(pool work / tasks side by side), at most ``execution.pool.workers``. Each worker
+counts once against ``max_queued_tasks``, which is the point of a pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from reconciler.core.plan import Action, ActionKind
+from reconciler.core.reasons import Reason
+from reconciler.core.states import SchedState
+
+PERCENTILE = 0.9
+MIN_SAMPLES = 3
+"""A stage's expected run time is the 90th percentile of its finished run times once it has
+this many; before, its timeout (a worker never starts a task it cannot finish)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPolicy:
+    """``execution.pool``, in seconds."""
+
+    workers: int = 4
+    slots: int = 1  # tasks side by side in one worker
+    nodes: int = 1
+    walltime_s: float = 4 * 3600.0
+    margin_s: float = 420.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerObs:
+    """One journaled worker array and each of its workers' latest state (None: no answer yet)."""
+
+    token: str
+    created: float
+    job_id: str | None = None
+    found: str | None = None  # job id found by token this pass (the answer was lost)
+    states: tuple[SchedState | None, ...] = ()
+
+
+def expected_runtime(durations: Sequence[float], timeout_s: float) -> float:
+    """The run time a worker must have left (plus its margin) to claim a task of this stage."""
+    if len(durations) < MIN_SAMPLES:
+        return timeout_s
+    ranked = sorted(durations)
+    return min(ranked[min(len(ranked) - 1, int(PERCENTILE * len(ranked)))], timeout_s)
+
+
+def plan_workers(pool: PoolPolicy, workers: Sequence[WorkerObs], work: int, room: int, now: float, grace_s: float) -> list[Action]:
+    """The pool's actions; see the module docstring. ``work``: tasks queued or running in the
+    pool after this plan's sends; ``room``: jobs the queue cap still allows."""
+    actions: list[Action] = []
+    live = 0
+    queued: list[tuple[str, int]] = []  # (token, index) of workers not started yet
+    for w in workers:
+        job = w.job_id or w.found
+        if job is None:
+            if now - w.created < grace_s:
+                live += len(w.states)
+            else:
+                actions.append(Action(ActionKind.ABANDON, Reason.WORKER_NEVER_RECEIVED, (), token=w.token, array_indices=tuple(range(len(w.states)))))
+            continue
+        if w.job_id is None:
+            actions.append(Action(ActionKind.RECOVER, Reason.WORKER_FOUND, (), token=w.token, note=f"job {job}"))
+        for i, st in enumerate(w.states):
+            if st is None or st.in_flight:
+                live += 1
+                if st is SchedState.PENDING:
+                    queued.append((w.token, i))
+    wanted = min(pool.workers, -(-work // max(1, pool.slots)))
+    if wanted > live and room > 0:
+        n = min(wanted - live, room)
+        actions.append(Action(ActionKind.START_WORKERS, Reason.POOL_SHORT, (), array_indices=tuple(range(n)), note=f"{work} task(s) in the pool, {live} live worker(s), {wanted} wanted"))
+    elif live > wanted and queued:
+        surplus: dict[str, list[int]] = {}
+        for token, i in queued[-(live - wanted):]:
+            surplus.setdefault(token, []).append(i)
+        for token, idx in sorted(surplus.items()):
+            actions.append(Action(ActionKind.STOP_WORKERS, Reason.POOL_SURPLUS, (), token=token, array_indices=tuple(idx), note=f"{work} task(s) in the pool, {wanted} worker(s) wanted"))
+    return actions
+
+
+def usage(task_s: Mapping[str, float], worker_node_s: float, nodes: int, slots: int) -> dict[str, dict[str, float]]:
+    """Node-hours per stage: used (its tasks' run time, a task holding nodes/slots of a worker)
+    and wasted (the rest of the workers' node time: idle tails, margins, start-up), shared out
+    in proportion to use."""
+    used = {stage: s * nodes / max(1, slots) / 3600.0 for stage, s in task_s.items()}
+    total_used = sum(used.values())
+    wasted = max(0.0, worker_node_s / 3600.0 - total_used)
+    return {
+        stage: {"used": round(u, 4), "wasted": round(wasted * (u / total_used) if total_used else 0.0, 4)}
+        for stage, u in sorted(used.items())
+    }

@@ -1,0 +1,140 @@
+"""The pool on disk, in the production directory: what workers and the reconciler share.
+
+``pool/queue/<token>.json``  a submission sent to the pool: its script, logs, array indices,
+                             and each task's expected run time (the planner's figure)
+``pool/claims/<token>.<i>``  a worker runs task i of that submission: who (job, host, pid)
+                             and the lease; its mtime is the last heartbeat
+``pool/ended/<token>.<i>``   how that run ended (exit code, start, end); written before the
+                             claim is removed, so a task is always claimed, ended, or neither
+``pool/cancelled/<token>``   the reconciler cancelled these indices (all when empty)
+
+A claim is taken with ``link`` onto its name, which fails if the name exists, on every
+shared filesystem (as the production's lease is, reconciler.lease): one taker per task and
+submission. A retry is a new submission (a new token), so a claim name is never reused and a
+dead claim needs no clean-up to be safe. Fencing is by the lease itself: a claim whose
+heartbeat is older than its ``lease_s`` is dead for everyone; the reconciler counts it a
+failed attempt only ``DEAD_AFTER`` leases later, and a wrapper whose claim is dead (or gone,
+or another's) does not write its marker (``still_held``).
+
+Standard library only: workers and wrappers import it on compute nodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+DEAD_AFTER = 1.5
+"""The reconciler reaps a claim after this many leases without a heartbeat; the wrapper's fence
+refuses after one, so a task the reconciler reaped can no longer mark itself complete."""
+
+CLAIM_ENV = "RECONCILER_POOL_CLAIM"
+OWNER_ENV = "RECONCILER_POOL_OWNER"
+"""Set by the worker for the task it runs: the claim file and the owner written in it."""
+
+
+class PoolDir:
+    """The paths of one production's pool."""
+
+    def __init__(self, production_dir: Path) -> None:
+        self.root = Path(production_dir) / "pool"
+        self.queue = self.root / "queue"
+        self.claims = self.root / "claims"
+        self.ended = self.root / "ended"
+        self.cancelled = self.root / "cancelled"
+
+    def make(self) -> None:
+        for d in (self.queue, self.claims, self.ended, self.cancelled):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def entry(self, token: str) -> Path:
+        return self.queue / f"{token}.json"
+
+    def claim(self, token: str, index: int) -> Path:
+        return self.claims / f"{token}.{index}"
+
+    def end(self, token: str, index: int) -> Path:
+        return self.ended / f"{token}.{index}"
+
+
+def write_json(path: Path, doc: dict[str, Any]) -> None:
+    """Whole or not at all: a reader never sees half a record."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_text(json.dumps(doc, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def listing(directory: Path) -> set[str]:
+    try:
+        return {n for n in os.listdir(directory) if not n.startswith(".")}
+    except FileNotFoundError:
+        return set()
+
+
+def take(pool: PoolDir, token: str, index: int, owner: dict[str, Any]) -> Path | None:
+    """Claim task ``index`` of submission ``token`` for ``owner``; None if someone has."""
+    path = pool.claim(token, index)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    tmp.write_text(json.dumps({**owner, "claimed": time.time()}, sort_keys=True), encoding="utf-8")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return path
+
+
+def beat(path: Path) -> bool:
+    """Renew a claim (its mtime is the heartbeat); False if it is gone."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def still_held(path: str | None, owner: str | None, now: float | None = None) -> bool:
+    """Whether the claim at ``path`` is ``owner``'s and alive: what a wrapper asks before it
+    writes a marker (no claim named: not run by a pool, nothing to check)."""
+    if not path:
+        return True
+    p = Path(path)
+    doc = read_json(p)
+    try:
+        mtime = p.stat().st_mtime
+    except OSError:
+        return False
+    if doc is None or str(doc.get("owner")) != str(owner):
+        return False
+    return (time.time() if now is None else now) - mtime <= float(doc.get("lease_s", 0))
+
+
+def release(pool: PoolDir, token: str, index: int, record: dict[str, Any]) -> None:
+    """Record how the task's run ended, then drop the claim (in this order: a reader always
+    finds one of the two)."""
+    write_json(pool.end(token, index), record)
+    with contextlib.suppress(FileNotFoundError):
+        pool.claim(token, index).unlink()
+
+
+def cancelled(pool: PoolDir, token: str) -> set[int] | None:
+    """The indices of ``token`` the reconciler cancelled: None if none, an empty set for all."""
+    doc = read_json(pool.cancelled / token)
+    if doc is None:
+        return None
+    return {int(i) for i in doc.get("indices") or ()}

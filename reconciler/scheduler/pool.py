@@ -1,0 +1,154 @@
+"""The pool as a scheduler: submissions of pool-mode stages go to the pool's queue.
+
+``PoolScheduler`` wraps the site's backend (Slurm or local) and keeps its protocol, so the
+engine sends, observes and cancels a pool's submissions exactly as it does job arrays. A
+submission sent to the pool gets the job id ``pool:<token>``; everything else (array jobs and
+the worker jobs themselves) goes to the site's backend, in the same one observe call, so a
+pass still asks the scheduler at most twice.
+
+Each task of a pool submission is observed from the pool's files (``reconciler.pool.files``)
+and the state of the worker that claimed it:
+
+    ended record          -> COMPLETED (exit 0) or FAILED with its exit code
+    claim, worker running -> RUNNING
+    claim, worker ended   -> the worker's end (CANCELLED, TIMEOUT, NODE_FAIL...; a worker that
+                             ended normally yet left a claim: NODE_FAIL), a failed attempt
+    claim, no heartbeat for DEAD_AFTER leases -> NODE_FAIL ("lease expired")
+    cancelled, unclaimed  -> CANCELLED
+    otherwise             -> PENDING (in the queue)
+
+These are observations, like Slurm's own NODE_FAIL: the planner records the failure and
+retries with the usual backoff and limits, as a new submission (a new claim name).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from reconciler.core.states import SchedState
+from reconciler.errors import TransientError
+from reconciler.pool import files
+from reconciler.pool.files import DEAD_AFTER, PoolDir
+from reconciler.scheduler.base import ArrayJob, JobRef, Scheduler, SchedulerView, TaskSched
+
+PREFIX = "pool:"
+_WORKER_END = {
+    SchedState.CANCELLED: SchedState.CANCELLED,
+    SchedState.TIMEOUT: SchedState.TIMEOUT,
+    SchedState.OUT_OF_MEMORY: SchedState.OUT_OF_MEMORY,
+    SchedState.PREEMPTED: SchedState.PREEMPTED,
+}
+
+
+def is_pool_job(job_id: str | None) -> bool:
+    return bool(job_id) and str(job_id).startswith(PREFIX)
+
+
+class PoolScheduler:
+    """The Scheduler protocol over the site's backend, with a production's pool beside it."""
+
+    def __init__(self, inner: Scheduler, production_dir: Path, clock: Callable[[], float] = time.time) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.lookup_grace_s = inner.lookup_grace_s
+        self.pool = PoolDir(production_dir)
+        self.clock = clock
+
+    def max_array_size(self) -> int | None:
+        return self.inner.max_array_size()
+
+    def submit(self, job: ArrayJob) -> str:
+        if job.pool_expect_s is None:
+            return self.inner.submit(job)
+        job_id = PREFIX + job.token
+        try:
+            self.pool.make()
+            files.write_json(self.pool.entry(job.token), {
+                "token": job.token, "job_id": job_id, "name": job.name, "script": str(job.script_path),
+                "log_out": job.log_out, "log_err": job.log_err, "indices": sorted(set(job.array_indices)),
+                "expect_s": job.pool_expect_s, "queued": self.clock(),
+            })
+        except OSError as exc:
+            raise TransientError(f"pool: cannot queue {job.token} in {self.pool.root}: {exc}") from exc
+        return job_id
+
+    def cancel(self, job_id: str, array_indices: Sequence[int] | None = None) -> None:
+        if not is_pool_job(job_id):
+            self.inner.cancel(job_id, array_indices)
+            return
+        token = job_id.removeprefix(PREFIX)
+        before = files.cancelled(self.pool, token)
+        indices = set() if array_indices is None or before == set() else set(array_indices) | (before or set())
+        try:
+            self.pool.make()
+            files.write_json(self.pool.cancelled / token, {"indices": sorted(indices)})
+        except OSError as exc:
+            raise TransientError(f"pool: cannot cancel {job_id}: {exc}") from exc
+
+    def observe(self, refs: Sequence[JobRef]) -> SchedulerView:
+        mine = [r for r in refs if is_pool_job(r.job_id) or (r.job_id is None and self.pool.entry(r.token).exists())]
+        ours = {r.token for r in mine}
+        others = [r for r in refs if r.token not in ours]
+        view = self.inner.observe(others) if others else SchedulerView()
+        if mine:
+            try:
+                self._observe_pool(mine, view)
+            except OSError as exc:
+                raise TransientError(f"pool: cannot read {self.pool.root}: {exc}") from exc
+        return view
+
+    def _observe_pool(self, refs: Sequence[JobRef], view: SchedulerView) -> None:
+        now = self.clock()
+        claimed = files.listing(self.pool.claims)
+        ended = files.listing(self.pool.ended)  # after the claims: a task released between the two reads is seen ended
+        for ref in refs:
+            job_id = ref.job_id or PREFIX + ref.token
+            if ref.job_id is None:
+                view.found[ref.token] = job_id
+            if not self.pool.entry(ref.token).exists():
+                view.gone.add(job_id)
+                continue
+            cancelled = files.cancelled(self.pool, ref.token)
+            states: dict[int, TaskSched] = {}
+            for i in ref.array_indices:
+                name = f"{ref.token}.{i}"
+                ts = self._ended(ref.token, i) if name in ended else None
+                if ts is None and name in claimed:
+                    ts = self._claimed(ref.token, i, view, now)
+                if ts is None and cancelled is not None and (not cancelled or i in cancelled):
+                    ts = TaskSched(SchedState.CANCELLED, None, "cancelled in the pool before a worker claimed it", None, now)
+                states[i] = ts or TaskSched(SchedState.PENDING, None, "in the pool's queue")
+            view.tasks[job_id] = states
+
+    def _ended(self, token: str, index: int) -> TaskSched | None:
+        doc = files.read_json(self.pool.end(token, index))
+        if doc is None:
+            return None
+        code = int(doc.get("exit", 1))
+        where = f" (worker {doc.get('owner')} on {doc.get('host')})"
+        state = SchedState.COMPLETED if code == 0 else SchedState.FAILED
+        return TaskSched(state, code, "" if code == 0 else f"exit {code}{where}", doc.get("start"), doc.get("end"))
+
+    def _claimed(self, token: str, index: int, view: SchedulerView, now: float) -> TaskSched | None:
+        path = self.pool.claim(token, index)
+        doc = files.read_json(path)
+        try:
+            beat = os.stat(path).st_mtime
+        except FileNotFoundError:
+            doc = None
+        if doc is None:  # released since the listing
+            return self._ended(token, index)
+        owner = str(doc.get("owner", ""))
+        job, _, idx = owner.rpartition("_")
+        worker = view.tasks.get(job, {}).get(int(idx)) if job and idx.isdigit() else view.tasks.get(owner, {}).get(0)
+        start = doc.get("claimed")
+        if worker is not None and worker.state.finished:
+            state = _WORKER_END.get(worker.state, SchedState.NODE_FAIL)
+            return TaskSched(state, None, f"worker {owner} ended {worker.reason or worker.state.value} with the task claimed", start, worker.end or now)
+        silent = now - beat
+        if silent > float(doc.get("lease_s", 0)) * DEAD_AFTER:
+            return TaskSched(SchedState.NODE_FAIL, None, f"lease expired: no heartbeat from worker {owner} for {silent:.0f} s", start, now)
+        return TaskSched(SchedState.RUNNING, None, f"worker {owner}", start, None)
