@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ science:
 execution:
   mode: pool
   batch_size: 10
-  timeout_hours: 0.05
+  timeout_hours: {timeout}
   retry_policy: {{max_retries: 2, initial_delay_minutes: 0.01}}
   pool: {{workers: {workers}, walltime_minutes: {walltime}, margin_minutes: {margin}, lease_seconds: {lease}, idle_seconds: 3}}
 task:
@@ -59,10 +61,12 @@ task:
 """
 
 
-def pooled(repo: Path, tmp: Path, *, count: int = 4, workers: int = 3, walltime: float = 5, margin: float = 0, lease: float = 4, sleep: float = 0.1) -> None:
+def pooled(
+    repo: Path, tmp: Path, *, count: int = 4, workers: int = 3, walltime: float = 5, margin: float = 0, lease: float = 4, sleep: float = 0.1, timeout: float = 0.05,
+) -> None:
     step = tmp / "step.py"
     step.write_text(STEP)
-    text = POOLED.format(step=step, count=count, workers=workers, walltime=walltime, margin=margin, lease=lease, sleep=sleep)
+    text = POOLED.format(step=step, count=count, workers=workers, walltime=walltime, margin=margin, lease=lease, sleep=sleep, timeout=timeout)
     (repo / "productions" / "pooled.yaml").write_text(text)
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "pooled")
@@ -192,3 +196,47 @@ def test_a_frozen_worker_loses_its_claim_when_the_lease_expires_and_cannot_mark_
     got = runs(repo)
     assert [r["attempt"] for r in got[key]] == ["2"], got[key]
     no_overlap(got)
+
+
+def test_a_worker_stops_claiming_at_its_margin_exits_and_is_replaced(repo: Path, tmp_path: Path) -> None:
+    """One worker at a time, 15 s of walltime each, 3 s of margin, tasks of ~1.5 s: a worker
+    claims only while a task fits (its timeout, 7.2 s, until 3 have run; then their 90th
+    percentile), exits at its margin, and the pass starts another while work remains."""
+    env = env_for(tmp_path)
+    pooled(repo, tmp_path, count=4, workers=1, walltime=0.25, margin=0.05, sleep=1.0, timeout=0.002)
+    st = watched_to_the_end(repo, env, "pooled")
+    assert st["counts"]["complete"] == 12
+    got = runs(repo)
+    assert all(len(v) == 1 for v in got.values()), got
+    by_owner: dict[str, list[dict[str, Any]]] = {}
+    for recs in got.values():
+        by_owner.setdefault(recs[0]["owner"], []).append(recs[0])
+    assert len(by_owner) >= 2, by_owner.keys()
+    for owner, recs in by_owner.items():
+        assert max(r["end"] for r in recs) - min(r["start"] for r in recs) < 15, owner
+    logs = [p.read_text() for p in (pdir(repo) / "logs" / "pool").glob("*.err")]
+    assert sum("margin reached" in t for t in logs) >= 1, logs
+    plan = json.loads(reconcile(repo, env, "plan", "pooled", "--json").stdout)
+    assert not [a for a in plan["actions"] if a["kind"] == "start_workers"], plan  # nothing left: no worker wanted
+
+
+def test_sigkill_of_the_reconciler_at_failpoints_and_at_random_loses_nothing_and_runs_nothing_twice(repo: Path, tmp_path: Path) -> None:
+    """Killed between journal and queue, between queue and recording the answer, between
+    journaling workers and sbatch, then at random while watching: every task runs exactly once
+    (its own record of each run), never two runs of a task at a time, and the pool ends empty."""
+    env = env_for(tmp_path)
+    pooled(repo, tmp_path, count=4, workers=2, sleep=0.3)
+    for point in ("after_record", "after_submit", "workers_recorded"):  # each pass gets one further
+        killed = reconcile(repo, {**env, "RECONCILER_FAILPOINT": point}, "once", "pooled")
+        assert killed.returncode == -signal.SIGKILL, (point, killed.stderr)
+    for delay in (0.3, 0.8, 0.5, 1.1, 0.2, 0.7):
+        p = subprocess.Popen([sys.executable, "-m", "reconciler.cli", "watch", "pooled", "--interval", "0.1"], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    st = watched_to_the_end(repo, env, "pooled")
+    assert st["counts"]["complete"] == 12
+    got = runs(repo)
+    assert len(got) == 12 and all(len(v) == 1 for v in got.values()), {k: len(v) for k, v in got.items()}
+    jobs = worker_jobs(tmp_path / "spool")
+    assert sum(len(j["array_indices"]) for j in jobs) <= 12, [j["array_indices"] for j in jobs]

@@ -1,0 +1,73 @@
+"""The pool's decisions on the pure planner: expected run times, how many workers, and the
+pool's sends outside the queue cap (core.pool, core.planner)."""
+
+from __future__ import annotations
+
+from reconciler.core.model import Desired, Limits, Policy, Stage, World
+from reconciler.core.plan import ActionKind
+from reconciler.core.planner import plan
+from reconciler.core.pool import PoolPolicy, WorkerObs, expected_runtime, plan_workers, usage
+from reconciler.core.reasons import Reason
+from reconciler.core.states import SchedState
+
+from .test_planner import T
+
+P, R = SchedState.PENDING, SchedState.RUNNING
+
+
+def test_a_stage_is_expected_to_take_its_timeout_until_three_tasks_have_run_then_their_90th_percentile() -> None:
+    assert expected_runtime([], 600.0) == 600.0
+    assert expected_runtime([10.0, 12.0], 600.0) == 600.0
+    assert expected_runtime([float(s) for s in range(1, 11)], 600.0) == 10.0
+    assert expected_runtime([float(s) for s in range(1, 101)], 600.0) == 91.0
+    assert expected_runtime([900.0, 900.0, 900.0], 600.0) == 600.0  # never beyond the timeout
+
+
+def test_workers_are_started_up_to_what_the_work_needs_within_the_maximum_and_the_queue_cap() -> None:
+    pool = PoolPolicy(workers=3, slots=2)
+    starts = lambda acts: sum(len(a.array_indices) for a in acts if a.kind is ActionKind.START_WORKERS)  # noqa: E731
+    assert starts(plan_workers(pool, [], 60, 100, 0.0, 0.0)) == 3
+    assert starts(plan_workers(pool, [], 3, 100, 0.0, 0.0)) == 2  # ceil(3 tasks / 2 side by side)
+    assert starts(plan_workers(pool, [], 60, 1, 0.0, 0.0)) == 1  # the queue cap
+    assert plan_workers(pool, [], 0, 100, 0.0, 0.0) == []
+    live = [WorkerObs("w1", 0.0, "7", None, (R, P))]
+    assert starts(plan_workers(pool, live, 60, 100, 0.0, 0.0)) == 1
+    ended = [WorkerObs("w1", 0.0, "7", None, (SchedState.COMPLETED, SchedState.TIMEOUT))]
+    assert starts(plan_workers(pool, ended, 60, 100, 0.0, 0.0)) == 3  # replaced while work remains
+
+
+def test_queued_workers_the_work_no_longer_needs_are_cancelled_running_ones_never() -> None:
+    pool = PoolPolicy(workers=4)
+    ws = [WorkerObs("w1", 0.0, "7", None, (R, R, P, P))]
+    acts = plan_workers(pool, ws, 3, 100, 0.0, 0.0)
+    assert [(a.kind, a.token, a.array_indices, a.reason) for a in acts] == [(ActionKind.STOP_WORKERS, "w1", (3,), Reason.POOL_SURPLUS)]
+    assert [a.array_indices for a in plan_workers(pool, ws, 0, 100, 0.0, 0.0)] == [(2, 3)]
+    assert plan_workers(pool, [WorkerObs("w1", 0.0, "7", None, (R, R))], 0, 100, 0.0, 0.0) == []
+
+
+def test_a_lost_worker_answer_is_recovered_by_token_waited_for_or_abandoned_never_sent_twice() -> None:
+    pool = PoolPolicy(workers=2)
+    lost = WorkerObs("w1", 100.0, None, None, (None, None))
+    assert plan_workers(pool, [lost], 10, 100, 110.0, 60.0) == []  # within the grace: counted live
+    acts = plan_workers(pool, [lost], 10, 100, 200.0, 60.0)
+    assert [(a.kind, a.reason) for a in acts] == [(ActionKind.ABANDON, Reason.WORKER_NEVER_RECEIVED), (ActionKind.START_WORKERS, Reason.POOL_SHORT)]
+    found = WorkerObs("w1", 100.0, None, "42", (P, P))
+    acts = plan_workers(pool, [found], 10, 100, 200.0, 60.0)
+    assert [(a.kind, a.note) for a in acts] == [(ActionKind.RECOVER, "job 42")]
+
+
+def test_pool_sends_are_outside_the_queue_cap_carry_the_expected_run_time_and_bring_workers() -> None:
+    tasks = [T(f"k{i}", i) for i in range(50)]
+    stage = Stage("", tasks, Policy(batch_size=10), 50, pool=True, timeout_s=120.0)
+    desired = Desired(tasks, Policy(batch_size=10), [stage], PoolPolicy(workers=3))
+    p = plan(desired, World({}, {}), 0.0, Limits(max_queued_tasks=5))
+    sends = p.of(ActionKind.SUBMIT)
+    assert sum(len(a.keys) for a in sends) == 50 and all(a.expect_s == 120.0 for a in sends)
+    assert [len(a.array_indices) for a in p.of(ActionKind.START_WORKERS)] == [3]
+    world = World({}, {}, runtimes={"": [5.0, 6.0, 7.0, 8.0]})
+    assert {a.expect_s for a in plan(desired, world, 0.0, Limits()).of(ActionKind.SUBMIT)} == {8.0}
+
+
+def test_node_hours_used_are_the_tasks_share_of_their_workers_and_the_rest_is_wasted() -> None:
+    got = usage({"a": 3600.0, "b": 1800.0}, worker_node_s=2 * 3 * 3600.0, nodes=2, slots=2)
+    assert got == {"a": {"used": 1.0, "wasted": 3.0}, "b": {"used": 0.5, "wasted": 1.5}}
