@@ -88,6 +88,11 @@ def node_seconds(ledger: Ledger, now: float) -> float:
     return float(row[0] or 0.0)
 
 
+def started(ledger: Ledger) -> int:
+    """Workers that have started, ever."""
+    return int(ledger.db.execute("SELECT COUNT(*) FROM workers WHERE start IS NOT NULL").fetchone()[0])
+
+
 def pool_run_times(ledger: Ledger) -> list[tuple[str, float, bool]]:
     """(task key, run time in seconds, completed) of every attempt that ran in a pool."""
     q = (

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import git
 from .test_loop_local import env_for, reconcile, watched_to_the_end
 
@@ -107,6 +109,12 @@ def test_a_pool_production_converges_in_a_few_worker_jobs(repo: Path, tmp_path: 
     got = runs(repo)
     assert len(got) == 12 and all(len(v) == 1 for v in got.values()), got
     assert {r["owner"] for v in got.values() for r in v} <= {f"{j['job_id']}_{i}" for j in jobs for i in j["array_indices"]}
+    pool = st["pool"]
+    ran = sum(r["end"] - r["start"] for v in got.values() for r in v) / 3600
+    assert ran <= pool["used"] <= pool["node_hours"] and pool["used"] + pool["wasted"] == pytest.approx(pool["node_hours"], abs=1e-3), pool
+    assert pool["workers_started"] >= 1 and set(pool["stages"]) == {""}, pool
+    text = reconcile(repo, env, "status", "pooled").stdout
+    assert "node-hours" in text and "used by tasks" in text, text
 
 
 def descendants(pid: int) -> list[int]:

@@ -70,4 +70,4 @@ def test_pool_sends_are_outside_the_queue_cap_carry_the_expected_run_time_and_br
 
 def test_node_hours_used_are_the_tasks_share_of_their_workers_and_the_rest_is_wasted() -> None:
     got = usage({"a": 3600.0, "b": 1800.0}, worker_node_s=2 * 3 * 3600.0, nodes=2, slots=2)
-    assert got == {"a": {"used": 1.0, "wasted": 3.0}, "b": {"used": 0.5, "wasted": 1.5}}
+    assert got == {"node_hours": 6.0, "used": 1.5, "wasted": 4.5, "stages": {"a": {"used": 1.0, "wasted": 3.0}, "b": {"used": 0.5, "wasted": 1.5}}}

@@ -49,6 +49,13 @@ def status_text(name: str, summary: Mapping[str, Any], verbose: bool, pdir: Path
     if stages:  # a campaign: the chain, with each stage's counts
         lines.append("  stages:")
         lines += [f"    {st['name']:<14} {counts_line(st)}" for st in stages]
+    pool = summary.get("pool")
+    if pool:
+        lines.append(
+            f"  pool: {pool['workers_live']} worker(s) live, {pool['workers_started']} started; "
+            f"{pool['node_hours']:.3f} node-hours: {pool['used']:.3f} used by tasks, {pool['wasted']:.3f} wasted (idle, margins)"
+        )
+        lines += [f"    {st:<14} {u['used']:.3f} used, {u['wasted']:.3f} wasted" for st, u in pool["stages"].items() if st]
     lines += _causes_text(summary.get("causes", []), verbose)
     if summary["failures"]:
         lines.append("  failures:")

@@ -95,14 +95,19 @@ def plan_workers(pool: PoolPolicy, workers: Sequence[WorkerObs], work: int, room
     return actions
 
 
-def usage(task_s: Mapping[str, float], worker_node_s: float, nodes: int, slots: int) -> dict[str, dict[str, float]]:
-    """Node-hours per stage: used (its tasks' run time, a task holding nodes/slots of a worker)
-    and wasted (the rest of the workers' node time: idle tails, margins, start-up), shared out
-    in proportion to use."""
+def usage(task_s: Mapping[str, float], worker_node_s: float, nodes: int, slots: int) -> dict[str, object]:
+    """Node-hours, in total and per stage: used (its tasks' run time, a task holding
+    nodes/slots of a worker) and wasted (the rest of the workers' node time: idle tails,
+    margins, start-up), a stage's share of the waste in proportion to its use."""
     used = {stage: s * nodes / max(1, slots) / 3600.0 for stage, s in task_s.items()}
     total_used = sum(used.values())
     wasted = max(0.0, worker_node_s / 3600.0 - total_used)
     return {
-        stage: {"used": round(u, 4), "wasted": round(wasted * (u / total_used) if total_used else 0.0, 4)}
-        for stage, u in sorted(used.items())
+        "node_hours": round(worker_node_s / 3600.0, 4),
+        "used": round(total_used, 4),
+        "wasted": round(wasted, 4),
+        "stages": {
+            stage: {"used": round(u, 4), "wasted": round(wasted * (u / total_used) if total_used else 0.0, 4)}
+            for stage, u in sorted(used.items())
+        },
     }

@@ -15,10 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.core.model import Desired, Limits, Policy, Stage, TaskObs
+from reconciler import workers
+from reconciler.core.model import Desired, Limits, Policy, Stage, TaskObs, World
 from reconciler.core.plan import SENDS, ActionKind, Plan
 from reconciler.core.planner import plan
-from reconciler.core.pool import PoolPolicy
+from reconciler.core.pool import PoolPolicy, usage
 from reconciler.core.reasons import Reason
 from reconciler.core.settle import settle
 from reconciler.core.states import OutputState, SchedState, SubmissionState
@@ -163,7 +164,20 @@ class Engine:
             if job and batch is not None:
                 logs[key] = f"{base}{batch:04d}_{job}_{att.array_index}.err"  # the wrapper's and the command's stderr: why it failed
         excluded = [(e.key, e.reason) for e in self.expansion.excluded]
-        return summarize(obs.desired, tasks, history, excluded, logs, staged, world.missing_inputs, partial=world.partial)
+        out = summarize(obs.desired, tasks, history, excluded, logs, staged, world.missing_inputs, partial=world.partial)
+        if self.observer.pooled or world.workers:
+            out["pool"] = self._pool_usage(world)
+        return out
+
+    def _pool_usage(self, world: World) -> dict[str, Any]:
+        """Node-hours the pool's workers used for tasks and wasted (idle tails, margins), per stage."""
+        task_s: dict[str, float] = {}
+        for key, took, _ in workers.pool_run_times(self.ledger):
+            stage = self.expansion.by_key[key].stage if key in self.expansion.by_key else ""
+            task_s[stage] = task_s.get(stage, 0.0) + took
+        pool = self.desired.pool
+        live = sum(1 for w in world.workers for s in w.states if s is None or s.in_flight)
+        return {**usage(task_s, workers.node_seconds(self.ledger, self.clock()), pool.nodes, pool.slots), "workers_live": live, "workers_started": workers.started(self.ledger)}
 
     def run_pass(self, *, apply: bool = True, stage: bool = False, retry: bool = False, verify: Verify = "sample") -> PassResult:
         """One pass. ``verify``: which completed tasks to open and validate again (by default

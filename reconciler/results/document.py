@@ -123,6 +123,22 @@ class TaskTable(_Doc):
     runtime_s: list[int | float | None] = Field(default_factory=list, description="run time of the latest attempt in seconds; null when unknown")
 
 
+class StageUsage(_Doc):
+    used: float = Field(description="node-hours its tasks ran in the pool's workers")
+    wasted: float = Field(description="its share (by use) of the workers' node-hours that ran no task")
+
+
+class PoolUsage(_Doc):
+    """A production in pool mode (execution.mode: pool): its workers and their node time."""
+
+    node_hours: float = Field(description="node-hours the pool's workers held, so far")
+    used: float = Field(description="of which tasks ran")
+    wasted: float = Field(description="of which no task ran: start-up, idle tails, margins")
+    stages: dict[str, StageUsage] = Field(default_factory=dict, description="by stage (\"\" for a production of one stage)")
+    workers_live: int = Field(description="workers queued or running now")
+    workers_started: int = Field(description="workers that have started, ever")
+
+
 class StatusDoc(_Doc):
     """``productions/<name>/status.json`` on the results branch."""
 
@@ -151,6 +167,7 @@ class StatusDoc(_Doc):
     plots: list[str] = Field(default_factory=list, description="picture files next to this one, e.g. progress.png")
     plots_updated: str | None = Field(default=None, description="ISO 8601 time (UTC) of the pass that drew the pictures: they are redrawn at most hourly, and when the production's phase changes")
     stages: list[StageStatus] = Field(default_factory=list, description="a campaign's stages in chain order, each with its counts; empty for a production of one stage")
+    pool: PoolUsage | None = Field(default=None, description="pool mode: workers and node-hours used and wasted; null in array mode")
     error: str | None = Field(default=None, description="why the latest pass failed, the counts being those of the last pass that did not; null when it succeeded")
     tasks: TaskTable
 
@@ -241,6 +258,7 @@ def build_status(
         adopted=counts.get(TaskState.ADOPTED, 0),
         plots=list(plots),
         stages=_stages(summary),
+        pool=PoolUsage(**summary["pool"]) if summary.get("pool") else None,
         tasks=TaskTable(**table),
     )
     return doc.model_dump(mode="json", exclude_none=False)
