@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: demo test install lint schema bench clean cluster-up cluster-down
+.PHONY: demo demo-pool test install lint schema bench clean cluster-up cluster-down
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/reconcile watch mocks --until-done --interval 2
 	$(BIN)/reconcile status mocks
+
+## The same campaign in pool mode: its tasks run inside two worker jobs instead of job arrays (outputs in work/pool/).
+POOL_DEMO = --set execution.mode=pool --set execution.pool.workers=2 --set execution.pool.idle_seconds=10 --set outputs.base_path=work/pool
+demo-pool: $(VENV)/.installed
+	$(BIN)/reconcile watch mocks $(POOL_DEMO) --until-done --interval 2
+	$(BIN)/reconcile status mocks $(POOL_DEMO)
 
 ## Install the test dependencies and run the whole suite (starts a Slurm test cluster when root).
 test: $(VENV)/.installed-test

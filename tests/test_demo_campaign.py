@@ -5,6 +5,7 @@ campaign run by `reconcile watch` on the local backend in a scratch repository."
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -208,3 +209,28 @@ def test_make_demo_campaign_converges_and_fans_in_after_its_members(repo: Path, 
     assert plan.returncode == 0 and "nothing to do" in plan.stdout, plan.stdout
     assert git(repo, "status", "--porcelain") == ""
     wait_quiet(tmp_path / "spool")
+
+
+def test_make_demo_pool_runs_the_campaign_inside_two_worker_jobs(repo: Path, tmp_path: Path) -> None:
+    """What `make demo-pool` runs (its --set lines, read from the Makefile): the same campaign,
+    every task through two pool workers, no job array; fan-ins still after their members."""
+    sets = next(line.split("=", 1)[1].split() for line in (ROOT / "Makefile").read_text().splitlines() if line.startswith("POOL_DEMO ="))
+    env = env_for(tmp_path)
+    r = reconcile(repo, env, "watch", "mocks", *sets, "--until-done", "--interval", "0.5", timeout=300)
+    assert r.returncode == 0 and "every task is complete" in r.stdout, r.stderr
+    st = reconcile(repo, env, "status", "mocks", *sets, "--json")
+    status = json.loads(st.stdout)
+    assert status["counts"]["complete"] == 51 and {x["key"] for x in status["retried"]} == MOCKS_FAIL_ONCE
+    jobs = [json.loads(p.read_text()) for p in (tmp_path / "spool" / "jobs").glob("[0-9]*/job.json")]
+    assert jobs and all(".pool." in j["name"] for j in jobs), [j["name"] for j in jobs]
+    assert sum(len(j["array_indices"]) for j in jobs) <= 6, jobs
+    assert set(status["pool"]["stages"]) == {"generate", "measure", "covariance"}, status["pool"]
+    loaded = load(WorkTree(repo), "mocks", repo_root=repo, overrides=[(("outputs", "base_path"), "work/pool")])
+    pdir = loaded.production_dir
+    assert pdir == repo / "work" / "pool" / "mocks"
+    marks = {t.key: markers.read_marker(pdir, t) for t in loaded.expansion().tasks}
+    for z in ("z0.500", "z1.000", "z1.500"):
+        last = max(m["end"] for k, m in marks.items() if k.startswith("measure/") and k.endswith(z))
+        assert marks[f"covariance/{z}"]["start"] > last
+    text = reconcile(repo, env, "status", "mocks", *sets).stdout
+    assert "node-hours" in text, text

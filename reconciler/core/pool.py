@@ -98,7 +98,8 @@ def plan_workers(pool: PoolPolicy, workers: Sequence[WorkerObs], work: int, room
 def usage(task_s: Mapping[str, float], worker_node_s: float, nodes: int, slots: int) -> dict[str, object]:
     """Node-hours, in total and per stage: used (its tasks' run time, a task holding
     nodes/slots of a worker) and wasted (the rest of the workers' node time: idle tails,
-    margins, start-up), a stage's share of the waste in proportion to its use."""
+    margins, start-up), a stage's share of the waste in proportion to its use; stages in the
+    order of ``task_s``."""
     used = {stage: s * nodes / max(1, slots) / 3600.0 for stage, s in task_s.items()}
     total_used = sum(used.values())
     wasted = max(0.0, worker_node_s / 3600.0 - total_used)
@@ -108,6 +109,6 @@ def usage(task_s: Mapping[str, float], worker_node_s: float, nodes: int, slots: 
         "wasted": round(wasted, 4),
         "stages": {
             stage: {"used": round(u, 4), "wasted": round(wasted * (u / total_used) if total_used else 0.0, 4)}
-            for stage, u in sorted(used.items())
+            for stage, u in used.items()
         },
     }

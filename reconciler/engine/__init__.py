@@ -171,7 +171,7 @@ class Engine:
 
     def _pool_usage(self, world: World) -> dict[str, Any]:
         """Node-hours the pool's workers used for tasks and wasted (idle tails, margins), per stage."""
-        task_s: dict[str, float] = {}
+        task_s = {st.name: 0.0 for st in self.desired.stage_list if st.pool}  # in chain order
         for key, took, _ in workers.pool_run_times(self.ledger):
             stage = self.expansion.by_key[key].stage if key in self.expansion.by_key else ""
             task_s[stage] = task_s.get(stage, 0.0) + took
