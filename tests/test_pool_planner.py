@@ -3,12 +3,22 @@ pool's sends outside the queue cap (core.pool, core.planner)."""
 
 from __future__ import annotations
 
-from reconciler.core.model import Desired, Limits, Policy, Stage, World
+from reconciler.core.model import (
+    AttemptObs,
+    Desired,
+    Limits,
+    Policy,
+    Stage,
+    SubmissionObs,
+    TaskHistory,
+    TaskObs,
+    World,
+)
 from reconciler.core.plan import ActionKind
 from reconciler.core.planner import plan
 from reconciler.core.pool import PoolPolicy, WorkerObs, expected_runtime, plan_workers, usage
 from reconciler.core.reasons import Reason
-from reconciler.core.states import SchedState
+from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
 
 from .test_planner import T
 
@@ -71,3 +81,15 @@ def test_pool_sends_are_outside_the_queue_cap_carry_the_expected_run_time_and_br
 def test_node_hours_used_are_the_tasks_share_of_their_workers_and_the_rest_is_wasted() -> None:
     got = usage({"a": 3600.0, "b": 1800.0}, worker_node_s=2 * 3 * 3600.0, nodes=2, slots=2)
     assert got == {"node_hours": 6.0, "used": 1.5, "wasted": 4.5, "stages": {"a": {"used": 1.0, "wasted": 3.0}, "b": {"used": 0.5, "wasted": 1.5}}}
+
+
+def test_the_pools_work_is_counted_by_submission_so_a_stage_moved_out_of_pool_mode_still_gets_workers() -> None:
+    tasks = [T(f"k{i}", i) for i in range(4)]
+    stage = Stage("", tasks, Policy(batch_size=10), 4)  # array mode now
+    desired = Desired(tasks, Policy(batch_size=10), [stage], PoolPolicy(workers=2))
+    atts = tuple(AttemptObs(t.key, t.index, P) for t in tasks)
+    sub = SubmissionObs("tok", 0, SubmissionKind.SUBMIT, SubmissionState.SUBMITTED, 0.0, "pool:tok", None, True, atts, pool=True)
+    world = World({t.key: TaskObs(sched=P) for t in tasks}, {t.key: TaskHistory(submissions=1) for t in tasks}, (sub,))
+    p = plan(desired, world, 0.0, Limits(max_queued_tasks=1))
+    assert [len(a.array_indices) for a in p.of(ActionKind.START_WORKERS)] == [1]  # 4 pool tasks do not fill the cap of 1
+    assert not p.of(ActionKind.SUBMIT, ActionKind.RESUBMIT)

@@ -65,6 +65,7 @@ class SubmissionObs:
     found: str | None = None  # job id found by token this pass (the answer was lost)
     current: bool = True  # staged: every task still has the fingerprint it was staged with
     attempts: tuple[AttemptObs, ...] = ()
+    pool: bool = False  # sent to the production's pool (scheduler.pool), not to the scheduler as an array
 
 
 @dataclass(frozen=True)

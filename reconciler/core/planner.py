@@ -47,6 +47,7 @@ from reconciler.core.model import (
     DesiredTask,
     Limits,
     Stage,
+    TaskObs,
     World,
 )
 from reconciler.core.outcome import adoptable, cannot_retry
@@ -155,8 +156,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     observed, remembered = world.tasks, world.history
     readiness = Readiness(desired, *settled.views(world), held=held, corrupt=world.corrupt, retry=retry)
     ran_partial, failed_verification = world.partial, world.corrupt
-    counts = {False: 0, True: 0}  # tasks queued or running: as array tasks (the queue cap's), in the pool
-    base = 0
+    queued, base = 0, 0
     desired_keys: set[str] = set()
     actions, notes = list(settled.actions), list(settled.notes)
     wanted: list[Action] = []
@@ -172,7 +172,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             obs = task_over.get(key) or observed.get(key, EMPTY_OBS)
             sched = obs.sched
             if (sched is not None and sched.in_flight) or key in held:
-                counts[st.pool] += 1  # in the queue, or its submission's answer was lost: it may well be; counted even if complete
+                queued += 1  # in the queue, or its submission's answer was lost: it may well be; counted even if complete
                 continue
             output = obs.output
             if output is OutputState.COMPLETE or output is OutputState.ADOPTED:
@@ -201,7 +201,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
                 continue
             if sched is None:
                 s.mark(Reason.AWAITING_SCHEDULER, key)  # submitted, but no scheduler answer yet: never resend blindly
-                counts[st.pool] += 1
+                queued += 1
                 continue
             if retry and hist.failures:
                 s.mark(Reason.MANUAL_RETRY, key)  # the waiver is journaled, ready or not; the task is resubmitted when ready
@@ -246,13 +246,15 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     if removed_in_flight and desired.policy.prune:
         actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))
     elif removed_in_flight:
-        counts[False] += len(removed_in_flight)
+        queued += len(removed_in_flight)
         notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
     wanted.sort(key=lambda a: a.order)
-    kept, deferred = _cap(wanted, lim.max_queued_tasks - counts[False], starts)
-    if not stage and (pooled or counts[True] or world.workers):
-        room = lim.max_queued_tasks - counts[False] - sum(len(a.keys) for a in kept)
-        actions.extend(plan_workers(desired.pool, world.workers, counts[True] + sum(len(a.keys) for a in pooled), room, now, lim.lookup_grace_s))
+    in_pool = _in_pool(world, task_over)
+    queued = max(0, queued - in_pool)  # the queue cap counts array tasks; the pool's are behind its workers, which count
+    kept, deferred = _cap(wanted, lim.max_queued_tasks - queued, starts)
+    if not stage and (pooled or in_pool or world.workers):
+        room = lim.max_queued_tasks - queued - sum(len(a.keys) for a in kept)
+        actions.extend(plan_workers(desired.pool, world.workers, in_pool + sum(len(a.keys) for a in pooled), room, now, lim.lookup_grace_s))
     kept += pooled
     if stage:
         kept = [replace(a, kind=ActionKind.STAGE) for a in kept]
@@ -265,6 +267,20 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         actions.extend(prune_logs(world.logs_kept, now, desired.policy))
     actions.sort(key=lambda a: a.order)
     return Plan(tuple(actions), tuple(notes))
+
+
+def _in_pool(world: World, task_over: Mapping[str, TaskObs]) -> int:
+    """Tasks queued or running in the pool: the latest attempts of pool submissions still in
+    flight (by submission, not by stage: a stage moved out of pool mode still has its pool's
+    work finished by workers)."""
+    n = 0
+    for sub in world.submissions:
+        if sub.pool:
+            for att in sub.attempts:
+                if att.latest:
+                    sched = (task_over.get(att.key) or world.tasks.get(att.key, EMPTY_OBS)).sched
+                    n += sched is None or sched.in_flight
+    return n
 
 
 def _quarantine(sends: list[Action], settled: Settled, world: World) -> list[Action]:

@@ -23,6 +23,7 @@ from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionK
 from reconciler.core.verification import cursor_of, sample
 from reconciler.ledger import Attempt, Ledger, Seen, Submission
 from reconciler.scheduler.base import JobRef, Scheduler, SchedulerView, TaskSched
+from reconciler.scheduler.pool import is_pool_job
 from reconciler.scheduler.script import job_name
 from reconciler.spec.expand import Expansion, Task
 from reconciler.workers import WorkerSeen
@@ -258,7 +259,7 @@ class Observer:
                 cause = causes.from_doc(markers.read_cause(Path(s.manifest), a.array_index))
             obs.append(AttemptObs(a.key, a.array_index, sched, reason, end, a.failure_recorded, is_latest, previous.get(a.key), cause))
         current_fp = self._staged_current(s) if s.state is SubmissionState.STAGED else True
-        return SubmissionObs(s.token, s.batch, s.kind, s.state, s.created, s.job_id, found, current_fp, tuple(obs))
+        return SubmissionObs(s.token, s.batch, s.kind, s.state, s.created, s.job_id, found, current_fp, tuple(obs), is_pool_job(s.job_id or found))
 
     def _staged_current(self, s: Submission) -> bool:
         """Whether every task of a staged submission still has the fingerprint it was staged with."""
