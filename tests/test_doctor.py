@@ -127,12 +127,16 @@ def test_partitions_against_timeouts() -> None:
         Uses("long", "regular", 12.0),  # 720 + 2 > 720: sbatch would refuse it
         Uses("gpu", "gpu", 24.0),
         Uses("typo", "regualr", 1.0),
+        Uses("pool", None, 1.0, pool_minutes=720),  # a pool's workers ask for their walltime, no grace
+        Uses("poolong", "regular", 1.0, pool_minutes=721),
     ])
     by = {c.name.split(":", 1)[1]: c for c in checks}
     assert by["fits"].level is L.OK and "partition regular" in by["fits"].message
     assert by["long"].level is L.FAIL and by["long"].fix.startswith("set execution.timeout_hours <= 11.9667 for long")
     assert by["gpu"].level is L.OK
     assert by["typo"].level is L.FAIL and "gpu, regular" in by["typo"].fix
+    assert by["pool"].level is L.OK and "720 min" in by["pool"].message
+    assert by["poolong"].level is L.FAIL and by["poolong"].fix.startswith("set execution.pool.walltime_minutes <= 720 for poolong"), by["poolong"].fix
     assert judge.judge_partitions(None, None, [])[0].level is L.WARN
 
 

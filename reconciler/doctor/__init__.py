@@ -61,6 +61,9 @@ def slurm_checks(machine: MachineDefaults, defaults_file: str, productions: Sequ
     limits = probe.job_limits(getpass.getuser(), qos) if found.get("sacctmgr") else None
     checks.append(judge.judge_job_limits(limits, machine.machine.max_queued_tasks, defaults_file))
     parts = probe.partitions()
-    uses = [Uses(name, spec.resources.partition, spec.execution.timeout_hours) for name, spec in specs]  # each stage of a campaign its own
+    uses = [  # each stage of a campaign its own; a pool's workers ask for their walltime
+        Uses(name, spec.resources.partition, spec.execution.timeout_hours, spec.execution.pool.walltime_minutes if spec.execution.mode == "pool" else None)
+        for name, spec in specs
+    ]
     checks += judge.judge_partitions(parts.max_minutes if parts else None, parts.default if parts else None, uses)
     return checks

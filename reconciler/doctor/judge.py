@@ -159,6 +159,14 @@ class Uses:
     production: str
     partition: str | None
     timeout_hours: float
+    pool_minutes: float | None = None  # pool mode: its workers' walltime is what sbatch asks for
+
+    @property
+    def asked(self) -> tuple[int, str, str]:
+        """(--time in minutes, what it is made of, the setting to lower)."""
+        if self.pool_minutes is not None:
+            return math.ceil(self.pool_minutes), f"execution.pool.walltime_minutes {self.pool_minutes:g}", "execution.pool.walltime_minutes"
+        return math.ceil(self.timeout_hours * 60) + TIME_GRACE_MINUTES, f"timeout_hours {self.timeout_hours:g} + {TIME_GRACE_MINUTES} min", "execution.timeout_hours"
 
 
 def judge_partitions(max_minutes: Mapping[str, float | None] | None, default: str | None, uses: Iterable[Uses]) -> list[Check]:
@@ -174,7 +182,7 @@ def judge_partitions(max_minutes: Mapping[str, float | None] | None, default: st
     out: list[Check] = []
     for u in uses:
         part = u.partition or default
-        asked = math.ceil(u.timeout_hours * 60) + TIME_GRACE_MINUTES
+        asked, made_of, setting = u.asked
         name = f"slurm.partition:{u.production}"
         if part is None:
             out.append(Check(name, Level.FAIL, f"{u.production} names no partition and the cluster has no default",
@@ -183,11 +191,10 @@ def judge_partitions(max_minutes: Mapping[str, float | None] | None, default: st
             out.append(Check(name, Level.FAIL, f"{u.production}: partition {part!r} does not exist",
                              f"set resources.partition to one of: {', '.join(sorted(max_minutes)) or 'none'}"))
         elif (limit := max_minutes[part]) is not None and asked > limit:
-            fits = max(limit - TIME_GRACE_MINUTES, 0) / 60
+            fits = limit if u.pool_minutes is not None else max(limit - TIME_GRACE_MINUTES, 0) / 60
             out.append(Check(name, Level.FAIL,
-                             f"{u.production} asks {asked} min (timeout_hours {u.timeout_hours:g} + {TIME_GRACE_MINUTES} min) "
-                             f"but partition {part} allows {limit:g} min: sbatch refuses it",
-                             f"set execution.timeout_hours <= {fits:g} for {u.production}, or use a partition with a longer MaxTime"))
+                             f"{u.production} asks {asked} min ({made_of}) but partition {part} allows {limit:g} min: sbatch refuses it",
+                             f"set {setting} <= {fits:g} for {u.production}, or use a partition with a longer MaxTime"))
         else:
             out.append(Check(name, Level.OK, f"{u.production}: {asked} min fits partition {part} "
                                              f"(MaxTime {'unlimited' if limit is None else f'{limit:g} min'})"))

@@ -32,7 +32,13 @@ from reconciler.spec.models import (
     MachineDefaults,
     Production,
 )
-from reconciler.spec.problems import located, pydantic_problems, renderer_problems, salvage
+from reconciler.spec.problems import (
+    execution_problems,
+    located,
+    pydantic_problems,
+    renderer_problems,
+    salvage,
+)
 from reconciler.spec.yamlsrc import Document, Mark, dotted, parse, parse_collecting
 
 PRODUCTIONS_DIR = "productions"
@@ -296,9 +302,7 @@ def _load_file(
         m = doc.mark(("production", "name"))
         problems.append(Problem(m.file, m.line, m.col, "production.name", f"name {given!r} does not match the file name {expected!r}", f"rename the file to productions/{given}.yaml or fix the name"))
     if spec is not None:
-        if spec.execution.batch_size > defaults.machine.max_array_size:
-            m = marks.get(("execution", "batch_size"), Mark(path, 0, 0))
-            problems.append(Problem(m.file, m.line, m.col, "execution.batch_size", f"{spec.execution.batch_size} exceeds the machine's max_array_size {defaults.machine.max_array_size}", "array indices are batch-local; lower batch_size"))
+        problems.extend(execution_problems(spec, marks, path, "", defaults, pool=spec.task is not None))
     stage_specs: dict[str, Production] = {}
     if spec is not None and spec.stages:
         stage_specs = _stage_specs(spec, doc, ddoc, defaults, defaults_or_none is not None, overrides, problems)
@@ -342,9 +346,7 @@ def _stage_specs(
         except ValidationError as exc:
             problems.extend(pydantic_problems(exc, m.marks, doc.file))
             return {}
-        if out[name].execution.batch_size > defaults.machine.max_array_size:
-            mk = m.marks.get(("execution", "batch_size"), Mark(doc.file, 0, 0))
-            problems.append(Problem(mk.file, mk.line, mk.col, f"stages.{name}.execution.batch_size", f"{out[name].execution.batch_size} exceeds the machine's max_array_size {defaults.machine.max_array_size}", "array indices are batch-local; lower batch_size"))
+        problems.extend(execution_problems(out[name], m.marks, doc.file, f"stages.{name}.", defaults, pool=True))
     return out
 
 

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from reconciler.errors import Problem
 from reconciler.spec.expand import Renderer, TemplateError
-from reconciler.spec.models import Production
+from reconciler.spec.models import MachineDefaults, Production
 from reconciler.spec.yamlsrc import Document, Mark, dotted
 
 EXAMPLES = {
@@ -108,3 +108,22 @@ def renderer_problems(doc: Document, spec: Production | None) -> list[Problem]:
     except TemplateError as exc:
         return located(doc, exc)
     return []
+
+
+def execution_problems(spec: Production, marks: dict[tuple, Mark], path: str, where: str, defaults: MachineDefaults, *, pool: bool) -> list[Problem]:
+    """What the execution section asks that cannot work: an array index past MaxArraySize, or
+    (``pool``: for the tasks' own stage) a pool whose workers could never claim a task."""
+    out = []
+    ex = spec.execution
+    if ex.batch_size > defaults.machine.max_array_size:
+        m = marks.get(("execution", "batch_size"), Mark(path, 0, 0))
+        out.append(Problem(m.file, m.line, m.col, f"{where}execution.batch_size", f"{ex.batch_size} exceeds the machine's max_array_size {defaults.machine.max_array_size}", "array indices are batch-local; lower batch_size"))
+    needed = ex.timeout_hours * 60 + ex.pool.margin_minutes
+    if pool and ex.mode == "pool" and needed > ex.pool.walltime_minutes:
+        m = marks.get(("execution", "pool", "walltime_minutes"), marks.get(("execution", "mode"), Mark(path, 0, 0)))
+        out.append(Problem(
+            m.file, m.line, m.col, f"{where}execution.pool.walltime_minutes",
+            f"a worker of {ex.pool.walltime_minutes:g} min never claims a task that may take its timeout ({ex.timeout_hours * 60:g} min) plus the margin ({ex.pool.margin_minutes:g} min)",
+            f"raise execution.pool.walltime_minutes to {needed:g} or more, or lower execution.timeout_hours or execution.pool.margin_minutes",
+        ))
+    return out
