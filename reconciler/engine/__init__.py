@@ -171,10 +171,9 @@ class Engine:
 
     def _pool_usage(self, world: World) -> dict[str, Any]:
         """Node-hours the pool's workers used for tasks and wasted (idle tails, margins), per stage."""
-        task_s = {st.name: 0.0 for st in self.desired.stage_list if st.pool}  # in chain order
-        for key, took, _ in workers.pool_run_times(self.ledger):
-            stage = self.expansion.by_key[key].stage if key in self.expansion.by_key else ""
-            task_s[stage] = task_s.get(stage, 0.0) + took
+        ran = workers.pool_seconds_by_stage(self.ledger, campaign=bool(self.loaded.stage_specs))
+        task_s = {st.name: ran.pop(st.name, 0.0) for st in self.desired.stage_list if st.pool}  # in chain order
+        task_s.update(ran)  # stages that ran in the pool before they left pool mode
         pool = self.desired.pool
         live = sum(1 for w in world.workers for s in w.states if s is None or s.in_flight)
         return {**usage(task_s, workers.node_seconds(self.ledger, self.clock()), pool.nodes, pool.slots), "workers_live": live, "workers_started": workers.started(self.ledger)}

@@ -142,11 +142,11 @@ class Observer:
         refs = [
             JobRef(
                 s.token, s.job_id, s.submitted or s.created,
-                () if s.kind is SubmissionKind.LEGACY_SINGLE else tuple(sorted(a.array_index for a in by_token.get(s.token, []))),
+                () if s.kind is SubmissionKind.LEGACY_SINGLE else tuple(sorted(a.array_index for a in by_token.get(s.token, []) if not (pool and _ended(a)))),
                 job_name(self.production, s.batch, s.token),
             )
-            for s in sent
-        ]  # the old tool sent a batch of one job without --array: its record is a plain job's
+            for s in sent if not ((pool := is_pool_job(s.job_id)) and all(_ended(a) for a in by_token.get(s.token, [])))
+        ]  # the old tool sent a batch of one job without --array: its record is a plain job's; a pool is asked only what is open
         pool_workers = workers.open_workers(self.ledger)
         refs += workers.refs(pool_workers, self.production)  # the pool's workers: in the same (at most two) reads
         view = self.scheduler.observe(refs) if refs else SchedulerView()
@@ -203,7 +203,8 @@ class Observer:
         missing = self.outputs.missing_inputs(waiting) if waiting else {}
         partial = self.outputs.partial_members(self.by_key) if self.fan_in else {}
         worker_obs, worker_seen = workers.answered(pool_workers, view, now)
-        runtimes = self._runtimes() if self.pooled else {}
+        # run times only while a pool stage has work left: a pass over a finished production reads nothing more
+        runtimes = self._runtimes() if self.pooled and any(not tasks[t.key].output.done for st in self.desired.stage_list if st.pool for t in st.tasks) else {}
         world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept(), missing, partial, worker_obs, runtimes)
         return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, verified, cursor, worker_seen)
 
@@ -279,6 +280,11 @@ class Observer:
             if now - float(stamp) < SITE_PROBE_EVERY_S:
                 return (int(raw) if raw else None), False
         return self.scheduler.max_array_size(), True
+
+
+def _ended(a: Attempt) -> bool:
+    """Its end is journaled (a pool's answer for it would only be read again)."""
+    return a.sched_state is not None and SchedState(a.sched_state).finished
 
 
 def _verifiable(obs: TaskObs | None) -> bool:

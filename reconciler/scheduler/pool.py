@@ -7,7 +7,8 @@ the worker jobs themselves) goes to the site's backend, in the same one observe 
 pass still asks the scheduler at most twice.
 
 Each task of a pool submission is observed from the pool's files (``reconciler.pool.files``)
-and the state of the worker that claimed it:
+and the state of the worker that claimed it (four listings, then one small read per task
+ended or claimed; the engine asks only about tasks whose end it has not journaled yet):
 
     ended record          -> COMPLETED (exit 0) or FAILED with its exit code
     claim, worker running -> RUNNING
@@ -35,12 +36,23 @@ from reconciler.pool.files import DEAD_AFTER, PoolDir
 from reconciler.scheduler.base import ArrayJob, JobRef, Scheduler, SchedulerView, TaskSched
 
 PREFIX = "pool:"
+QUEUED = TaskSched(SchedState.PENDING, None, "in the pool's queue")
 _WORKER_END = {
     SchedState.CANCELLED: SchedState.CANCELLED,
     SchedState.TIMEOUT: SchedState.TIMEOUT,
     SchedState.OUT_OF_MEMORY: SchedState.OUT_OF_MEMORY,
     SchedState.PREEMPTED: SchedState.PREEMPTED,
 }
+
+
+def _by_token(names: set[str]) -> dict[str, set[int]]:
+    """``<token>.<index>`` file names -> the indices of each token."""
+    out: dict[str, set[int]] = {}
+    for n in names:
+        token, _, i = n.rpartition(".")
+        if i.isdigit():
+            out.setdefault(token, set()).add(int(i))
+    return out
 
 
 def is_pool_job(job_id: str | None) -> bool:
@@ -102,25 +114,28 @@ class PoolScheduler:
 
     def _observe_pool(self, refs: Sequence[JobRef], view: SchedulerView) -> None:
         now = self.clock()
-        claimed = files.listing(self.pool.claims)
-        ended = files.listing(self.pool.ended)  # after the claims: a task released between the two reads is seen ended
+        queued, withdrawn = files.listing(self.pool.queue), files.listing(self.pool.cancelled)
+        claimed = _by_token(files.listing(self.pool.claims))
+        ended = _by_token(files.listing(self.pool.ended))  # after the claims: a task released between the two reads is seen ended
         for ref in refs:
             job_id = ref.job_id or PREFIX + ref.token
             if ref.job_id is None:
                 view.found[ref.token] = job_id
-            if not self.pool.entry(ref.token).exists():
+            if f"{ref.token}.json" not in queued:
                 view.gone.add(job_id)
                 continue
-            cancelled = files.cancelled(self.pool, ref.token)
-            states: dict[int, TaskSched] = {}
-            for i in ref.array_indices:
-                name = f"{ref.token}.{i}"
-                ts = self._ended(ref.token, i) if name in ended else None
-                if ts is None and name in claimed:
+            cancelled = files.cancelled(self.pool, ref.token) if ref.token in withdrawn else None
+            done, running = ended.get(ref.token, set()), claimed.get(ref.token, set())
+            touched = done | running if cancelled is None else set(ref.array_indices)
+            states = dict.fromkeys(ref.array_indices, QUEUED)  # one shared answer: 40,000 queued tasks cost a dict
+            for i in touched.intersection(ref.array_indices):
+                ts = self._ended(ref.token, i) if i in done else None
+                if ts is None and i in running:
                     ts = self._claimed(ref.token, i, view, now)
                 if ts is None and cancelled is not None and (not cancelled or i in cancelled):
                     ts = TaskSched(SchedState.CANCELLED, None, "cancelled in the pool before a worker claimed it", None, now)
-                states[i] = ts or TaskSched(SchedState.PENDING, None, "in the pool's queue")
+                if ts is not None:
+                    states[i] = ts
             view.tasks[job_id] = states
 
     def _ended(self, token: str, index: int) -> TaskSched | None:
@@ -145,6 +160,8 @@ class PoolScheduler:
         job, _, idx = owner.rpartition("_")
         worker = view.tasks.get(job, {}).get(int(idx)) if job and idx.isdigit() else view.tasks.get(owner, {}).get(0)
         start = doc.get("claimed")
+        if worker is None and (job or owner) in view.gone:
+            return TaskSched(SchedState.NODE_FAIL, None, f"worker {owner} vanished (the scheduler has no record of it) with the task claimed", start, now)
         if worker is not None and worker.state.finished:
             state = _WORKER_END.get(worker.state, SchedState.NODE_FAIL)
             return TaskSched(state, None, f"worker {owner} ended {worker.reason or worker.state.value} with the task claimed", start, worker.end or now)
