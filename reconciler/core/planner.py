@@ -32,8 +32,9 @@ index // batch_size, batch-local array indices), so no submission mixes two stag
 tasks (counting those whose submission's answer is still unknown) never exceed
 ``limits.max_queued_tasks``. A pool-mode stage's sends go to the production's pool, outside
 that cap, each with the run time its tasks are expected to take (core.pool.expected_runtime);
-then core.pool.plan_workers decides the pool's workers, which count against the cap. WAITs are one per reason and stage. Last, the logs of
-submissions that finished ``keep_logs_days`` ago are pruned (PRUNE_LOGS; core.cleanup).
+then core.pool.plan_workers decides the pool's workers, which count against the cap. WAITs
+are one per reason and stage. Last, the logs of submissions that finished
+``keep_logs_days`` ago are pruned (PRUNE_LOGS; core.cleanup).
 """
 
 from __future__ import annotations

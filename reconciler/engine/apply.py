@@ -303,8 +303,9 @@ class Actor:
             return f"pool workers {a.token} abandoned: {a.message}"
         if a.kind is ActionKind.STOP_WORKERS:
             w = next(w for w in obs.world.workers if w.token == a.token)
-            self.scheduler.cancel(str(w.job_id or w.found), list(a.array_indices))
-            return f"cancelled {len(a.array_indices)} queued pool worker(s) of job {w.job_id}: {a.message}"
+            job_id = str(w.job_id or w.found)
+            self.scheduler.cancel(job_id, list(a.array_indices))
+            return f"cancelled {len(a.array_indices)} queued pool worker(s) of job {job_id}: {a.message}"
         token = f"{now:.0f}-{secrets.token_hex(6)}"
         count = len(a.array_indices)
         name = workers.job_name(self.loaded.name, token)
