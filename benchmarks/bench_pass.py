@@ -13,6 +13,7 @@ reports medians and the largest peak resident set size.
     python benchmarks/bench_pass.py --tasks 1000000 --repeat 3
     python benchmarks/bench_pass.py --campaign            # 40,000 + 40,000 + 20 tasks in three stages, no-op
     python benchmarks/bench_pass.py --campaign --warm     # the same, as each pass of `reconcile watch` after its first
+    python benchmarks/bench_pass.py --pool                # 40,000 tasks in pool mode, no-op
 
 The submit mode uses a scheduler that only counts calls, to time the pass's own work
 outside the scheduler (the budget in the issue: <= 1 s for 40,000 tasks).
@@ -56,7 +57,7 @@ CAMPAIGN = """stages:
 """--campaign: N catalogs -> N statistics (a map) -> one covariance per redshift (a fan-in)."""
 
 
-def build_repo(root: Path, tasks: int, batch: int, campaign: bool = False) -> None:
+def build_repo(root: Path, tasks: int, batch: int, campaign: bool = False, pool: bool = False) -> None:
     realizations = max(1, tasks // REDSHIFTS)
     (root / "productions").mkdir(parents=True)
     (root / "defaults").mkdir()
@@ -66,7 +67,7 @@ def build_repo(root: Path, tasks: int, batch: int, campaign: bool = False) -> No
     (root / "productions/bench.yaml").write_text(
         "production: {name: bench, version: v1.0}\n"
         f"science:\n  redshifts: [{zs}]\n  realizations: {{start: 0, count: {realizations}}}\n"
-        f"execution: {{batch_size: {batch}}}\n"
+        f"execution: {{batch_size: {batch}{', mode: pool' if pool else ''}}}\n"
         f"outputs: {{base_path: {root / 'out'}}}\n"
         + (CAMPAIGN if campaign else (
             "task:\n  command: gen --realization {realization} --redshift {redshift:.3f} --output {output}\n"
@@ -233,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--adopted", action="store_true", help="outputs without markers (a tree to adopt)")
     ap.add_argument("--submit", action="store_true", help="time a pass that submits every task")
     ap.add_argument("--campaign", action="store_true", help="three stages: N catalogs -> N statistics -> one covariance per redshift")
+    ap.add_argument("--pool", action="store_true", help="the production in pool mode (execution.mode: pool)")
     ap.add_argument("--warm", action="store_true", help="time the second pass of one process (what each pass of `reconcile watch` costs)")
     ap.add_argument("--dir", type=Path, default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--keep", type=Path, default=None, help="build (or reuse) the repository and tree here and keep them")
@@ -245,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = args.keep if args.keep is not None else Path(tmp) / "repo"
         build = not (root / "productions").exists()
         if build:
-            build_repo(root, args.tasks, args.batch, args.campaign)
+            build_repo(root, args.tasks, args.batch, args.campaign, args.pool)
         if not args.submit and build:
             t, _ = timed(lambda: build_tree(load_bench(root), args.adopted))
             files = len(load_bench(root).expansion().tasks) * (1 if args.adopted else 2)
@@ -264,6 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kind = "submit" if args.submit else ("no-op, adopted (unmarked) tree" if args.adopted else "no-op, marked tree")
     if args.warm:
         kind += ", second pass of one process (watch)"
+    if args.pool:
+        kind += ", pool mode"
     if args.campaign:
         kind += f", campaign of 3 stages ({args.tasks} + {args.tasks} + {REDSHIFTS} tasks)"
     print(f"\n{args.tasks} tasks, {kind}, median of {args.repeat} runs, each in a fresh process (python {sys.version.split()[0]}, {os.cpu_count()} cores)\n")
