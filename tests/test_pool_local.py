@@ -248,3 +248,27 @@ def test_sigkill_of_the_reconciler_at_failpoints_and_at_random_loses_nothing_and
     assert len(got) == 12 and all(len(v) == 1 for v in got.values()), {k: len(v) for k, v in got.items()}
     jobs = worker_jobs(tmp_path / "spool")
     assert sum(len(j["array_indices"]) for j in jobs) <= 12, [j["array_indices"] for j in jobs]
+
+
+def test_tasks_pruned_from_a_pool_production_are_cancelled_queued_or_running(repo: Path, tmp_path: Path) -> None:
+    """With prune: true, tasks removed from the production are cancelled in the pool: a queued
+    one is never claimed, a running one is stopped at its worker's next heartbeat; neither runs
+    to its end, and what stays desired completes."""
+    env = env_for(tmp_path)
+    pooled(repo, tmp_path, count=2, workers=1)
+    claim = hold_and_wait(repo, env, "r0001/z0.500")
+    path = repo / "productions" / "pooled.yaml"
+    path.write_text(path.read_text().replace("count: 2", "count: 1").replace("  mode: pool\n", "  mode: pool\n  prune: true\n"))
+    git(repo, "commit", "-qam", "drop realization 1")
+    plan = json.loads(reconcile(repo, env, "plan", "pooled", "--json").stdout)
+    cancel = [a for a in plan["actions"] if a["kind"] == "cancel"]
+    assert cancel and "r0001/z0.500" in cancel[0]["keys"], plan
+    st = watched_to_the_end(repo, env, "pooled")
+    assert st["counts"]["complete"] == 3 and st["total"] == 3, st["counts"]
+    end = time.monotonic() + 20
+    while claim["path"].exists():  # the cancelled run is stopped and its end recorded
+        assert time.monotonic() < end, "the cancelled task is still claimed"
+        time.sleep(0.3)
+    assert {k for k in runs(repo)} == {"r0000/z0.500", "r0000/z1.000", "r0000/z1.500"}, runs(repo)
+    logs = "".join(p.read_text() for p in (pdir(repo) / "logs" / "pool").glob("*.err"))
+    assert "cancelled, stopping it" in logs, logs
