@@ -260,11 +260,16 @@ def worker_log_patterns(production_dir: Path) -> tuple[str, str]:
 def render_worker_script(prod: Production, *, name: str, token: str, count: int, production_dir: Path, python: str | None = None) -> str:
     """The sbatch script of an array of ``count`` pool workers (``reconciler.pool.worker``).
 
-    Its resources are the production's, with ``execution.pool``'s nodes and walltime; it has
-    no setup lines of its own: each task runs its own submission's script, setup included."""
+    Its resources are the production's, for ``tasks_side_by_side`` tasks at once (their CPUs
+    and memory times that), with ``execution.pool``'s nodes and walltime; it has no setup lines
+    of its own: each task runs its own submission's script, setup included."""
     pool = prod.execution.pool
     out_pat, err_pat = worker_log_patterns(production_dir)
-    res = [(o, v) for o, v in sbatch_lines(prod) if o not in ("nodes", "time")]
+    r, k = prod.resources, pool.tasks_side_by_side
+    scaled = r.model_copy(update={
+        "cpus_per_task": r.cpus_per_task * k if r.cpus_per_task else None, "memory_gb": r.memory_gb * k if r.memory_gb else None,
+    })
+    res = [(o, v) for o, v in sbatch_lines(prod.model_copy(update={"resources": scaled})) if o not in ("nodes", "time")]
     header = [
         ("job-name", name), ("comment", f"reconciler:{token}"), ("array", array_spec(range(count))),
         ("output", out_pat), ("error", err_pat), ("nodes", str(pool.nodes)), *res,
