@@ -19,7 +19,7 @@ class Pool(BaseModel):
     workers: int = Field(default=4, ge=1, le=10_000, description="Worker jobs at most; the pass keeps as many as the ready work needs (each counts once against max_queued_tasks).")
     walltime_minutes: float = Field(default=240.0, gt=0, le=60 * 24 * 30, description="Each worker job's --time.")
     nodes: int = Field(default=1, ge=1, le=100_000, description="Nodes per worker job (a task sees them through the job's environment).")
-    tasks_side_by_side: int = Field(default=1, ge=1, le=1024, description="Tasks one worker runs at the same time.")
+    tasks_side_by_side: int = Field(default=1, ge=1, le=1024, description="Tasks one worker runs at the same time; a worker asks for their CPUs and memory (resources.cpus_per_task, memory_gb) times this.")
     margin_minutes: float = Field(default=7.0, ge=0, description=(
         "A worker stops claiming when its remaining walltime is less than a task's expected run time "
         "(the 90th percentile of its stage's finished run times, else its timeout) plus this."
