@@ -216,14 +216,30 @@ def run(manifest_path: Path, array_index: str) -> int:
     if terminated:  # a signal that arrived between the handler's install and Popen
         killpg(proc.pid, signal.SIGTERM)
 
+    # Run by a pool worker: the command stops once the claim is not held any more (the worker
+    # froze or died and the task may be rerun elsewhere), whoever notices first.
+    from reconciler.pool import files as pool_files
+
+    claim = os.environ.get(pool_files.CLAIM_ENV)
+    guard = pool_files.Guard(claim, os.environ.get(pool_files.OWNER_ENV)) if claim else None
+
+    def stop_requested() -> bool:
+        if terminated:
+            return True
+        if guard is not None and guard.lost():
+            killpg(proc.pid, signal.SIGTERM)
+            return True
+        return False
+
     # A forwarded signal already sent SIGTERM (on_signal): wait_group only escalates to SIGKILL.
-    ending = wait_group(
-        proc, timeout_s=timeout_s, kill_grace_s=KILL_GRACE_S, poll_s=POLL_S, stop_requested=lambda: bool(terminated)
-    )
+    ending = wait_group(proc, timeout_s=timeout_s, kill_grace_s=KILL_GRACE_S, poll_s=POLL_S, stop_requested=stop_requested)
     end = time.time()
     code, rc = ending.exit_code, ending.returncode
     took = f"{end - start:.1f} s"
 
+    if guard is not None and guard.gone:
+        _say(f"task {task.key}: the pool claim on it died or was taken over after {took}: stopped, not marked")
+        return _failed(manifest_path, array_index, EXIT_FENCED, CauseKind.FENCED)
     if terminated:
         sig = terminated[0]
         _say(f"task {task.key} cancelled by {signal.Signals(sig).name} after {took} (command exit {code})")
@@ -247,9 +263,7 @@ def run(manifest_path: Path, array_index: str) -> int:
     if why is not None:
         _say(f"task {task.key}: outputs invalid: {why}")
         return _failed(manifest_path, array_index, EXIT_INVALID_OUTPUT, CauseKind.INVALID_OUTPUT, why)
-    from reconciler.pool import files as pool_files
-
-    if not pool_files.still_held(os.environ.get(pool_files.CLAIM_ENV), os.environ.get(pool_files.OWNER_ENV)):
+    if not pool_files.still_held(claim, os.environ.get(pool_files.OWNER_ENV)):
         _say(f"task {task.key}: the pool claim on it died or was taken over: not marked complete")
         return _failed(manifest_path, array_index, EXIT_FENCED, CauseKind.FENCED)
     try:

@@ -155,15 +155,17 @@ def no_overlap(got: dict[str, list[dict[str, Any]]]) -> None:
         assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False)), (key, spans)
 
 
-def test_a_worker_killed_mid_task_is_reaped_and_its_task_runs_once_more(repo: Path, tmp_path: Path) -> None:
-    """The worker and its tasks killed at once, as Slurm kills a job's processes on a node
-    failure: the claim stays behind, the scheduler says the worker ended, the task is a failed
+@pytest.mark.parametrize("whole_tree", [True, False], ids=["worker-and-tasks", "worker-alone"])
+def test_a_worker_killed_mid_task_is_reaped_and_its_task_runs_once_more(repo: Path, tmp_path: Path, whole_tree: bool) -> None:
+    """A worker killed outright mid-task, with its tasks (as Slurm kills a job's processes on a
+    node failure) or alone (its task is told to stop when it dies: no run outlives its
+    worker): the claim stays behind, the scheduler says the worker ended, the task is a failed
     attempt with that cause and reruns once; the killed run wrote nothing."""
     env = env_for(tmp_path)
     pooled(repo, tmp_path, count=2, workers=2)
     key = "r0000/z0.500"
     claim = hold_and_wait(repo, env, key)
-    for pid in descendants(int(claim["pid"])):
+    for pid in descendants(int(claim["pid"])) if whole_tree else [int(claim["pid"])]:
         os.kill(pid, signal.SIGKILL)
     st = watched_to_the_end(repo, env, "pooled")
     assert st["counts"]["complete"] == 6
@@ -173,7 +175,7 @@ def test_a_worker_killed_mid_task_is_reaped_and_its_task_runs_once_more(repo: Pa
     retried = {x["key"]: x for x in st["retried"]}
     assert key in retried, st["retried"]
     assert claim["owner"] in json.dumps(retried[key]), retried[key]
-    assert claim["path"].exists(), "a dead claim is left as it was: the retry is a new submission, with a claim of its own"
+    assert claim["path"].exists(), "a claim is never removed: the retry is a new submission, with a claim of its own"
 
 
 def test_a_frozen_worker_loses_its_claim_when_the_lease_expires_and_cannot_mark_the_task(repo: Path, tmp_path: Path) -> None:
@@ -266,9 +268,11 @@ def test_tasks_pruned_from_a_pool_production_are_cancelled_queued_or_running(rep
     st = watched_to_the_end(repo, env, "pooled")
     assert st["counts"]["complete"] == 3 and st["total"] == 3, st["counts"]
     end = time.monotonic() + 20
-    while claim["path"].exists():  # the cancelled run is stopped and its end recorded
-        assert time.monotonic() < end, "the cancelled task is still claimed"
+    ended = pdir(repo) / "pool" / "ended" / claim["path"].name
+    while not ended.exists():  # the cancelled run is stopped and its end recorded (its claim stays: never taken again)
+        assert time.monotonic() < end, "the cancelled task's end was never recorded"
         time.sleep(0.3)
+    assert json.loads(ended.read_text())["killed"] == "cancelled"
     assert {k for k in runs(repo)} == {"r0000/z0.500", "r0000/z1.000", "r0000/z1.500"}, runs(repo)
     logs = "".join(p.read_text() for p in (pdir(repo) / "logs" / "pool").glob("*.err"))
     assert "cancelled, stopping it" in logs, logs

@@ -25,6 +25,18 @@ from reconciler.core.plan import Action, ActionKind
 from reconciler.core.reasons import Reason
 from reconciler.core.states import SchedState
 
+DEAD_AFTER = 1.5
+ENDED_AFTER = 1.25
+"""A claim is dead once its heartbeat is older than this many leases (ENDED_AFTER once the
+scheduler says its worker ended or vanished). The wrapper's fence stops a run whose claim is
+older than one lease, checking every fifth of a lease: by either mark its run has stopped."""
+_WORKER_END = {
+    SchedState.CANCELLED: SchedState.CANCELLED,
+    SchedState.TIMEOUT: SchedState.TIMEOUT,
+    SchedState.OUT_OF_MEMORY: SchedState.OUT_OF_MEMORY,
+    SchedState.PREEMPTED: SchedState.PREEMPTED,
+}
+
 PERCENTILE = 0.9
 MIN_SAMPLES = 3
 """A stage's expected run time is the 90th percentile of its finished run times once it has
@@ -51,6 +63,23 @@ class WorkerObs:
     job_id: str | None = None
     found: str | None = None  # job id found by token this pass (the answer was lost)
     states: tuple[SchedState | None, ...] = ()
+
+
+def judge_claim(worker: SchedState | None, gone: bool, silent_s: float, lease_s: float) -> tuple[SchedState, str]:
+    """A claimed task's state: RUNNING while its claim is alive, else a failed attempt with the
+    worker's end as its cause (its job CANCELLED, TIMEOUT...; ended otherwise or vanished:
+    NODE_FAIL) or, with no word of its worker, NODE_FAIL ("lease expired").
+
+    ``worker``: the claiming worker's state this pass (None: not asked or not known);
+    ``gone``: the scheduler has no record of it; ``silent_s``: the claim's heartbeat age."""
+    ended = gone or (worker is not None and worker.finished)
+    if ended and silent_s > ENDED_AFTER * lease_s:
+        if worker is None or gone:
+            return SchedState.NODE_FAIL, "vanished (the scheduler has no record of it)"
+        return _WORKER_END.get(worker, SchedState.NODE_FAIL), "ended"
+    if silent_s > DEAD_AFTER * lease_s:
+        return SchedState.NODE_FAIL, f"lease expired: no heartbeat for {silent_s:.0f} s"
+    return SchedState.RUNNING, ""
 
 
 def expected_runtime(durations: Sequence[float], timeout_s: float) -> float:

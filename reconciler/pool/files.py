@@ -2,19 +2,19 @@
 
 ``pool/queue/<token>.json``  a submission sent to the pool: its script, logs, array indices,
                              and each task's expected run time (the planner's figure)
-``pool/claims/<token>.<i>``  a worker runs task i of that submission: who (job, host, pid)
-                             and the lease; its mtime is the last heartbeat
-``pool/ended/<token>.<i>``   how that run ended (exit code, start, end); written before the
-                             claim is removed, so a task is always claimed, ended, or neither
+``pool/claims/<token>.<i>``  a worker took task i of that submission: who (job, host, pid)
+                             and the lease; its mtime is the last heartbeat. Never removed: a
+                             claim name is taken once, ever (a retry is a new submission)
+``pool/ended/<token>.<i>``   how that run ended (exit code, start, end, or cancelled)
 ``pool/cancelled/<token>``   the reconciler cancelled these indices (all when empty)
 
 A claim is taken with ``link`` onto its name, which fails if the name exists, on every
 shared filesystem (as the production's lease is, reconciler.lease): one taker per task and
-submission. A retry is a new submission (a new token), so a claim name is never reused and a
-dead claim needs no clean-up to be safe. Fencing is by the lease itself: a claim whose
-heartbeat is older than its ``lease_s`` is dead for everyone; the reconciler counts it a
-failed attempt only ``DEAD_AFTER`` leases later, and a wrapper whose claim is dead (or gone,
-or another's) does not write its marker (``still_held``).
+submission, and since no claim is ever removed, a task that ran can never be taken again,
+whatever a worker's listings missed. Fencing is by time: a claim whose heartbeat is older
+than its ``lease_s`` is no longer held (``still_held``): the wrapper stops its command and
+does not write the marker, and the reconciler counts the run a failed attempt only later
+(core.pool.judge_claim: 1.25 leases once its worker ended, 1.5 otherwise).
 
 Standard library only: workers and wrappers import it on compute nodes.
 """
@@ -125,11 +125,27 @@ def still_held(path: str | None, owner: str | None, now: float | None = None) ->
 
 
 def release(pool: PoolDir, token: str, index: int, record: dict[str, Any]) -> None:
-    """Record how the task's run ended, then drop the claim (in this order: a reader always
-    finds one of the two)."""
+    """Record how the task's run ended. The claim stays: its name is never taken again."""
     write_json(pool.end(token, index), record)
-    with contextlib.suppress(FileNotFoundError):
-        pool.claim(token, index).unlink()
+
+
+class Guard:
+    """A wrapper's watch on its claim (``CLAIM_ENV``): asked often, it looks at most every
+    fifth of the lease; once the claim is not held, it stays lost."""
+
+    def __init__(self, path: str, owner: str | None) -> None:
+        self.path, self.owner = path, owner
+        doc = read_json(Path(path)) or {}
+        self.every = max(0.5, float(doc.get("lease_s", 300.0)) / 5)
+        self.checked = time.monotonic()
+        self.gone = False
+
+    def lost(self) -> bool:
+        now = time.monotonic()
+        if not self.gone and now - self.checked >= self.every:
+            self.checked = now
+            self.gone = not still_held(self.path, self.owner)
+        return self.gone
 
 
 def cancelled(pool: PoolDir, token: str) -> set[int] | None:

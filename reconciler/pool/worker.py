@@ -20,6 +20,7 @@ compute nodes, often, and decides nothing about the production.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import socket
@@ -36,6 +37,10 @@ from reconciler.pool.files import PoolDir
 from reconciler.process import killpg
 
 POLL_S = 0.5
+try:  # resolved here, not in the child between fork and exec
+    _PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _PRCTL = None
 
 
 @dataclass
@@ -48,6 +53,14 @@ class Run:
     proc: subprocess.Popen[bytes]
     start: float
     killed: str = ""  # why the worker killed it (fenced, cancelled), if it did
+
+
+def _die_with_parent() -> None:
+    """In a task's child process: SIGTERM it when this worker dies (Linux's PR_SET_PDEATHSIG),
+    so a worker killed outright leaves no run behind; its wrapper stops the command. Where
+    prctl is missing the wrapper's own claim guard stops it within a fifth of a lease."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def owner_id() -> str:
@@ -69,7 +82,8 @@ class Worker:
         self.owner = owner_id()
         self.host = socket.gethostname()
         self.entries: dict[str, dict[str, Any]] = {}
-        self.exhausted: set[str] = set()  # entries whose every task has ended
+        self.exhausted: set[str] = set()  # entries whose every task has a claim
+        self.taken: set[str] = set()  # claim names seen taken ("<token>.<index>")
         self.running: list[Run] = []
         self.stopping = ""
         self.out_of_time = False  # work was left that no longer fits before the margin
@@ -87,11 +101,12 @@ class Worker:
         signal.signal(signal.SIGINT, self.on_signal)
         self.say(f"on {self.host}, {self.slots} slot(s), walltime ends in {self.deadline - self.started:.0f} s, margin {self.margin_s:.0f} s")
         last_work = last_beat = time.time()
-        done = 0
+        done, idle_polls = 0, 0
         while True:
             now = time.time()
+            claimed = False
             while not self.stopping and len(self.running) < self.slots and self.claim_next(now):
-                last_work = now
+                last_work, claimed = now, True
             for r in list(self.running):
                 if r.proc.poll() is not None:
                     self.finish(r)
@@ -110,12 +125,19 @@ class Worker:
                 if now - last_work >= self.idle_s:
                     self.say(f"nothing to claim for {self.idle_s:.0f} s after {done} task(s): exiting")
                     return 0
-            time.sleep(POLL_S)
+            # an idle worker looks at the pool less and less often (0.5 s, doubling, 8 s at most):
+            # a hundred idle workers must not list a shared filesystem's directory 200 times a second
+            idle_polls = 0 if claimed or self.running else idle_polls + 1
+            time.sleep(min(POLL_S * 2 ** min(idle_polls, 4), 8.0, max(0.0, self.deadline - time.time())) or POLL_S)
 
     def claim_next(self, now: float) -> bool:
-        """Claim and start one task; False when none can be claimed now."""
+        """Claim and start one task; False when none can be claimed now.
+
+        One listing of the claims: a claim is never removed, so a task that has one (running,
+        ended, or dead) is never claimable again, and an entry whose every task has one is done
+        with. ``take`` decides a race; a cancel that lands just after it is honoured at once."""
         remaining = self.deadline - now
-        ended, claimed = files.listing(self.pool.ended), files.listing(self.pool.claims)
+        self.taken |= files.listing(self.pool.claims)
         for name in sorted(files.listing(self.pool.queue)):  # tokens start with their epoch: oldest first
             token = name.removesuffix(".json")
             if token in self.exhausted or not name.endswith(".json"):
@@ -124,22 +146,27 @@ class Worker:
             if entry is None:
                 continue
             self.entries[token] = entry
-            cancelled = files.cancelled(self.pool, token)
-            open_ = [i for i in entry["indices"] if f"{token}.{i}" not in ended]
+            open_ = [i for i in entry["indices"] if f"{token}.{i}" not in self.taken]
             if not open_:
                 self.exhausted.add(token)
                 continue
             if remaining < float(entry.get("expect_s", 0.0)) + self.margin_s:
                 self.out_of_time = True
                 continue
+            cancelled = files.cancelled(self.pool, token)
             for i in open_:
-                if f"{token}.{i}" in claimed or (cancelled is not None and (not cancelled or i in cancelled)):
+                if cancelled is not None and (not cancelled or i in cancelled):
                     continue
                 owner = {"owner": self.owner, "host": self.host, "pid": os.getpid(), "lease_s": self.lease_s}
                 path = files.take(self.pool, token, i, owner)
-                if path is not None:
-                    self.start(token, i, path, entry)
-                    return True
+                self.taken.add(f"{token}.{i}")
+                if path is None:
+                    continue
+                if (now_cancelled := files.cancelled(self.pool, token)) is not None and (not now_cancelled or i in now_cancelled):
+                    files.release(self.pool, token, i, {"owner": self.owner, "host": self.host, "exit": None, "killed": "cancelled", "start": now, "end": now})
+                    continue
+                self.start(token, i, path, entry)
+                return True
         return False
 
     def start(self, token: str, index: int, claim: Path, entry: dict[str, Any]) -> None:
@@ -148,7 +175,10 @@ class Worker:
         err = str(entry["log_err"]).replace("%A", job).replace("%a", str(index))
         env = {**os.environ, "SLURM_ARRAY_TASK_ID": str(index), files.CLAIM_ENV: str(claim), files.OWNER_ENV: self.owner}
         with open(out, "ab") as fo, open(err, "ab") as fe:
-            proc = subprocess.Popen(["bash", str(entry["script"])], stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env, start_new_session=True)
+            proc = subprocess.Popen(
+                ["bash", str(entry["script"])], stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, env=env,
+                start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads here
+            )
         self.running.append(Run(token, index, claim, proc, time.time()))
         self.say(f"task {index} of {token} started (pid {proc.pid})")
 
@@ -185,10 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reconciler.pool.worker")
     ap.add_argument("production_dir", type=Path)
     ap.add_argument("--walltime-s", type=float, required=True)
-    ap.add_argument("--margin-s", type=float, default=420.0)
-    ap.add_argument("--slots", type=int, default=1)
-    ap.add_argument("--lease-s", type=float, default=300.0)
-    ap.add_argument("--idle-s", type=float, default=120.0)
+    ap.add_argument("--margin-s", type=float, required=True)
+    ap.add_argument("--slots", type=int, required=True)
+    ap.add_argument("--lease-s", type=float, required=True)
+    ap.add_argument("--idle-s", type=float, required=True)  # execution.pool's, as the worker script writes them
     a = ap.parse_args(argv)
     return Worker(a.production_dir, a.walltime_s, a.margin_s, a.slots, a.lease_s, a.idle_s).loop()
 

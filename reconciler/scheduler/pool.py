@@ -10,11 +10,10 @@ Each task of a pool submission is observed from the pool's files (``reconciler.p
 and the state of the worker that claimed it (four listings, then one small read per task
 ended or claimed; the engine asks only about tasks whose end it has not journaled yet):
 
-    ended record          -> COMPLETED (exit 0) or FAILED with its exit code
-    claim, worker running -> RUNNING
-    claim, worker ended   -> the worker's end (CANCELLED, TIMEOUT, NODE_FAIL...; a worker that
-                             ended normally yet left a claim: NODE_FAIL), a failed attempt
-    claim, no heartbeat for DEAD_AFTER leases -> NODE_FAIL ("lease expired")
+    ended record          -> COMPLETED (exit 0), FAILED with its exit code, or CANCELLED
+    claim, no end         -> core.pool.judge_claim: RUNNING while alive; dead (its worker
+                             ended and no heartbeat for 1.25 leases, or none for 1.5) -> the
+                             worker's end (CANCELLED, TIMEOUT...; else NODE_FAIL), a failed attempt
     cancelled, unclaimed  -> CANCELLED
     otherwise             -> PENDING (in the queue)
 
@@ -29,20 +28,16 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from reconciler.core.pool import judge_claim
 from reconciler.core.states import SchedState
 from reconciler.errors import TransientError
 from reconciler.pool import files
-from reconciler.pool.files import DEAD_AFTER, PoolDir
+from reconciler.pool.files import PoolDir
 from reconciler.scheduler.base import ArrayJob, JobRef, Scheduler, SchedulerView, TaskSched
 
 PREFIX = "pool:"
 QUEUED = TaskSched(SchedState.PENDING, None, "in the pool's queue")
-_WORKER_END = {
-    SchedState.CANCELLED: SchedState.CANCELLED,
-    SchedState.TIMEOUT: SchedState.TIMEOUT,
-    SchedState.OUT_OF_MEMORY: SchedState.OUT_OF_MEMORY,
-    SchedState.PREEMPTED: SchedState.PREEMPTED,
-}
+DEFAULT_LEASE_S = 300.0  # a claim that cannot be read is judged by spec.pool's default lease
 
 
 def _by_token(names: set[str]) -> dict[str, set[int]]:
@@ -91,6 +86,8 @@ class PoolScheduler:
         if not is_pool_job(job_id):
             self.inner.cancel(job_id, array_indices)
             return
+        if array_indices is not None and not array_indices:
+            return
         token = job_id.removeprefix(PREFIX)
         before = files.cancelled(self.pool, token)
         indices = set() if array_indices is None or before == set() else set(array_indices) | (before or set())
@@ -116,7 +113,7 @@ class PoolScheduler:
         now = self.clock()
         queued, withdrawn = files.listing(self.pool.queue), files.listing(self.pool.cancelled)
         claimed = _by_token(files.listing(self.pool.claims))
-        ended = _by_token(files.listing(self.pool.ended))  # after the claims: a task released between the two reads is seen ended
+        ended = _by_token(files.listing(self.pool.ended))  # after the claims: a task claimed and ended between the two reads is seen ended
         for ref in refs:
             job_id = ref.job_id or PREFIX + ref.token
             if ref.job_id is None:
@@ -129,7 +126,7 @@ class PoolScheduler:
             touched = done | running if cancelled is None else set(ref.array_indices)
             states = dict.fromkeys(ref.array_indices, QUEUED)  # one shared answer: 40,000 queued tasks cost a dict
             for i in touched.intersection(ref.array_indices):
-                ts = self._ended(ref.token, i) if i in done else None
+                ts = self._ended(ref.token, i) if i in done else None  # an end wins over its claim, which stays
                 if ts is None and i in running:
                     ts = self._claimed(ref.token, i, view, now)
                 if ts is None and cancelled is not None and (not cancelled or i in cancelled):
@@ -142,30 +139,32 @@ class PoolScheduler:
         doc = files.read_json(self.pool.end(token, index))
         if doc is None:
             return None
-        code = int(doc.get("exit", 1))
         where = f" (worker {doc.get('owner')} on {doc.get('host')})"
+        if doc.get("killed") == "cancelled" or doc.get("exit") is None:
+            return TaskSched(SchedState.CANCELLED, None, f"cancelled in the pool{where}", doc.get("start"), doc.get("end"))
+        code = int(doc["exit"])
         state = SchedState.COMPLETED if code == 0 else SchedState.FAILED
         return TaskSched(state, code, "" if code == 0 else f"exit {code}{where}", doc.get("start"), doc.get("end"))
 
-    def _claimed(self, token: str, index: int, view: SchedulerView, now: float) -> TaskSched | None:
+    def _claimed(self, token: str, index: int, view: SchedulerView, now: float) -> TaskSched:
+        """A claim with no end: alive, or dead by core.pool.judge_claim (judged by its heartbeat's
+        age even when it cannot be read, e.g. empty after a node crashed while writing it)."""
         path = self.pool.claim(token, index)
-        doc = files.read_json(path)
         try:
             beat = os.stat(path).st_mtime
-        except FileNotFoundError:
-            doc = None
-        if doc is None:  # released since the listing
-            return self._ended(token, index)
-        owner = str(doc.get("owner", ""))
+        except FileNotFoundError:  # gone: someone cleaned the pool by hand
+            return TaskSched(SchedState.NODE_FAIL, None, "its claim file vanished", None, now)
+        doc = files.read_json(path) or {}
+        owner = str(doc.get("owner", "?"))
         job, _, idx = owner.rpartition("_")
-        worker = view.tasks.get(job, {}).get(int(idx)) if job and idx.isdigit() else view.tasks.get(owner, {}).get(0)
+        if not (job and idx.isdigit()):
+            job, idx = owner, "0"
+        worker = view.tasks.get(job, {}).get(int(idx))
+        lease_s = float(doc.get("lease_s", 0.0)) or DEFAULT_LEASE_S
+        state, why = judge_claim(worker.state if worker else None, job in view.gone, now - beat, lease_s)
         start = doc.get("claimed")
-        if worker is None and (job or owner) in view.gone:
-            return TaskSched(SchedState.NODE_FAIL, None, f"worker {owner} vanished (the scheduler has no record of it) with the task claimed", start, now)
-        if worker is not None and worker.state.finished:
-            state = _WORKER_END.get(worker.state, SchedState.NODE_FAIL)
-            return TaskSched(state, None, f"worker {owner} ended {worker.reason or worker.state.value} with the task claimed", start, worker.end or now)
-        silent = now - beat
-        if silent > float(doc.get("lease_s", 0)) * DEAD_AFTER:
-            return TaskSched(SchedState.NODE_FAIL, None, f"lease expired: no heartbeat from worker {owner} for {silent:.0f} s", start, now)
-        return TaskSched(SchedState.RUNNING, None, f"worker {owner}", start, None)
+        if state is SchedState.RUNNING:
+            return TaskSched(state, None, f"worker {owner}", start, None)
+        if why == "ended" and worker is not None:
+            why = f"ended {worker.reason or worker.state.value}"
+        return TaskSched(state, None, f"worker {owner} {why} with the task claimed", start, (worker.end if worker else None) or now)
