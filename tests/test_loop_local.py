@@ -261,3 +261,27 @@ def test_the_validators_message_is_the_cause(repo: Path, tmp_path: Path) -> None
     assert "2 task(s): outputs invalid (2 gave up)" in st, st
     assert "e.g. r0000/z0.500: outputs invalid: missing catalogs/r0000/mock_z0.500.hdf5" in st, st
     wait_quiet(tmp_path / "spool")
+
+
+def test_a_stale_rerun_that_fails_is_retried_with_backoff_then_given_up_never_resent_every_pass(repo: Path, tmp_path: Path) -> None:
+    """rerun_on_change reruns stale tasks once; a rerun that fails is a failed task like any other:
+    backoff, max_retries, then given up, and status says failed (not stale), so watch ends."""
+    env = env_for(tmp_path)
+    prod = repo / "productions" / "rerun.yaml"
+    prod.write_text(
+        "production: {name: rerun, version: v1}\n"
+        "science: {redshifts: [0.5], realizations: {start: 0, count: 2}}\n"
+        "execution: {rerun_on_change: true, retry_policy: {max_retries: 1, initial_delay_minutes: 0.01}}\n"
+        "task:\n  shell: true\n  command: echo ok > {output}\n  outputs: ['o/r{realization:04d}.txt']\n"
+    )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "rerun")
+    assert watched_to_the_end(repo, env, "rerun")["counts"]["complete"] == 2
+    prod.write_text(prod.read_text().replace("echo ok > {output}", "echo failing >&2; exit 3"))
+    git(repo, "commit", "-qam", "a command that fails")
+    r = reconcile(repo, env, "watch", "rerun", "--until-done", "--interval", "0.3", timeout=120)
+    assert r.returncode != 0 or "every task is complete" not in r.stdout
+    st = json.loads(reconcile(repo, env, "status", "rerun", "--json").stdout)
+    assert st["counts"]["failed"] == 2 and st["done"], st["counts"]
+    assert sent_to_scheduler(tmp_path / "spool") == Counter({"r0000/z0.500": 3, "r0001/z0.500": 3})  # the first run, the rerun, one retry
+    wait_quiet(tmp_path / "spool")

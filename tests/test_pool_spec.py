@@ -88,3 +88,17 @@ def test_the_worker_array_script_asks_for_the_pools_nodes_and_walltime_and_quote
     assert "#SBATCH --mem=196608M" in lines and "--slots 3" in lines[-1], lines  # 3 tasks' memory in one worker
     with pytest.raises(ValueError, match="whitespace"):
         render_worker_script(loaded.spec, name="pp.pool.0123abcd", token="t", count=1, production_dir=tmp_path / "a b")
+
+
+def test_a_pool_mode_stage_with_its_own_pool_or_resources_is_refused_one_pool_serves_them_all(tmp_path: Path) -> None:
+    base = PROD.replace("  mode: pool\n", "").replace(
+        'task:\n  command: "gen --r {realization} --out {output}"\n  outputs: ["c/r{realization:04d}.h5"]\n',
+        'stages:\n  gen:\n    command: "gen --r {realization} --out {output}"\n    outputs: ["c/r{realization:04d}.h5"]\n'
+        '  stat:\n    needs: [gen]\n    execution: {mode: pool%s}\n%s    command: "stat {needs.gen} --out {output}"\n    outputs: ["s/r{realization:04d}.npy"]\n',
+    )
+    _load(tmp_path / "ok", base % ("", ""))  # the production's pool and resources: fine
+    for own, resources in ((", pool: {walltime_minutes: 400}", ""), ("", "    resources: {memory_gb: 128}\n")):
+        with pytest.raises(ConfigError) as info:
+            _load(tmp_path / "bad", base % (own, resources))
+        msg = str(info.value)
+        assert "stages.stat" in msg and "runs in the production's workers" in msg and ("execution.pool" in msg or "resources" in msg), msg

@@ -93,3 +93,10 @@ def gave_up(hist: TaskHistory, max_retries: int) -> bool:
     """No further attempt will be made without `reconcile retry`: retries exhausted, or a
     failure that retrying cannot fix."""
     return hist.failures > max_retries or cannot_retry(hist)
+
+
+def rerun_failed(sched: SchedState | None) -> bool:
+    """A stale task whose latest attempt ended without success: its rerun failed. It is then a
+    failed task like any other (backoff, retries, give-up, status), not "stale" again: read as
+    stale, it would be rerun at once on every pass, for ever."""
+    return sched is not None and sched.finished and sched is not SchedState.COMPLETED

@@ -14,6 +14,7 @@ Then stage by stage (Desired.stage_list, each by its own policy), per task, in t
   complete                      -> nothing
   valid, unmarked, never ours   -> adopted: nothing (unless adopt_existing is off)
   stale and not rerun_on_change -> reported in the notes
+  stale, rerun_on_change        -> SUBMIT (stale_rerun); once that rerun failed, as any failed task below
   never submitted               -> SUBMIT
   submitted, outcome unknown    -> WAIT (a lost sbatch answer is resolved by token, not resent)
   an input missing (task.inputs) -> WAIT (waiting_input), before any resubmission
@@ -50,12 +51,11 @@ from reconciler.core.model import (
     DesiredTask,
     Limits,
     Stage,
-    TaskObs,
     World,
 )
-from reconciler.core.outcome import adoptable, cannot_retry
+from reconciler.core.outcome import adoptable, cannot_retry, rerun_failed
 from reconciler.core.plan import Action, ActionKind, Note, Plan
-from reconciler.core.pool import expected_runtime, plan_workers
+from reconciler.core.pool import expected_runtime, live, plan_workers
 from reconciler.core.readiness import Gate, Readiness
 from reconciler.core.reasons import Reason
 from reconciler.core.settle import Settled, history_of, settle
@@ -160,8 +160,11 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     readiness = Readiness(desired, *settled.views(world), held=held, corrupt=world.corrupt, retry=retry)
     ran_partial, failed_verification = world.partial, world.corrupt
     queued, base = 0, 0
+    in_pool = {a.key for sub in world.submissions if sub.pool for a in sub.attempts if a.latest}  # latest attempt in the pool
+    pool_work = pending = 0  # tasks in the pool; tasks of pool stages that will come to it
     desired_keys: set[str] = set()
-    actions, notes = list(settled.actions), list(settled.notes)
+    actions, notes = _staged_to_pool(list(settled.actions), desired, world), list(settled.notes)
+    in_pool.update(k for a in actions if a.kind is ActionKind.SEND and a.expect_s is not None for k in a.keys)
     wanted: list[Action] = []
     pooled: list[Action] = []  # sends into the pool: outside the queue cap (its workers are inside it)
     starts: list[int] = []  # the first batch of each stage
@@ -175,7 +178,10 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             obs = task_over.get(key) or observed.get(key, EMPTY_OBS)
             sched = obs.sched
             if (sched is not None and sched.in_flight) or key in held:
-                queued += 1  # in the queue, or its submission's answer was lost: it may well be; counted even if complete
+                if key in in_pool:
+                    pool_work += 1  # behind the pool's workers, not in the scheduler's queue
+                else:
+                    queued += 1  # in the queue, or its submission's answer was lost: it may well be; counted even if complete
                 continue
             output = obs.output
             if output is OutputState.COMPLETE or output is OutputState.ADOPTED:
@@ -193,7 +199,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             hist = hist_over.get(key) or remembered.get(key, EMPTY_HISTORY)
             if pol.adopt_existing and adoptable(output, hist.submissions):
                 continue  # adopted: valid outputs this reconciler never produced
-            if output is OutputState.STALE:
+            if output is OutputState.STALE and not (pol.rerun_on_change and rerun_failed(sched)):  # a failed rerun: below
                 if pol.rerun_on_change:
                     s.send(Reason.STALE_RERUN, task)
                 else:
@@ -204,7 +210,10 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
                 continue
             if sched is None:
                 s.mark(Reason.AWAITING_SCHEDULER, key)  # submitted, but no scheduler answer yet: never resend blindly
-                queued += 1
+                if key in in_pool:
+                    pool_work += 1
+                else:
+                    queued += 1
                 continue
             if retry and hist.failures:
                 s.mark(Reason.MANUAL_RETRY, key)  # the waiver is journaled, ready or not; the task is resubmitted when ready
@@ -235,6 +244,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         if st.pool:
             expect = expected_runtime(world.runtimes.get(st.name, ()), st.timeout_s)
             pooled.extend(replace(a, expect_s=expect) for a in sends)
+            pending += len(s.keys.get(Reason.BACKOFF, ())) + len(s.gate.held.get(Reason.WAITING_MEMBERS, ()))
         else:
             wanted.extend(sends)
         # corrupt outputs go aside even when the queue cap or readiness defers their rerun: the
@@ -249,15 +259,17 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     if removed_in_flight and desired.policy.prune:
         actions.append(Action(ActionKind.CANCEL, Reason.REMOVED_PRUNE, tuple(removed_in_flight)))
     elif removed_in_flight:
-        queued += len(removed_in_flight)
+        pool_work += sum(1 for k in removed_in_flight if k in in_pool)
+        queued += sum(1 for k in removed_in_flight if k not in in_pool)
         notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
     wanted.sort(key=lambda a: a.order)
-    in_pool = _in_pool(world, task_over)
-    queued = max(0, queued - in_pool)  # the queue cap counts array tasks; the pool's are behind its workers, which count
-    kept, deferred = _cap(wanted, lim.max_queued_tasks - queued, starts)
-    if not stage and (pooled or in_pool or world.workers):
-        room = lim.max_queued_tasks - queued - sum(len(a.keys) for a in kept)
-        actions.extend(plan_workers(desired.pool, world.workers, in_pool + sum(len(a.keys) for a in pooled), room, now, lim.lookup_grace_s))
+    work = pool_work + sum(len(a.keys) for a in pooled)
+    jobs = queued + live(world.workers)  # the queue cap counts array tasks and the pool's workers
+    keep_one = 1 if work and not stage and not live(world.workers) else 0  # a place for a worker while the pool has work
+    kept, deferred = _cap(wanted, lim.max_queued_tasks - jobs - keep_one, starts)
+    if not stage and (work or world.workers):
+        room = lim.max_queued_tasks - jobs - sum(len(a.keys) for a in kept)
+        actions.extend(plan_workers(desired.pool, world.workers, work, pending, room, now, lim.lookup_grace_s))
     kept += pooled
     if stage:
         kept = [replace(a, kind=ActionKind.STAGE) for a in kept]
@@ -272,18 +284,17 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     return Plan(tuple(actions), tuple(notes))
 
 
-def _in_pool(world: World, task_over: Mapping[str, TaskObs]) -> int:
-    """Tasks queued or running in the pool: the latest attempts of pool submissions still in
-    flight (by submission, not by stage: a stage moved out of pool mode still has its pool's
-    work finished by workers)."""
-    n = 0
-    for sub in world.submissions:
-        if sub.pool:
-            for att in sub.attempts:
-                if att.latest:
-                    sched = (task_over.get(att.key) or world.tasks.get(att.key, EMPTY_OBS)).sched
-                    n += sched is None or sched.in_flight
-    return n
+def _staged_to_pool(actions: list[Action], desired: Desired, world: World) -> list[Action]:
+    """A staged submission sent now (SEND) whose stage is in pool mode goes to the pool, with
+    the run time its tasks are expected to take, as a SUBMIT of that stage would."""
+    if not any(a.kind is ActionKind.SEND for a in actions) or not any(st.pool for st in desired.stage_list):
+        return actions
+    pool_stage = {t.key: st for st in desired.stage_list if st.pool for t in st.tasks}
+    out = []
+    for a in actions:
+        st = pool_stage.get(a.keys[0]) if a.kind is ActionKind.SEND and a.keys else None
+        out.append(replace(a, expect_s=expected_runtime(world.runtimes.get(st.name, ()), st.timeout_s)) if st else a)
+    return out
 
 
 def _quarantine(sends: list[Action], settled: Settled, world: World) -> list[Action]:

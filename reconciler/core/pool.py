@@ -8,12 +8,15 @@ planner journals a submission, so a lost sbatch answer is found by its token, ne
   no job id, token found            -> RECOVER it (reason worker_found)
   no job id, within the lookup grace-> counted live (it may well exist)
   no job id, past the grace         -> ABANDON it; the pool is topped up again
-  fewer live workers than wanted    -> START_WORKERS (wanted - live), within the queue cap
-  more queued workers than wanted   -> STOP_WORKERS the queued ones beyond it (running ones exit
-                                       on their own once idle: they may be mid-task)
+  fewer live workers than wanted    -> START_WORKERS (wanted - live), within the queue cap, else
+                                       WAIT (queue_cap)
+  no work now and none coming       -> STOP_WORKERS the queued ones (running ones exit on their
+                                       own once idle); while tasks of pool stages are in backoff
+                                       or waiting for members, queued workers keep their place
 
-wanted = ceil(pool work / tasks side by side), at most ``execution.pool.workers``. Each worker
-counts once against ``max_queued_tasks``, which is the point of a pool.
+wanted = ceil(pool work / tasks side by side), at most ``execution.pool.workers``. Each live
+worker counts once against ``max_queued_tasks`` (the pool's tasks not at all), which is the
+point of a pool; the planner keeps a place for one while the pool has work and none is live.
 """
 
 from __future__ import annotations
@@ -90,17 +93,23 @@ def expected_runtime(durations: Sequence[float], timeout_s: float) -> float:
     return min(ranked[min(len(ranked) - 1, int(PERCENTILE * len(ranked)))], timeout_s)
 
 
-def plan_workers(pool: PoolPolicy, workers: Sequence[WorkerObs], work: int, room: int, now: float, grace_s: float) -> list[Action]:
+def live(workers: Sequence[WorkerObs]) -> int:
+    """Workers queued or running, or sent with no answer yet: each holds a place in the queue."""
+    return sum(1 for w in workers for st in w.states if st is None or st.in_flight)
+
+
+def plan_workers(pool: PoolPolicy, workers: Sequence[WorkerObs], work: int, pending: int, room: int, now: float, grace_s: float) -> list[Action]:
     """The pool's actions; see the module docstring. ``work``: tasks queued or running in the
-    pool after this plan's sends; ``room``: jobs the queue cap still allows."""
+    pool after this plan's sends; ``pending``: tasks of pool stages that will come to it
+    (in backoff, waiting for members); ``room``: jobs the queue cap allows beyond the live ones."""
     actions: list[Action] = []
-    live = 0
+    alive = 0
     queued: list[tuple[str, int]] = []  # (token, index) of workers not started yet
     for w in workers:
         job = w.job_id or w.found
         if job is None:
             if now - w.created < grace_s:
-                live += len(w.states)
+                alive += len(w.states)
             else:
                 actions.append(Action(ActionKind.ABANDON, Reason.WORKER_NEVER_RECEIVED, (), token=w.token, array_indices=tuple(range(len(w.states)))))
             continue
@@ -108,19 +117,22 @@ def plan_workers(pool: PoolPolicy, workers: Sequence[WorkerObs], work: int, room
             actions.append(Action(ActionKind.RECOVER, Reason.WORKER_FOUND, (), token=w.token, note=f"job {job}"))
         for i, st in enumerate(w.states):
             if st is None or st.in_flight:
-                live += 1
+                alive += 1
                 if st is SchedState.PENDING:
                     queued.append((w.token, i))
     wanted = min(pool.workers, -(-work // max(1, pool.slots)))
-    if wanted > live and room > 0:
-        n = min(wanted - live, room)
-        actions.append(Action(ActionKind.START_WORKERS, Reason.POOL_SHORT, (), array_indices=tuple(range(n)), note=f"{work} task(s) in the pool, {live} live worker(s), {wanted} wanted"))
-    elif live > wanted and queued:
-        surplus: dict[str, list[int]] = {}
-        for token, i in queued[-(live - wanted):]:
-            surplus.setdefault(token, []).append(i)
-        for token, idx in sorted(surplus.items()):
-            actions.append(Action(ActionKind.STOP_WORKERS, Reason.POOL_SURPLUS, (), token=token, array_indices=tuple(idx), note=f"{work} task(s) in the pool, {wanted} worker(s) wanted"))
+    note = f"{work} task(s) in the pool, {alive} live worker(s), {wanted} wanted"
+    if wanted > alive and room > 0:
+        n = min(wanted - alive, room)
+        actions.append(Action(ActionKind.START_WORKERS, Reason.POOL_SHORT, (), array_indices=tuple(range(n)), note=note))
+    elif wanted > alive:
+        actions.append(Action(ActionKind.WAIT, Reason.QUEUE_CAP, (), note=f"pool: {note}"))
+    elif not work and not pending and queued:  # nothing now, nothing coming: free their places
+        by_token: dict[str, list[int]] = {}
+        for token, i in queued:
+            by_token.setdefault(token, []).append(i)
+        for token, idx in sorted(by_token.items()):
+            actions.append(Action(ActionKind.STOP_WORKERS, Reason.POOL_SURPLUS, (), token=token, array_indices=tuple(idx), note=note))
     return actions
 
 

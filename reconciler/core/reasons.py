@@ -98,7 +98,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.LOGS_EXPIRED: "its logs are older than outputs.cleanup_policy.keep_logs_days: removed",
     Reason.LOGS_ARCHIVED: "its logs are older than outputs.cleanup_policy.keep_logs_days: packed into logs/archive/ (archive_completed), then removed",
     Reason.POOL_SHORT: "the pool has fewer live workers than its ready work needs (execution.pool.workers at most)",
-    Reason.POOL_SURPLUS: "workers still queued that the pool's remaining work does not need: cancelled before they start",
+    Reason.POOL_SURPLUS: "workers still queued while the pool has no work and none is coming: cancelled before they start",
     Reason.WORKER_FOUND: "a worker job's sbatch answer was lost; the job was found by its token",
     Reason.WORKER_NEVER_RECEIVED: "the scheduler never received this worker job; the pool is topped up again",
     Reason.SITE_LIMIT: "the cluster's MaxArraySize is below the machine defaults' max_array_size; using the cluster's",

@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from reconciler.core.model import Desired, TaskHistory, TaskObs
-from reconciler.core.outcome import adoptable, cannot_retry, gave_up
+from reconciler.core.outcome import adoptable, cannot_retry, gave_up, rerun_failed
 from reconciler.core.readiness import Readiness
 from reconciler.core.reasons import Reason
 from reconciler.core.states import OutputState, SchedState, TaskState
@@ -30,7 +30,7 @@ def task_state(obs: TaskObs, hist: TaskHistory, max_retries: int, adopt: bool) -
         return _RUNNING
     if obs.sched is SchedState.PENDING:
         return _QUEUED
-    if obs.output is OutputState.STALE:
+    if obs.output is OutputState.STALE and not rerun_failed(obs.sched):
         return _STALE
     if gave_up(hist, max_retries):
         return _FAILED

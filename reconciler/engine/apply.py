@@ -184,7 +184,7 @@ class Actor:
         elif a.kind is ActionKind.SEND:
             sub = obs.subs[_token(a)]
             self.ledger.unstage(sub.token, now)
-            self._send(replace(sub, state=SubmissionState.RECORDED, created=now), a.array_indices, self._expect(self._stage_of(sub.token)))
+            self._send(replace(sub, state=SubmissionState.RECORDED, created=now), a.array_indices, a.expect_s)
         elif a.kind in SENDS:
             self._submit(a, obs)
         elif a.kind is ActionKind.PRUNE_LOGS:
@@ -283,11 +283,6 @@ class Actor:
         self.ledger.record_submission(sub, [(i, t.key) for i, t in sorted(tasks.items())])
         if state is SubmissionState.RECORDED:
             self._send(sub, sorted(tasks), a.expect_s)
-
-    def _expect(self, stage: str) -> float | None:
-        """A staged submission of a pool-mode stage, sent now: its tasks are expected to take their timeout."""
-        ex = self.loaded.stage_spec(stage).execution
-        return ex.timeout_hours * 3600.0 if ex.mode == "pool" else None
 
     def _workers(self, a: Action, obs: Observed) -> str:
         """The pool's workers: start an array of them (journaled before sbatch, as a submission

@@ -35,6 +35,7 @@ from reconciler.spec.models import (
 from reconciler.spec.problems import (
     execution_problems,
     located,
+    pool_stage_problems,
     pydantic_problems,
     renderer_problems,
     salvage,
@@ -347,6 +348,7 @@ def _stage_specs(
             problems.extend(pydantic_problems(exc, m.marks, doc.file))
             return {}
         problems.extend(execution_problems(out[name], m.marks, doc.file, f"stages.{name}.", defaults, pool=True))
+        problems.extend(pool_stage_problems(name, out[name], spec, doc))
     return out
 
 

@@ -127,3 +127,19 @@ def execution_problems(spec: Production, marks: dict[tuple, Mark], path: str, wh
             f"raise execution.pool.walltime_minutes to {needed:g} or more, or lower execution.timeout_hours or execution.pool.margin_minutes",
         ))
     return out
+
+
+def pool_stage_problems(name: str, stage: Production, production: Production, doc: Document) -> list[Problem]:
+    """A stage in pool mode runs in the production's workers, which are sized and timed by the
+    production's ``execution.pool`` and ``resources``: a stage's own (or its job type's) would
+    be silently ignored, so they are refused."""
+    if stage.execution.mode != "pool":
+        return []
+    differs = [f for f, mine, theirs in (("execution.pool", stage.execution.pool, production.execution.pool), ("resources", stage.resources, production.resources)) if mine != theirs]
+    if not differs:
+        return []
+    m = doc.mark(("stages", name))
+    return [Problem(
+        m.file, m.line, m.col, f"stages.{name}", f"a stage in pool mode runs in the production's workers, but sets its own {' and '.join(differs)}",
+        f"set {' and '.join(differs)} at the production (one pool serves every pool-mode stage), or run this stage as arrays (execution.mode: array)",
+    )]
