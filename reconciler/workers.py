@@ -15,6 +15,7 @@ from reconciler.core.pool import WorkerObs
 from reconciler.core.states import SchedState
 from reconciler.ledger import Ledger
 from reconciler.scheduler.base import JobRef, SchedulerView, TaskSched
+from reconciler.scheduler.script import token_tag
 
 OPEN = "abandoned = 0 AND (state IS NULL OR state IN ('PENDING', 'RUNNING'))"
 
@@ -44,13 +45,18 @@ def open_workers(ledger: Ledger) -> list[WorkerRow]:
     return [WorkerRow(t, i, j, SchedState(s) if s else None, c) for t, i, j, s, c in ledger.db.execute(q)]
 
 
-def observed(rows: Sequence[WorkerRow], answers: dict[tuple[str, int], SchedState], found: dict[str, str]) -> tuple[WorkerObs, ...]:
-    """Each open worker array as the planner sees it: this pass's answers, else the journal's."""
+def _arrays(rows: Sequence[WorkerRow]) -> dict[str, list[WorkerRow]]:
+    """Rows (ordered by token, index) grouped into their worker arrays."""
     by_token: dict[str, list[WorkerRow]] = {}
     for r in rows:
         by_token.setdefault(r.token, []).append(r)
+    return by_token
+
+
+def observed(rows: Sequence[WorkerRow], answers: dict[tuple[str, int], SchedState], found: dict[str, str]) -> tuple[WorkerObs, ...]:
+    """Each open worker array as the planner sees it: this pass's answers, else the journal's."""
     out = []
-    for token, rs in by_token.items():
+    for token, rs in _arrays(rows).items():
         states = tuple(answers.get((token, r.index), r.state) for r in sorted(rs, key=lambda r: r.index))
         first = rs[0]
         out.append(WorkerObs(token, first.created, first.job_id, found.get(token) if first.job_id is None else None, states))
@@ -116,17 +122,12 @@ def pool_seconds_by_stage(ledger: Ledger, campaign: bool) -> dict[str, float]:
 
 def job_name(production: str, token: str) -> str:
     """``<production>.pool.<token tag>``: a worker array, findable by name like a submission."""
-    from reconciler.scheduler.script import token_tag
-
     return f"{production}.pool.{token_tag(token)}"
 
 
 def refs(rows: Sequence[WorkerRow], production: str) -> list[JobRef]:
     """What the scheduler is asked about the open workers (one ref per worker array)."""
-    by_token: dict[str, list[WorkerRow]] = {}
-    for r in rows:
-        by_token.setdefault(r.token, []).append(r)
-    return [JobRef(t, rs[0].job_id, rs[0].created, tuple(r.index for r in rs), job_name(production, t)) for t, rs in by_token.items()]
+    return [JobRef(t, rs[0].job_id, rs[0].created, tuple(r.index for r in rs), job_name(production, t)) for t, rs in _arrays(rows).items()]
 
 
 def answered(rows: Sequence[WorkerRow], view: SchedulerView, now: float) -> tuple[tuple[WorkerObs, ...], list[WorkerSeen]]:

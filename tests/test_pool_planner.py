@@ -34,7 +34,7 @@ def test_a_stage_is_expected_to_take_its_timeout_until_three_tasks_have_run_then
 
 
 def test_workers_are_started_up_to_what_the_work_needs_within_the_maximum_and_the_queue_cap() -> None:
-    pool = PoolPolicy(workers=3, slots=2)
+    pool = PoolPolicy(workers=3, side_by_side=2)
     starts = lambda acts: sum(len(a.array_indices) for a in acts if a.kind is ActionKind.START_WORKERS)  # noqa: E731
     assert starts(plan_workers(pool, [], 60, 0, 100, 0.0, 0.0)) == 3
     assert starts(plan_workers(pool, [], 3, 0, 100, 0.0, 0.0)) == 2  # ceil(3 tasks / 2 side by side)
@@ -85,7 +85,7 @@ def test_pool_sends_are_outside_the_queue_cap_carry_the_expected_run_time_and_br
 
 
 def test_node_hours_used_are_the_tasks_share_of_their_workers_and_the_rest_is_wasted() -> None:
-    got = usage({"a": 3600.0, "b": 1800.0}, worker_node_s=2 * 3 * 3600.0, nodes=2, slots=2)
+    got = usage({"a": 3600.0, "b": 1800.0}, worker_node_s=2 * 3 * 3600.0, nodes=2, side_by_side=2)
     assert got == {"node_hours": 6.0, "used": 1.5, "wasted": 4.5, "stages": {"a": {"used": 1.0, "wasted": 3.0}, "b": {"used": 0.5, "wasted": 1.5}}}
 
 

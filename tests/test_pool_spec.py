@@ -85,7 +85,7 @@ def test_the_worker_array_script_asks_for_the_pools_nodes_and_walltime_and_quote
     assert subprocess.run(["bash", "-n", "-c", script], capture_output=True).returncode == 0
     side = _load(tmp_path, PROD.replace("margin_minutes: 5}", "margin_minutes: 5, tasks_side_by_side: 3}"))
     lines = render_worker_script(side.spec, name="pp.pool.0123abcd", token="t", count=1, production_dir=pdir).splitlines()
-    assert "#SBATCH --mem=196608M" in lines and "--slots 3" in lines[-1], lines  # 3 tasks' memory in one worker
+    assert "#SBATCH --mem=196608M" in lines and "--side-by-side 3" in lines[-1], lines  # 3 tasks' memory in one worker
     with pytest.raises(ValueError, match="whitespace"):
         render_worker_script(loaded.spec, name="pp.pool.0123abcd", token="t", count=1, production_dir=tmp_path / "a b")
 

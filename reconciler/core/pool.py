@@ -51,7 +51,7 @@ class PoolPolicy:
     """``execution.pool``, in seconds."""
 
     workers: int = 4
-    slots: int = 1  # tasks side by side in one worker
+    side_by_side: int = 1  # tasks one worker runs at a time (execution.pool.tasks_side_by_side)
     nodes: int = 1
     walltime_s: float = 4 * 3600.0
     margin_s: float = 420.0
@@ -120,7 +120,7 @@ def plan_workers(pool: PoolPolicy, workers: Sequence[WorkerObs], work: int, pend
                 alive += 1
                 if st is SchedState.PENDING:
                     queued.append((w.token, i))
-    wanted = min(pool.workers, -(-work // max(1, pool.slots)))
+    wanted = min(pool.workers, -(-work // max(1, pool.side_by_side)))
     note = f"{work} task(s) in the pool, {alive} live worker(s), {wanted} wanted"
     if wanted > alive and room > 0:
         n = min(wanted - alive, room)
@@ -136,12 +136,12 @@ def plan_workers(pool: PoolPolicy, workers: Sequence[WorkerObs], work: int, pend
     return actions
 
 
-def usage(task_s: Mapping[str, float], worker_node_s: float, nodes: int, slots: int) -> dict[str, object]:
+def usage(task_s: Mapping[str, float], worker_node_s: float, nodes: int, side_by_side: int) -> dict[str, object]:
     """Node-hours, in total and per stage: used (its tasks' run time, a task holding
-    nodes/slots of a worker) and wasted (the rest of the workers' node time: idle tails,
+    nodes/side_by_side of a worker) and wasted (the rest of the workers' node time: idle tails,
     margins, start-up), a stage's share of the waste in proportion to its use; stages in the
     order of ``task_s``."""
-    used = {stage: s * nodes / max(1, slots) / 3600.0 for stage, s in task_s.items()}
+    used = {stage: s * nodes / max(1, side_by_side) / 3600.0 for stage, s in task_s.items()}
     total_used = sum(used.values())
     wasted = max(0.0, worker_node_s / 3600.0 - total_used)
     return {

@@ -176,7 +176,7 @@ class Engine:
         task_s.update(ran)  # stages that ran in the pool before they left pool mode
         pool = self.desired.pool
         live = sum(1 for w in world.workers for s in w.states if s is None or s.in_flight)
-        return {**usage(task_s, workers.node_seconds(self.ledger, self.clock()), pool.nodes, pool.slots), "workers_live": live, "workers_started": workers.started(self.ledger)}
+        return {**usage(task_s, workers.node_seconds(self.ledger, self.clock()), pool.nodes, pool.side_by_side), "workers_live": live, "workers_started": workers.started(self.ledger)}
 
     def run_pass(self, *, apply: bool = True, stage: bool = False, retry: bool = False, verify: Verify = "sample") -> PassResult:
         """One pass. ``verify``: which completed tasks to open and validate again (by default

@@ -205,17 +205,18 @@ class Observer:
         partial = self.outputs.partial_members(self.by_key) if self.fan_in else {}
         worker_obs, worker_seen = workers.answered(pool_workers, view, now)
         # run times only while a pool stage has work left: a pass over a finished production reads nothing more
-        runtimes = self._runtimes() if self.pooled and _done(out) < len(self.tasks) else {}
+        runtimes = self._runtimes(out) if self.pooled and _done(out) < len(self.tasks) else {}
         world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept(), missing, partial, worker_obs, runtimes)
         return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, verified, cursor, worker_seen)
 
-    def _runtimes(self) -> dict[str, list[float]]:
-        """The run times of each stage's tasks that completed in a pool (what its workers expect)."""
-        out: dict[str, list[float]] = {}
+    def _runtimes(self, out: Mapping[str, OutputState]) -> dict[str, list[float]]:
+        """The run times of each stage's tasks that completed in a pool and are complete now (a
+        changed command's old runs say nothing of the new one's): what its workers expect."""
+        times: dict[str, list[float]] = {}
         for key, took, completed in workers.pool_run_times(self.ledger):
-            if completed and key in self.by_key:
-                out.setdefault(self.by_key[key].stage, []).append(took)
-        return out
+            if completed and out.get(key) is OutputState.COMPLETE and key in self.by_key:
+                times.setdefault(self.by_key[key].stage, []).append(took)
+        return times
 
     def _to_verify(self, verify: Verify, tasks: dict[str, TaskObs]) -> tuple[tuple[str, ...], int | None]:
         """(completed keys to open and validate, the rotation's new cursor or None).

@@ -4,7 +4,7 @@ One worker is one job (an element of a worker array, on Slurm or the local backe
 claims a task of the pool's queue (``pool.files.take``), runs it exactly as an array element
 would run (``bash SCRIPT`` with ``SLURM_ARRAY_TASK_ID`` set to the task's index: the same
 setup lines, the same wrapper, the same logs), records how it ended, drops the claim, and
-claims the next, up to ``--slots`` side by side. A heartbeat renews its claims every fifth of
+claims the next, up to ``--side-by-side`` at a time. A heartbeat renews its claims every fifth of
 the lease; a claim found dead or taken is given up (its task killed: fencing).
 
 It stops claiming when its remaining walltime is less than a task's expected run time (the
@@ -71,12 +71,12 @@ def owner_id() -> str:
 
 
 class Worker:
-    def __init__(self, production_dir: Path, walltime_s: float, margin_s: float, slots: int, lease_s: float, idle_s: float) -> None:
+    def __init__(self, production_dir: Path, walltime_s: float, margin_s: float, side_by_side: int, lease_s: float, idle_s: float) -> None:
         self.pool = PoolDir(production_dir)
         self.started = time.time()
         self.deadline = self.started + walltime_s
         self.margin_s = margin_s
-        self.slots = max(1, slots)
+        self.side_by_side = max(1, side_by_side)
         self.lease_s = lease_s
         self.idle_s = idle_s
         self.owner = owner_id()
@@ -99,13 +99,13 @@ class Worker:
     def loop(self) -> int:
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
-        self.say(f"on {self.host}, {self.slots} slot(s), walltime ends in {self.deadline - self.started:.0f} s, margin {self.margin_s:.0f} s")
+        self.say(f"on {self.host}, {self.side_by_side} task(s) at a time, walltime ends in {self.deadline - self.started:.0f} s, margin {self.margin_s:.0f} s")
         last_work = last_beat = time.time()
         done, idle_polls = 0, 0
         while True:
             now = time.time()
             claimed = False
-            while not self.stopping and len(self.running) < self.slots and self.claim_next(now):
+            while not self.stopping and len(self.running) < self.side_by_side and self.claim_next(now):
                 last_work, claimed = now, True
             for r in list(self.running):
                 if r.proc.poll() is not None:
@@ -216,11 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("production_dir", type=Path)
     ap.add_argument("--walltime-s", type=float, required=True)
     ap.add_argument("--margin-s", type=float, required=True)
-    ap.add_argument("--slots", type=int, required=True)
+    ap.add_argument("--side-by-side", type=int, required=True)
     ap.add_argument("--lease-s", type=float, required=True)
     ap.add_argument("--idle-s", type=float, required=True)  # execution.pool's, as the worker script writes them
     a = ap.parse_args(argv)
-    return Worker(a.production_dir, a.walltime_s, a.margin_s, a.slots, a.lease_s, a.idle_s).loop()
+    return Worker(a.production_dir, a.walltime_s, a.margin_s, a.side_by_side, a.lease_s, a.idle_s).loop()
 
 
 if __name__ == "__main__":

@@ -111,7 +111,7 @@ class PoolScheduler:
 
     def _observe_pool(self, refs: Sequence[JobRef], view: SchedulerView) -> None:
         now = self.clock()
-        queued, withdrawn = files.listing(self.pool.queue), files.listing(self.pool.cancelled)
+        queued, cancels = files.listing(self.pool.queue), files.listing(self.pool.cancelled)
         claimed = _by_token(files.listing(self.pool.claims))
         ended = _by_token(files.listing(self.pool.ended))  # after the claims: a task claimed and ended between the two reads is seen ended
         for ref in refs:
@@ -121,7 +121,7 @@ class PoolScheduler:
             if f"{ref.token}.json" not in queued:
                 view.gone.add(job_id)
                 continue
-            cancelled = files.cancelled(self.pool, ref.token) if ref.token in withdrawn else None
+            cancelled = files.cancelled(self.pool, ref.token) if ref.token in cancels else None
             done, running = ended.get(ref.token, set()), claimed.get(ref.token, set())
             touched = done | running if cancelled is None else set(ref.array_indices)
             states = dict.fromkeys(ref.array_indices, QUEUED)  # one shared answer: 40,000 queued tasks cost a dict

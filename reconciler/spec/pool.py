@@ -1,7 +1,7 @@
 """The ``execution.pool`` section: how a production's tasks are packed into a few long jobs.
 
 In ``execution.mode: pool`` no task is an array element: the pass puts ready tasks in the
-production's pool (``reconciler.pool``), and a few worker jobs (``reconciler.worker``) claim
+production's pool (``reconciler.pool``), and a few worker jobs (``reconciler.pool.worker``) claim
 and run them one after another. Sites that charge every array element up front, or count
 every array task against a queued-job cap, pay for the workers only.
 """
@@ -25,7 +25,8 @@ class Pool(BaseModel):
         "(the 90th percentile of its stage's finished run times, else its timeout) plus this."
     ))
     lease_seconds: float = Field(default=300.0, ge=2, le=86_400, description=(
-        "A claim not renewed for this long is dead: its task is a failed attempt, retried with backoff. "
-        "A worker renews its claims every fifth of it."
+        "A worker renews its claims every fifth of this. A claim not renewed for this long is no longer held: "
+        "its run is stopped and not marked complete; the task is a failed attempt, retried with backoff, "
+        "1.25 leases after its worker ended, or 1.5 leases without a heartbeat. Hosts' clocks must agree to well within half of it."
     ))
     idle_seconds: float = Field(default=120.0, ge=0, le=86_400, description="A worker with nothing to claim for this long exits.")
