@@ -102,3 +102,9 @@ def test_a_pool_mode_stage_with_its_own_pool_or_resources_is_refused_one_pool_se
             _load(tmp_path / "bad", base % (own, resources))
         msg = str(info.value)
         assert "stages.stat" in msg and "runs in the production's workers" in msg and ("execution.pool" in msg or "resources" in msg), msg
+
+
+def test_pool_settings_with_nothing_in_pool_mode_are_accepted_with_a_warning(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, PROD.replace("  mode: pool\n", ""))
+    assert [w.field for w in loaded.warnings] == ["execution.pool"] and "no stage runs in pool mode" in str(loaded.warnings[0])
+    assert not _load(tmp_path / "on", PROD).warnings

@@ -309,6 +309,10 @@ def _load_file(
         stage_specs = _stage_specs(spec, doc, ddoc, defaults, defaults_or_none is not None, overrides, problems)
     loaded = None
     if spec is not None and (stage_specs or not spec.stages):
+        raw_exec = doc.data.get("execution") if isinstance(doc.data, dict) else None
+        if isinstance(raw_exec, dict) and "pool" in raw_exec and all(p.execution.mode != "pool" for p in (spec, *stage_specs.values())):
+            m = doc.mark(("execution", "pool"))
+            warnings.append(Problem(m.file, m.line, m.col, "execution.pool", "has no effect: no stage runs in pool mode", "set execution.mode: pool (or a stage's), or remove it"))
         loaded = Loaded(spec, defaults, path, ddoc.file, sources, text, repo_root or Path.cwd(), tree.label, tuple(warnings), stage_specs)
         if any(c.isspace() for c in str(loaded.production_dir)):
             # Slurm splits `#SBATCH --output=...` at whitespace: such a path cannot be sent.
