@@ -4,7 +4,8 @@ Builds a production directory's pool with N queued tasks (in submissions of --ba
 a share of them ended and a few claimed, then times, each a median of --repeat runs:
 
 - observe: ``PoolScheduler.observe`` of every open pool submission (what a pass reads of the
-  pool: four listings, then one small read per ended or claimed task), first with every ended
+  pool: two listings, two per submission asked about, then one small read per ended or claimed
+  task), first with every ended
   task new (the pass that sees them end), then as later passes ask (only what is not journaled);
 - claim: a worker's ``claim_next`` on a fresh worker (listings, reading the queue entries
   once, one ``link``), the cost of each task a worker starts.
@@ -51,6 +52,7 @@ def build(pdir: Path, tasks: int, batch: int, ended: float, claimed: int) -> tup
         refs.append(JobRef(token, sched.submit(job), 0.0, idx))
         for i in idx:
             if done < n_ended:
+                files.take(sched.pool, token, i, {"owner": "1_0", "host": "h", "pid": 1, "lease_s": 300})  # its claim stays
                 files.release(sched.pool, token, i, {"owner": "1_0", "host": "h", "exit": 0, "start": 0.0, "end": 1.0})
                 done += 1
     for r in refs[-1:]:
@@ -83,8 +85,7 @@ def main() -> int:
         print(f"built a pool of {a.tasks} tasks in {len(refs)} submissions ({a.ended:.0%} ended, {a.claimed} claimed) in {time.perf_counter() - t0:.1f} s")
         obs = median_of(lambda: sched.observe(refs), a.repeat)
         print(f"observe, every ended task new to the journal: {obs * 1000:.1f} ms (median of {a.repeat})")
-        ended = files.listing(sched.pool.ended)
-        open_refs = [replace(r, array_indices=tuple(i for i in r.array_indices if f"{r.token}.{i}" not in ended)) for r in refs]
+        open_refs = [replace(r, array_indices=tuple(i for i in r.array_indices if i not in sched.pool.done(r.token))) for r in refs]
         open_refs = [r for r in open_refs if r.array_indices]  # as the engine asks: only what it has not journaled ended
         steady = median_of(lambda: sched.observe(open_refs), a.repeat)
         print(f"observe, those ends journaled (each later pass): {steady * 1000:.1f} ms (median of {a.repeat})")

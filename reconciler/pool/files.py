@@ -2,11 +2,14 @@
 
 ``pool/queue/<token>.json``  a submission sent to the pool: its script, logs, array indices,
                              and each task's expected run time (the planner's figure)
-``pool/claims/<token>.<i>``  a worker took task i of that submission: who (job, host, pid)
+``pool/claims/<token>/<i>``  a worker took task i of that submission: who (job, host, pid)
                              and the lease; its mtime is the last heartbeat. Never removed: a
                              claim name is taken once, ever (a retry is a new submission)
-``pool/ended/<token>.<i>``   how that run ended (exit code, start, end, or cancelled)
+``pool/ended/<token>/<i>``   how that run ended (exit code, start, end, or cancelled)
 ``pool/cancelled/<token>``   the reconciler cancelled these indices (all when empty)
+
+A directory per submission: a pass lists those of the submissions it asks about (the open
+ones), so what it reads does not grow with the campaign's history.
 
 A claim is taken with ``link`` onto its name, which fails if the name exists, on every
 shared filesystem (as the production's lease is, reconciler.lease): one taker per task and
@@ -56,10 +59,22 @@ class PoolDir:
         return self.queue / f"{token}.json"
 
     def claim(self, token: str, index: int) -> Path:
-        return self.claims / f"{token}.{index}"
+        return self.claims / token / str(index)
 
     def end(self, token: str, index: int) -> Path:
-        return self.ended / f"{token}.{index}"
+        return self.ended / token / str(index)
+
+    def taken(self, token: str) -> set[int]:
+        """The indices of ``token`` that have a claim (running, ended or dead)."""
+        return _indices(self.claims / token)
+
+    def done(self, token: str) -> set[int]:
+        """The indices of ``token`` whose run has an end recorded."""
+        return _indices(self.ended / token)
+
+
+def _indices(directory: Path) -> set[int]:
+    return {int(n) for n in listing(directory) if n.isdigit()}
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -87,6 +102,7 @@ def listing(directory: Path) -> set[str]:
 def take(pool: PoolDir, token: str, index: int, owner: dict[str, Any]) -> Path | None:
     """Claim task ``index`` of submission ``token`` for ``owner``; None if someone has."""
     path = pool.claim(token, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     tmp.write_text(json.dumps({**owner, "claimed": time.time()}, sort_keys=True), encoding="utf-8")
     try:
@@ -126,7 +142,9 @@ def still_held(path: str | None, owner: str | None, now: float | None = None) ->
 
 def release(pool: PoolDir, token: str, index: int, record: dict[str, Any]) -> None:
     """Record how the task's run ended. The claim stays: its name is never taken again."""
-    write_json(pool.end(token, index), record)
+    path = pool.end(token, index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, record)
 
 
 class Guard:

@@ -83,7 +83,6 @@ class Worker:
         self.host = socket.gethostname()
         self.entries: dict[str, dict[str, Any]] = {}
         self.exhausted: set[str] = set()  # entries whose every task has a claim
-        self.taken: set[str] = set()  # claim names seen taken ("<token>.<index>")
         self.running: list[Run] = []
         self.stopping = ""
         self.out_of_time = False  # work was left that no longer fits before the margin
@@ -133,11 +132,11 @@ class Worker:
     def claim_next(self, now: float) -> bool:
         """Claim and start one task; False when none can be claimed now.
 
-        One listing of the claims: a claim is never removed, so a task that has one (running,
-        ended, or dead) is never claimable again, and an entry whose every task has one is done
-        with. ``take`` decides a race; a cancel that lands just after it is honoured at once."""
+        A claim is never removed, so a task that has one (running, ended, or dead) is never
+        claimable again, and an entry whose every task has one is done with (one listing of its
+        claims each time it is looked at, until then). ``take`` decides a race; a cancel that
+        lands just after it is honoured at once."""
         remaining = self.deadline - now
-        self.taken |= files.listing(self.pool.claims)
         for name in sorted(files.listing(self.pool.queue)):  # tokens start with their epoch: oldest first
             token = name.removesuffix(".json")
             if token in self.exhausted or not name.endswith(".json"):
@@ -146,7 +145,8 @@ class Worker:
             if entry is None:
                 continue
             self.entries[token] = entry
-            open_ = [i for i in entry["indices"] if f"{token}.{i}" not in self.taken]
+            taken = self.pool.taken(token)
+            open_ = [i for i in entry["indices"] if i not in taken]
             if not open_:
                 self.exhausted.add(token)
                 continue
@@ -159,7 +159,6 @@ class Worker:
                     continue
                 owner = {"owner": self.owner, "host": self.host, "pid": os.getpid(), "lease_s": self.lease_s}
                 path = files.take(self.pool, token, i, owner)
-                self.taken.add(f"{token}.{i}")
                 if path is None:
                     continue
                 if (now_cancelled := files.cancelled(self.pool, token)) is not None and (not now_cancelled or i in now_cancelled):

@@ -7,8 +7,9 @@ the worker jobs themselves) goes to the site's backend, in the same one observe 
 pass still asks the scheduler at most twice.
 
 Each task of a pool submission is observed from the pool's files (``reconciler.pool.files``)
-and the state of the worker that claimed it (four listings, then one small read per task
-ended or claimed; the engine asks only about tasks whose end it has not journaled yet):
+and the state of the worker that claimed it (two listings, then two per submission asked
+about, then one small read per task ended or claimed; the engine asks only about tasks whose
+end it has not journaled yet):
 
     ended record          -> COMPLETED (exit 0), FAILED with its exit code, or CANCELLED
     claim, no end         -> core.pool.judge_claim: RUNNING while alive; dead (its worker
@@ -38,16 +39,6 @@ from reconciler.scheduler.base import ArrayJob, JobRef, Scheduler, SchedulerView
 PREFIX = "pool:"
 QUEUED = TaskSched(SchedState.PENDING, None, "in the pool's queue")
 DEFAULT_LEASE_S = 300.0  # a claim that cannot be read is judged by spec.pool's default lease
-
-
-def _by_token(names: set[str]) -> dict[str, set[int]]:
-    """``<token>.<index>`` file names -> the indices of each token."""
-    out: dict[str, set[int]] = {}
-    for n in names:
-        token, _, i = n.rpartition(".")
-        if i.isdigit():
-            out.setdefault(token, set()).add(int(i))
-    return out
 
 
 def is_pool_job(job_id: str | None) -> bool:
@@ -112,8 +103,6 @@ class PoolScheduler:
     def _observe_pool(self, refs: Sequence[JobRef], view: SchedulerView) -> None:
         now = self.clock()
         queued, cancels = files.listing(self.pool.queue), files.listing(self.pool.cancelled)
-        claimed = _by_token(files.listing(self.pool.claims))
-        ended = _by_token(files.listing(self.pool.ended))  # after the claims: a task claimed and ended between the two reads is seen ended
         for ref in refs:
             job_id = ref.job_id or PREFIX + ref.token
             if ref.job_id is None:
@@ -122,7 +111,8 @@ class PoolScheduler:
                 view.gone.add(job_id)
                 continue
             cancelled = files.cancelled(self.pool, ref.token) if ref.token in cancels else None
-            done, running = ended.get(ref.token, set()), claimed.get(ref.token, set())
+            running = self.pool.taken(ref.token)
+            done = self.pool.done(ref.token)  # after the claims: a task claimed and ended between the two reads is seen ended
             touched = done | running if cancelled is None else set(ref.array_indices)
             states = dict.fromkeys(ref.array_indices, QUEUED)  # one shared answer: 40,000 queued tasks cost a dict
             for i in touched.intersection(ref.array_indices):
