@@ -16,7 +16,14 @@ from reconciler.core.model import (
 )
 from reconciler.core.plan import ActionKind
 from reconciler.core.planner import plan
-from reconciler.core.pool import PoolPolicy, WorkerObs, expected_runtime, plan_workers, usage
+from reconciler.core.pool import (
+    PoolPolicy,
+    WorkerObs,
+    expected_runtime,
+    judge_claim,
+    plan_workers,
+    usage,
+)
 from reconciler.core.reasons import Reason
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
 
@@ -125,3 +132,15 @@ def test_tasks_pruned_from_the_pool_are_neither_pool_work_nor_array_queue() -> N
     p = plan(desired, world, 0.0, Limits(max_queued_tasks=10))
     assert sum(len(a.keys) for a in p.of(ActionKind.SUBMIT)) == 4  # 10 - 6 array tasks in flight
     assert p.of(ActionKind.CANCEL) and not p.of(ActionKind.START_WORKERS)
+
+
+def test_a_claim_is_dead_a_quarter_lease_after_the_fence_once_its_worker_ended_else_half_a_lease_after() -> None:
+    lease = 100.0
+    assert judge_claim(R, False, 149.0, lease) == (R, "")  # its worker runs: alive until 1.5 leases
+    assert judge_claim(R, False, 151.0, lease)[0] is SchedState.NODE_FAIL and "lease expired" in judge_claim(R, False, 151.0, lease)[1]
+    assert judge_claim(SchedState.CANCELLED, False, 90.0, lease) == (R, "")  # ended, but its run may still be stopping
+    assert judge_claim(SchedState.CANCELLED, False, 126.0, lease) == (SchedState.CANCELLED, "ended")
+    assert judge_claim(SchedState.TIMEOUT, False, 126.0, lease) == (SchedState.TIMEOUT, "ended")
+    assert judge_claim(SchedState.COMPLETED, False, 126.0, lease)[0] is SchedState.NODE_FAIL  # ended leaving its claim behind
+    assert judge_claim(None, True, 126.0, lease)[0] is SchedState.NODE_FAIL  # vanished
+    assert judge_claim(None, False, 126.0, lease) == (R, "")  # no word of it: only the lease says

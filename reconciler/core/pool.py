@@ -1,4 +1,5 @@
-"""A pool's decisions: how long a task is expected to run, and how many workers to keep.
+"""A pool's decisions: how many workers to keep, when a claim is dead, how long a task is
+expected to run, and what the workers' node time went to.
 
 Pure, like the planner that calls it (core.planner.plan, after the sends: the pool's work is
 what is queued or running in it plus what this plan sends to it). A worker job is one element
