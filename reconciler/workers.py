@@ -8,7 +8,7 @@ closed, and its node time counts in status (node-hours used and wasted).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 from reconciler.core.pool import WorkerObs
@@ -53,13 +53,16 @@ def _arrays(rows: Sequence[WorkerRow]) -> dict[str, list[WorkerRow]]:
     return by_token
 
 
-def observed(rows: Sequence[WorkerRow], answers: dict[tuple[str, int], SchedState], found: dict[str, str]) -> tuple[WorkerObs, ...]:
-    """Each open worker array as the planner sees it: this pass's answers, else the journal's."""
+def observed(rows: Sequence[WorkerRow], answers: dict[tuple[str, int], SchedState], found: dict[str, str], hung: Set[str] = frozenset()) -> tuple[WorkerObs, ...]:
+    """Each open worker array as the planner sees it: this pass's answers, else the journal's;
+    ``hung``: workers ("<job>_<index>") the pool found running with a dead claim."""
     out = []
     for token, rs in _arrays(rows).items():
         states = tuple(answers.get((token, r.index), r.state) for r in sorted(rs, key=lambda r: r.index))
         first = rs[0]
-        out.append(WorkerObs(token, first.created, first.job_id, found.get(token) if first.job_id is None else None, states))
+        job = first.job_id or found.get(token)
+        stuck = tuple(r.index for r in rs if job is not None and f"{job}_{r.index}" in hung)
+        out.append(WorkerObs(token, first.created, first.job_id, found.get(token) if first.job_id is None else None, states, stuck))
     return tuple(out)
 
 
@@ -145,4 +148,4 @@ def answered(rows: Sequence[WorkerRow], view: SchedulerView, now: float) -> tupl
         answers[(r.token, r.index)] = ts.state
         if ts.state is not r.state:
             seen.append(WorkerSeen(r.token, r.index, ts.state, ts.start, ts.end if ts.end is not None or ts.state.in_flight else now))
-    return observed(rows, answers, view.found), seen
+    return observed(rows, answers, view.found, view.hung), seen

@@ -144,3 +144,12 @@ def test_a_claim_is_dead_a_quarter_lease_after_the_fence_once_its_worker_ended_e
     assert judge_claim(SchedState.COMPLETED, False, 126.0, lease)[0] is SchedState.NODE_FAIL  # ended leaving its claim behind
     assert judge_claim(None, True, 126.0, lease)[0] is SchedState.NODE_FAIL  # vanished
     assert judge_claim(None, False, 126.0, lease) == (R, "")  # no word of it: only the lease says
+
+
+def test_a_hung_worker_is_cancelled_and_not_counted_so_the_pool_gets_another() -> None:
+    pool = PoolPolicy(workers=1)
+    hung = WorkerObs("w1", 0.0, "7", None, (R,), hung=(0,))
+    acts = plan_workers(pool, [hung], 1, 0, 100, 0.0, 0.0)
+    assert [(a.kind, a.reason, a.array_indices) for a in acts] == [
+        (ActionKind.STOP_WORKERS, Reason.WORKER_HUNG, (0,)), (ActionKind.START_WORKERS, Reason.POOL_SHORT, (0,)),
+    ]

@@ -264,8 +264,9 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
         notes.append(Note(Reason.REMOVED_IN_FLIGHT, tuple(removed_in_flight)))
     wanted.sort(key=lambda a: a.order)
     work = pool_work + sum(len(a.keys) for a in pooled)
-    jobs = queued + live(world.workers)  # the queue cap counts array tasks and the pool's workers
-    keep_one = 1 if work and not stage and not live(world.workers) else 0  # a place for a worker while the pool has work
+    workers = live(world.workers, now, lim.lookup_grace_s)
+    jobs = queued + workers  # the queue cap counts array tasks and the pool's workers
+    keep_one = 1 if work and not stage and not workers else 0  # a place for a worker while the pool has work
     kept, deferred = _cap(wanted, lim.max_queued_tasks - jobs - keep_one, starts)
     if not stage and (work or world.workers):
         room = lim.max_queued_tasks - jobs - sum(len(a.keys) for a in kept)

@@ -11,6 +11,8 @@ planner journals a submission, so a lost sbatch answer is found by its token, ne
   no job id, past the grace         -> ABANDON it; the pool is topped up again
   fewer live workers than wanted    -> START_WORKERS (wanted - live), within the queue cap, else
                                        WAIT (queue_cap)
+  running, but a claim of its died   -> STOP_WORKERS it (worker_hung): it holds nodes and serves
+                                       nothing; not counted live, so it is replaced
   no work now and none coming       -> STOP_WORKERS the queued ones (running ones exit on their
                                        own once idle); while tasks of pool stages are in backoff
                                        or waiting for members, queued workers keep their place
@@ -67,6 +69,7 @@ class WorkerObs:
     job_id: str | None = None
     found: str | None = None  # job id found by token this pass (the answer was lost)
     states: tuple[SchedState | None, ...] = ()
+    hung: tuple[int, ...] = ()  # running for the scheduler, yet a claim of theirs died this pass: frozen or stuck
 
 
 def judge_claim(worker: SchedState | None, gone: bool, silent_s: float, lease_s: float) -> tuple[SchedState, str]:
@@ -94,9 +97,16 @@ def expected_runtime(durations: Sequence[float], timeout_s: float) -> float:
     return min(ranked[min(len(ranked) - 1, int(PERCENTILE * len(ranked)))], timeout_s)
 
 
-def live(workers: Sequence[WorkerObs]) -> int:
-    """Workers queued or running, or sent with no answer yet: each holds a place in the queue."""
-    return sum(1 for w in workers for st in w.states if st is None or st.in_flight)
+def live(workers: Sequence[WorkerObs], now: float, grace_s: float) -> int:
+    """Workers that hold a place in the queue and may serve the pool: queued, running (not hung),
+    or sent with no answer yet and still within the lookup grace."""
+    n = 0
+    for w in workers:
+        if w.job_id or w.found:
+            n += sum(1 for i, st in enumerate(w.states) if (st is None or st.in_flight) and i not in w.hung)
+        elif now - w.created < grace_s:
+            n += len(w.states)
+    return n
 
 
 def plan_workers(pool: PoolPolicy, workers: Sequence[WorkerObs], work: int, pending: int, room: int, now: float, grace_s: float) -> list[Action]:
@@ -104,23 +114,21 @@ def plan_workers(pool: PoolPolicy, workers: Sequence[WorkerObs], work: int, pend
     pool after this plan's sends; ``pending``: tasks of pool stages that will come to it
     (in backoff, waiting for members); ``room``: jobs the queue cap allows beyond the live ones."""
     actions: list[Action] = []
-    alive = 0
+    alive = live(workers, now, grace_s)
     queued: list[tuple[str, int]] = []  # (token, index) of workers not started yet
     for w in workers:
         job = w.job_id or w.found
         if job is None:
-            if now - w.created < grace_s:
-                alive += len(w.states)
-            else:
+            if now - w.created >= grace_s:
                 actions.append(Action(ActionKind.ABANDON, Reason.WORKER_NEVER_RECEIVED, (), token=w.token, array_indices=tuple(range(len(w.states)))))
             continue
         if w.job_id is None:
             actions.append(Action(ActionKind.RECOVER, Reason.WORKER_FOUND, (), token=w.token, note=f"job {job}"))
+        if w.hung:  # they hold nodes and serve nothing: cancelled, and replaced below if work remains
+            actions.append(Action(ActionKind.STOP_WORKERS, Reason.WORKER_HUNG, (), token=w.token, array_indices=w.hung, note=f"job {job}"))
         for i, st in enumerate(w.states):
-            if st is None or st.in_flight:
-                alive += 1
-                if st is SchedState.PENDING:
-                    queued.append((w.token, i))
+            if st is SchedState.PENDING and i not in w.hung:
+                queued.append((w.token, i))
     wanted = min(pool.workers, -(-work // max(1, pool.side_by_side)))
     note = f"{work} task(s) in the pool, {alive} live worker(s), {wanted} wanted"
     if wanted > alive and room > 0:

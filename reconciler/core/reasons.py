@@ -51,6 +51,7 @@ class Reason(StrEnum):
     POOL_SURPLUS = "pool_surplus"
     WORKER_FOUND = "worker_found"
     WORKER_NEVER_RECEIVED = "worker_never_received"
+    WORKER_HUNG = "worker_hung"
     # cleanup
     LOGS_EXPIRED = "logs_expired"
     LOGS_ARCHIVED = "logs_archived"
@@ -101,6 +102,7 @@ MESSAGES: dict[Reason, str] = {
     Reason.POOL_SURPLUS: "workers still queued while the pool has no work and none is coming: cancelled before they start",
     Reason.WORKER_FOUND: "a worker job's sbatch answer was lost; the job was found by its token",
     Reason.WORKER_NEVER_RECEIVED: "the scheduler never received this worker job; the pool is topped up again",
+    Reason.WORKER_HUNG: "a worker the scheduler says runs let its claim's lease expire (frozen or stuck): cancelled, and replaced while work remains",
     Reason.SITE_LIMIT: "the cluster's MaxArraySize is below the machine defaults' max_array_size; using the cluster's",
 }
 assert set(MESSAGES) == set(Reason), "every reason needs a message"

@@ -111,7 +111,8 @@ class Engine:
             for s in self.expansion.stages
         ]
         self.desired = Desired(self.expansion.tasks, policy_of(loaded), stages, pool_of(loaded))
-        scheduler = PoolScheduler(scheduler, self.production_dir, clock)  # pool-mode submissions to the pool, the rest to the site's
+        # pool-mode submissions to the pool, the rest to the site's
+        scheduler = PoolScheduler(scheduler, self.production_dir, clock, loaded.spec.execution.pool.lease_seconds)
         machine = loaded.machine.machine
         self.limits = Limits(machine.max_array_size, machine.max_queued_tasks, scheduler.lookup_grace_s)
         kinds = {name: v.kind for name, v in validators.items()}

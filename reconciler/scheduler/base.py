@@ -61,6 +61,7 @@ class SchedulerView:
     tasks: dict[str, dict[int, TaskSched]] = field(default_factory=dict)  # job_id -> index -> state
     found: dict[str, str] = field(default_factory=dict)  # token -> job_id, for refs without job_id
     gone: set[str] = field(default_factory=set)  # job ids the scheduler has no record of at all
+    hung: set[str] = field(default_factory=set)  # pool workers ("<job>_<index>") running with a claim whose lease expired
 
 
 class Scheduler(Protocol):

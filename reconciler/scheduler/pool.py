@@ -38,7 +38,7 @@ from reconciler.scheduler.base import ArrayJob, JobRef, Scheduler, SchedulerView
 
 PREFIX = "pool:"
 QUEUED = TaskSched(SchedState.PENDING, None, "in the pool's queue")
-DEFAULT_LEASE_S = 300.0  # a claim that cannot be read is judged by spec.pool's default lease
+DEFAULT_LEASE_S = 300.0  # spec.pool's default lease_seconds
 
 
 def is_pool_job(job_id: str | None) -> bool:
@@ -48,8 +48,9 @@ def is_pool_job(job_id: str | None) -> bool:
 class PoolScheduler:
     """The Scheduler protocol over the site's backend, with a production's pool beside it."""
 
-    def __init__(self, inner: Scheduler, production_dir: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, inner: Scheduler, production_dir: Path, clock: Callable[[], float] = time.time, lease_s: float = DEFAULT_LEASE_S) -> None:
         self.inner = inner
+        self.lease_s = lease_s  # the production's execution.pool.lease_seconds: judges a claim that cannot be read
         self.name = inner.name
         self.lookup_grace_s = inner.lookup_grace_s
         self.pool = PoolDir(production_dir)
@@ -150,11 +151,13 @@ class PoolScheduler:
         if not (job and idx.isdigit()):
             job, idx = owner, "0"
         worker = view.tasks.get(job, {}).get(int(idx))
-        lease_s = float(doc.get("lease_s", 0.0)) or DEFAULT_LEASE_S
+        lease_s = float(doc.get("lease_s", 0.0)) or self.lease_s
         state, why = judge_claim(worker.state if worker else None, job in view.gone, now - beat, lease_s)
         start = doc.get("claimed")
         if state is SchedState.RUNNING:
             return TaskSched(state, None, f"worker {owner}", start, None)
+        if worker is not None and worker.state.in_flight:
+            view.hung.add(f"{job}_{idx}")  # alive for the scheduler, silent for the pool: frozen or stuck
         if why == "ended" and worker is not None:
             why = f"ended {worker.reason or worker.state.value}"
         return TaskSched(state, None, f"worker {owner} {why} with the task claimed", start, (worker.end if worker else None) or now)
