@@ -134,16 +134,16 @@ def test_tasks_pruned_from_the_pool_are_neither_pool_work_nor_array_queue() -> N
     assert p.of(ActionKind.CANCEL) and not p.of(ActionKind.START_WORKERS)
 
 
-def test_a_claim_is_dead_a_quarter_lease_after_the_fence_once_its_worker_ended_else_half_a_lease_after() -> None:
+def test_a_claim_is_dead_half_a_lease_after_the_fence_and_its_cause_is_its_workers_end() -> None:
     lease = 100.0
-    assert judge_claim(R, False, 149.0, lease) == (R, "")  # its worker runs: alive until 1.5 leases
+    assert judge_claim(R, False, 149.0, lease) == (R, "")  # alive until 1.5 leases
+    assert judge_claim(SchedState.CANCELLED, False, 149.0, lease) == (R, "")  # ended, but its run may still be stopping
     assert judge_claim(R, False, 151.0, lease)[0] is SchedState.NODE_FAIL and "lease expired" in judge_claim(R, False, 151.0, lease)[1]
-    assert judge_claim(SchedState.CANCELLED, False, 90.0, lease) == (R, "")  # ended, but its run may still be stopping
-    assert judge_claim(SchedState.CANCELLED, False, 126.0, lease) == (SchedState.CANCELLED, "ended")
-    assert judge_claim(SchedState.TIMEOUT, False, 126.0, lease) == (SchedState.TIMEOUT, "ended")
-    assert judge_claim(SchedState.COMPLETED, False, 126.0, lease)[0] is SchedState.NODE_FAIL  # ended leaving its claim behind
-    assert judge_claim(None, True, 126.0, lease)[0] is SchedState.NODE_FAIL  # vanished
-    assert judge_claim(None, False, 126.0, lease) == (R, "")  # no word of it: only the lease says
+    assert judge_claim(SchedState.CANCELLED, False, 151.0, lease) == (SchedState.CANCELLED, "ended")
+    assert judge_claim(SchedState.TIMEOUT, False, 151.0, lease) == (SchedState.TIMEOUT, "ended")
+    assert judge_claim(SchedState.COMPLETED, False, 151.0, lease)[0] is SchedState.NODE_FAIL  # ended leaving its claim behind
+    assert judge_claim(None, True, 151.0, lease)[0] is SchedState.NODE_FAIL  # vanished
+    assert "lease expired" in judge_claim(None, False, 151.0, lease)[1]  # no word of it: the lease says
 
 
 def test_a_hung_worker_is_cancelled_and_not_counted_so_the_pool_gets_another() -> None:

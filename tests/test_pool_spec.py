@@ -86,6 +86,10 @@ def test_the_worker_array_script_asks_for_the_pools_nodes_and_walltime_and_quote
     side = _load(tmp_path, PROD.replace("margin_minutes: 5}", "margin_minutes: 5, tasks_side_by_side: 3}"))
     lines = render_worker_script(side.spec, name="pp.pool.0123abcd", token="t", count=1, production_dir=pdir).splitlines()
     assert "#SBATCH --mem=196608M" in lines and "--side-by-side 3" in lines[-1], lines  # 3 tasks' memory in one worker
+    exported = render_worker_script(loaded.spec, name="pp.pool.0123abcd", token="t", count=1, production_dir=pdir, export=["MY_VAR", "PATH"])
+    assert [ln for ln in exported.splitlines() if ln.startswith("#SBATCH --export=")] == [
+        "#SBATCH --export=PATH,HOME,USER,LOGNAME,LANG,LC_ALL,TZ,TMPDIR,SLURM_CONF,MY_VAR"
+    ]  # a pool stage's export_env reaches the workers, each name once
     with pytest.raises(ValueError, match="whitespace"):
         render_worker_script(loaded.spec, name="pp.pool.0123abcd", token="t", count=1, production_dir=tmp_path / "a b")
 

@@ -32,10 +32,10 @@ from reconciler.core.reasons import Reason
 from reconciler.core.states import SchedState
 
 DEAD_AFTER = 1.5
-ENDED_AFTER = 1.25
-"""A claim is dead once its heartbeat is older than this many leases (ENDED_AFTER once the
-scheduler says its worker ended or vanished). The wrapper's fence stops a run whose claim is
-older than one lease, checking every fifth of a lease: by either mark its run has stopped."""
+"""A claim is dead once its heartbeat is older than this many leases, whatever the scheduler
+says of its worker (which says only what the cause is). The wrapper's guard stops a run whose
+claim is older than one lease, looking every tenth of one, then kills it 5 s later: by
+1.5 leases its run has stopped, with 0.4 lease - 5 s to spare for clocks that disagree."""
 _WORKER_END = {
     SchedState.CANCELLED: SchedState.CANCELLED,
     SchedState.TIMEOUT: SchedState.TIMEOUT,
@@ -79,14 +79,13 @@ def judge_claim(worker: SchedState | None, gone: bool, silent_s: float, lease_s:
 
     ``worker``: the claiming worker's state this pass (None: not asked or not known);
     ``gone``: the scheduler has no record of it; ``silent_s``: the claim's heartbeat age."""
-    ended = gone or (worker is not None and worker.finished)
-    if ended and silent_s > ENDED_AFTER * lease_s:
-        if worker is None or gone:
-            return SchedState.NODE_FAIL, "vanished (the scheduler has no record of it)"
+    if silent_s <= DEAD_AFTER * lease_s:
+        return SchedState.RUNNING, ""
+    if gone:
+        return SchedState.NODE_FAIL, "vanished (the scheduler has no record of it)"
+    if worker is not None and worker.finished:
         return _WORKER_END.get(worker, SchedState.NODE_FAIL), "ended"
-    if silent_s > DEAD_AFTER * lease_s:
-        return SchedState.NODE_FAIL, f"lease expired: no heartbeat for {silent_s:.0f} s"
-    return SchedState.RUNNING, ""
+    return SchedState.NODE_FAIL, f"lease expired: no heartbeat for {silent_s:.0f} s"
 
 
 def expected_runtime(durations: Sequence[float], timeout_s: float) -> float:

@@ -20,7 +20,7 @@ _COMPLETE, _ADOPTED, _RUNNING, _QUEUED, _STAGED, _WAITING, _RETRYING, _FAILED, _
 and the summary of 10^6 tasks counts each one."""
 
 
-def task_state(obs: TaskObs, hist: TaskHistory, max_retries: int, adopt: bool) -> str:
+def task_state(obs: TaskObs, hist: TaskHistory, max_retries: int, adopt: bool, rerun: bool = False) -> str:
     """One state per task (a TaskState value), in the order a person asks: done? running? broken?"""
     if obs.output is OutputState.COMPLETE:
         return _COMPLETE
@@ -30,7 +30,7 @@ def task_state(obs: TaskObs, hist: TaskHistory, max_retries: int, adopt: bool) -
         return _RUNNING
     if obs.sched is SchedState.PENDING:
         return _QUEUED
-    if obs.output is OutputState.STALE and not rerun_failed(obs.sched):
+    if obs.output is OutputState.STALE and not (rerun and rerun_failed(obs.sched)):  # as the planner reads it
         return _STALE
     if gave_up(hist, max_retries):
         return _FAILED
@@ -77,7 +77,7 @@ def summarize(
         for task in stage.tasks:
             key = task.key
             hist = history.get(key, empty_hist)
-            st = task_state(observation.get(key, empty_obs), hist, pol.max_retries, pol.adopt_existing)
+            st = task_state(observation.get(key, empty_obs), hist, pol.max_retries, pol.adopt_existing, pol.rerun_on_change)
             if st == _COMPLETE and partial and key in partial and ready.completed(task, partial[key]):
                 st = _STALE  # ran on a partial set, and a member it lacked is done now
             if staged and key in staged and st in (_QUEUED, _MISSING, _RETRYING):

@@ -305,7 +305,8 @@ class Actor:
         count = len(a.array_indices)
         name = workers.job_name(self.loaded.name, token)
         script_path = self.production_dir / "logs" / "pool" / f"workers_{token}.sh"
-        script = render_worker_script(self.spec, name=name, token=token, count=count, production_dir=self.production_dir, python=self.python)
+        export = [n for st in self.stages.values() if st.spec.execution.mode == "pool" for n in st.spec.environment.export_env]
+        script = render_worker_script(self.spec, name=name, token=token, count=count, production_dir=self.production_dir, python=self.python, export=export)
         script_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(script_path, script)
         self.fence.check()

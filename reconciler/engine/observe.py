@@ -211,7 +211,8 @@ class Observer:
 
     def _runtimes(self, out: Mapping[str, OutputState]) -> dict[str, list[float]]:
         """The run times of each stage's tasks that completed in a pool and are complete now (a
-        changed command's old runs say nothing of the new one's): what its workers expect."""
+        task made stale by a changed command stops counting until it is rerun; its older runs
+        count again then): what its workers expect."""
         times: dict[str, list[float]] = {}
         for key, took, completed in workers.pool_run_times(self.ledger):
             if completed and out.get(key) is OutputState.COMPLETE and key in self.by_key:

@@ -9,7 +9,8 @@
 ``pool/cancelled/<token>``   the reconciler cancelled these indices (all when empty)
 
 A directory per submission: a pass lists those of the submissions it asks about (the open
-ones), so what it reads does not grow with the campaign's history.
+ones), so what it reads of claims and ends does not grow with the campaign's history (the
+queue and cancel listings do, by one name per submission: nothing cleans them up yet).
 
 A claim is taken with ``link`` onto its name, which fails if the name exists, on every
 shared filesystem (as the production's lease is, reconciler.lease): one taker per task and
@@ -17,7 +18,7 @@ submission, and since no claim is ever removed, a task that ran can never be tak
 whatever a worker's listings missed. Fencing is by time: a claim whose heartbeat is older
 than its ``lease_s`` is no longer held (``still_held``): the wrapper stops its command and
 does not write the marker, and the reconciler counts the run a failed attempt only later
-(core.pool.judge_claim: 1.25 leases once its worker ended, 1.5 otherwise).
+(core.pool.judge_claim: 1.5 leases).
 
 Standard library only: workers and wrappers import it on compute nodes.
 """
@@ -31,10 +32,6 @@ import secrets
 import time
 from pathlib import Path
 from typing import Any
-
-DEAD_AFTER = 1.5
-"""The reconciler reaps a claim after this many leases without a heartbeat; the wrapper's fence
-refuses after one, so a task the reconciler reaped can no longer mark itself complete."""
 
 CLAIM_ENV = "RECONCILER_POOL_CLAIM"
 OWNER_ENV = "RECONCILER_POOL_OWNER"
@@ -124,20 +121,28 @@ def beat(path: Path) -> bool:
     return True
 
 
-def still_held(path: str | None, owner: str | None, now: float | None = None) -> bool:
+def still_held(path: str | None, owner: str | None, now: float | None = None, lease_s: float | None = None) -> bool:
     """Whether the claim at ``path`` is ``owner``'s and alive: what a wrapper asks before it
-    writes a marker (no claim named: not run by a pool, nothing to check)."""
+    writes a marker (no claim named: not run by a pool, nothing to check).
+
+    Not held only on evidence: the claim is gone, names another owner, or its heartbeat is
+    older than its lease. A filesystem that does not answer, or a claim that cannot be read
+    this once, is no evidence (a run is not killed for one EIO): it is asked again soon, and the
+    reconciler reaps a claim that stays silent."""
     if not path:
         return True
     p = Path(path)
-    doc = read_json(p)
     try:
         mtime = p.stat().st_mtime
+    except FileNotFoundError:
+        return False
     except OSError:
+        return True
+    doc = read_json(p)
+    if doc is not None and str(doc.get("owner")) != str(owner):
         return False
-    if doc is None or str(doc.get("owner")) != str(owner):
-        return False
-    return (time.time() if now is None else now) - mtime <= float(doc.get("lease_s", 0))
+    lease = float(doc.get("lease_s", 0)) if doc is not None else lease_s
+    return lease is None or (time.time() if now is None else now) - mtime <= lease
 
 
 def release(pool: PoolDir, token: str, index: int, record: dict[str, Any]) -> None:
@@ -149,12 +154,13 @@ def release(pool: PoolDir, token: str, index: int, record: dict[str, Any]) -> No
 
 class Guard:
     """A wrapper's watch on its claim (``CLAIM_ENV``): asked often, it looks at most every
-    fifth of the lease; once the claim is not held, it stays lost."""
+    tenth of the lease; once the claim is not held, it stays lost."""
 
     def __init__(self, path: str, owner: str | None) -> None:
         self.path, self.owner = path, owner
         doc = read_json(Path(path)) or {}
-        self.every = max(0.5, float(doc.get("lease_s", 300.0)) / 5)
+        self.lease_s = float(doc.get("lease_s", 300.0))
+        self.every = max(0.2, self.lease_s / 10)
         self.checked = time.monotonic()
         self.gone = False
 
@@ -162,7 +168,7 @@ class Guard:
         now = time.monotonic()
         if not self.gone and now - self.checked >= self.every:
             self.checked = now
-            self.gone = not still_held(self.path, self.owner)
+            self.gone = not still_held(self.path, self.owner, lease_s=self.lease_s)
         return self.gone
 
 

@@ -3,9 +3,10 @@
 One worker is one job (an element of a worker array, on Slurm or the local backend). It
 claims a task of the pool's queue (``pool.files.take``), runs it exactly as an array element
 would run (``bash SCRIPT`` with ``SLURM_ARRAY_TASK_ID`` set to the task's index: the same
-setup lines, the same wrapper, the same logs), records how it ended, drops the claim, and
-claims the next, up to ``--side-by-side`` at a time. A heartbeat renews its claims every fifth of
-the lease; a claim found dead or taken is given up (its task killed: fencing).
+setup lines, the same wrapper, the same logs), records how it ended beside the claim (which
+stays: a task is taken once), and claims the next, up to ``--side-by-side`` at a time. A
+heartbeat renews its claims every fifth of the lease; a claim found dead or taken is given up
+(its task killed: fencing), and its tasks die with it (PR_SET_PDEATHSIG).
 
 It stops claiming when its remaining walltime is less than a task's expected run time (the
 planner's figure, in the queue entry) plus the margin, and exits once its running tasks end,
@@ -59,7 +60,7 @@ class Run:
 def _die_with_parent() -> None:
     """In a task's child process: SIGTERM it when this worker dies (Linux's PR_SET_PDEATHSIG),
     so a worker killed outright leaves no run behind; its wrapper stops the command. Where
-    prctl is missing the wrapper's own claim guard stops it within a fifth of a lease."""
+    prctl is missing the wrapper's own claim guard stops it once its claim is a lease old."""
     if _PRCTL is not None:
         _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -142,6 +143,7 @@ class Worker:
         claims each time it is looked at, until then). ``take`` decides a race; a cancel that
         lands just after it is honoured at once."""
         remaining = self.deadline - now
+        self.out_of_time = False  # said afresh by each look: only work that does not fit now counts
         for name in sorted(files.listing(self.pool.queue)):  # tokens start with their epoch: oldest first
             token = name.removesuffix(".json")
             if token in self.exhausted or not name.endswith(".json"):
@@ -150,18 +152,15 @@ class Worker:
             if entry is None:
                 continue
             self.entries[token] = entry
-            taken = self.pool.taken(token)
-            open_ = [i for i in entry["indices"] if i not in taken]
-            if not open_:
+            taken, cancelled = self.pool.taken(token), files.cancelled(self.pool, token)
+            open_ = [i for i in entry["indices"] if i not in taken and not (cancelled is not None and (not cancelled or i in cancelled))]
+            if not open_:  # every task claimed once or cancelled: nothing here, ever again
                 self.exhausted.add(token)
                 continue
             if remaining < float(entry.get("expect_s", 0.0)) + self.margin_s:
                 self.out_of_time = True
                 continue
-            cancelled = files.cancelled(self.pool, token)
             for i in open_:
-                if cancelled is not None and (not cancelled or i in cancelled):
-                    continue
                 owner = {"owner": self.owner, "host": self.host, "pid": os.getpid(), "lease_s": self.lease_s}
                 path = files.take(self.pool, token, i, owner)
                 if path is None:
@@ -208,7 +207,7 @@ class Worker:
             cancelled = files.cancelled(self.pool, r.token)
             if cancelled is not None and (not cancelled or r.index in cancelled):
                 r.killed = "cancelled"
-            elif not files.still_held(str(r.claim), self.owner) or not files.beat(r.claim):
+            elif not files.still_held(str(r.claim), self.owner, lease_s=self.lease_s) or not files.beat(r.claim):
                 r.killed = "fenced"
             if r.killed:
                 self.say(f"task {r.index} of {r.token}: {r.killed}, stopping it")

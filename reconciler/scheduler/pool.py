@@ -12,9 +12,9 @@ about, then one small read per task ended or claimed; the engine asks only about
 end it has not journaled yet):
 
     ended record          -> COMPLETED (exit 0), FAILED with its exit code, or CANCELLED
-    claim, no end         -> core.pool.judge_claim: RUNNING while alive; dead (its worker
-                             ended and no heartbeat for 1.25 leases, or none for 1.5) -> the
-                             worker's end (CANCELLED, TIMEOUT...; else NODE_FAIL), a failed attempt
+    claim, no end         -> core.pool.judge_claim: RUNNING while alive; dead (no heartbeat
+                             for 1.5 leases) -> the worker's end (CANCELLED, TIMEOUT...; else
+                             NODE_FAIL), a failed attempt; a worker still running then is hung
     cancelled, unclaimed  -> CANCELLED
     otherwise             -> PENDING (in the queue)
 

@@ -257,12 +257,16 @@ def worker_log_patterns(production_dir: Path) -> tuple[str, str]:
     return f"{base}.out", f"{base}.err"
 
 
-def render_worker_script(prod: Production, *, name: str, token: str, count: int, production_dir: Path, python: str | None = None) -> str:
+def render_worker_script(
+    prod: Production, *, name: str, token: str, count: int, production_dir: Path, python: str | None = None, export: Sequence[str] = (),
+) -> str:
     """The sbatch script of an array of ``count`` pool workers (``reconciler.pool.worker``).
 
     Its resources are the production's, for ``tasks_side_by_side`` tasks at once (their CPUs
     and memory times that), with ``execution.pool``'s nodes and walltime; it has no setup lines
-    of its own: each task runs its own submission's script, setup included."""
+    of its own: each task runs its own submission's script, setup included. ``export``: names
+    the stages it serves export besides the production's (``environment.export_env``), so the
+    tasks of each find theirs."""
     pool = prod.execution.pool
     out_pat, err_pat = worker_log_patterns(production_dir)
     r, k = prod.resources, pool.tasks_side_by_side
@@ -274,7 +278,7 @@ def render_worker_script(prod: Production, *, name: str, token: str, count: int,
         ("job-name", name), ("comment", f"reconciler:{token}"), ("array", array_spec(range(count))),
         ("output", out_pat), ("error", err_pat), ("nodes", str(pool.nodes)), *res,
         ("time", slurm_time(pool.walltime_minutes / 60, 0)),
-        ("export", ",".join(export_names(prod))),
+        ("export", ",".join(dict.fromkeys([*export_names(prod), *export]))),
     ]
     lines = header_lines(header)
     argv = [

@@ -27,6 +27,6 @@ class Pool(BaseModel):
     lease_seconds: float = Field(default=300.0, ge=2, le=86_400, description=(
         "A worker renews its claims every fifth of this. A claim not renewed for this long is no longer held: "
         "its run is stopped and not marked complete; the task is a failed attempt, retried with backoff, "
-        "1.25 leases after its worker ended, or 1.5 leases without a heartbeat. Hosts' clocks must agree to well within half of it."
+        "1.5 leases without a heartbeat. Hosts' clocks must agree to within 0.4 of it minus 5 s: keep it in minutes."
     ))
     idle_seconds: float = Field(default=120.0, ge=0, le=86_400, description="A worker with nothing to claim for this long exits.")
