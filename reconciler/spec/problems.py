@@ -44,7 +44,7 @@ def pydantic_problems(exc: ValidationError, marks: Mapping[tuple, Mark], default
         hint = ""
         if kind == "extra_forbidden":
             msg = f"unknown field {loc[-1]!r}"
-            hint = "remove it or fix its spelling; `reconcile schema` lists every field"
+            hint = "remove it or fix its spelling; every field is in schemas/production.schema.json and schemas/defaults.schema.json (`reconcile schema` writes them)"
         elif kind == "missing":
             key = dotted(data_path)
             msg = f"required {'section' if len(data_path) == 1 else 'field'} is missing"
