@@ -53,7 +53,7 @@ def _arrays(rows: Sequence[WorkerRow]) -> dict[str, list[WorkerRow]]:
     return by_token
 
 
-def observed(rows: Sequence[WorkerRow], answers: dict[tuple[str, int], SchedState], found: dict[str, str], hung: Set[str] = frozenset()) -> tuple[WorkerObs, ...]:
+def observed(rows: Sequence[WorkerRow], answers: dict[tuple[str, int], SchedState], found: dict[str, str], hung: Set[str]) -> tuple[WorkerObs, ...]:
     """Each open worker array as the planner sees it: this pass's answers, else the journal's;
     ``hung``: workers ("<job>_<index>") the pool found running with a dead claim."""
     out = []
@@ -102,13 +102,13 @@ def started(ledger: Ledger) -> int:
     return int(ledger.db.execute("SELECT COUNT(*) FROM workers WHERE start IS NOT NULL").fetchone()[0])
 
 
-def pool_run_times(ledger: Ledger) -> list[tuple[str, float, bool]]:
-    """(task key, run time in seconds, completed) of every attempt that ran in a pool."""
+def pool_run_times(ledger: Ledger) -> list[tuple[str, float]]:
+    """(task key, run time in seconds) of every attempt that completed in a pool."""
     q = (
-        "SELECT a.key, a.end - a.start, a.sched_state = 'COMPLETED' FROM submissions s CROSS JOIN attempts a ON a.token = s.token "
-        "WHERE s.job_id LIKE 'pool:%' AND a.start IS NOT NULL AND a.end IS NOT NULL"
+        "SELECT a.key, a.end - a.start FROM submissions s CROSS JOIN attempts a ON a.token = s.token "
+        "WHERE s.job_id LIKE 'pool:%' AND a.sched_state = 'COMPLETED' AND a.start IS NOT NULL AND a.end IS NOT NULL"
     )
-    return [(k, float(d), bool(c)) for k, d, c in ledger.db.execute(q)]
+    return [(k, float(d)) for k, d in ledger.db.execute(q)]
 
 
 def pool_seconds_by_stage(ledger: Ledger, campaign: bool) -> dict[str, float]:

@@ -242,7 +242,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             s.send(Reason.BACKOFF_ELAPSED, task)
         sends = s.batched(base, bs, lambda k: history_of(settled, world, k).submissions > 0)  # ours: a rerun
         if st.pool:
-            expect = expected_runtime(world.runtimes.get(st.name, ()), st.timeout_s)
+            expect = _expect(st, world)
             pooled.extend(replace(a, expect_s=expect) for a in sends)
             pending += len(s.keys.get(Reason.BACKOFF, ())) + len(s.gate.held.get(Reason.WAITING_MEMBERS, ()))
         else:
@@ -285,6 +285,11 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     return Plan(tuple(actions), tuple(notes))
 
 
+def _expect(st: Stage, world: World) -> float:
+    """How long a pool-mode stage's task is expected to run (core.pool.expected_runtime)."""
+    return expected_runtime(world.runtimes.get(st.name, ()), st.timeout_s)
+
+
 def _staged_to_pool(actions: list[Action], desired: Desired, world: World) -> list[Action]:
     """A staged submission sent now (SEND) whose stage is in pool mode goes to the pool, with
     the run time its tasks are expected to take, as a SUBMIT of that stage would."""
@@ -294,7 +299,7 @@ def _staged_to_pool(actions: list[Action], desired: Desired, world: World) -> li
     out = []
     for a in actions:
         st = pool_stage.get(a.keys[0]) if a.kind is ActionKind.SEND and a.keys else None
-        out.append(replace(a, expect_s=expected_runtime(world.runtimes.get(st.name, ()), st.timeout_s)) if st else a)
+        out.append(replace(a, expect_s=_expect(st, world)) if st else a)
     return out
 
 

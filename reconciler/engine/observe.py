@@ -214,8 +214,8 @@ class Observer:
         task made stale by a changed command stops counting until it is rerun; its older runs
         count again then): what its workers expect."""
         times: dict[str, list[float]] = {}
-        for key, took, completed in workers.pool_run_times(self.ledger):
-            if completed and out.get(key) is OutputState.COMPLETE and key in self.by_key:
+        for key, took in workers.pool_run_times(self.ledger):
+            if out.get(key) is OutputState.COMPLETE and key in self.by_key:
                 times.setdefault(self.by_key[key].stage, []).append(took)
         return times
 
