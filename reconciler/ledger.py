@@ -17,60 +17,27 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.core import causes
 from reconciler.core.model import FinishedSubmission, TaskHistory
+from reconciler.core.sizing import Request, Short
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
 from reconciler.errors import Deposed
-from reconciler.ledger_schema import SCHEMA_VERSION, migrate, network_filesystem
+from reconciler.ledger_schema import (
+    SCHEMA_VERSION,
+    Attempt,
+    Failure,
+    Seen,
+    Submission,
+    migrate,
+    network_filesystem,
+)
 
 OPEN = tuple(s for s in SubmissionState if s.open)
 
 LEASE_KEY = "lease_generation"
 """meta key: the highest lease generation that wrote this ledger (see ``Ledger.fence``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Submission:
-    token: str
-    batch: int
-    kind: SubmissionKind
-    state: SubmissionState
-    job_id: str | None
-    backend: str
-    script: str
-    manifest: str
-    created: float
-    submitted: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    token: str
-    array_index: int
-    key: str
-    attempt: int
-    sched_state: str | None
-    exit_code: int | None
-    reason: str
-    start: float | None
-    end: float | None
-    failure_recorded: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """The scheduler's answer for one attempt this pass, to journal."""
-
-    token: str
-    array_index: int
-    state: SchedState
-    exit_code: int | None
-    reason: str
-    start: float | None
-    end: float | None
 
 
 class Ledger:
@@ -196,9 +163,12 @@ class Ledger:
 
     def history(self) -> dict[str, TaskHistory]:
         return {
-            key: TaskHistory(subs, fails, last_end, reason, bool(given_up), causes.loads(cause) if cause else None)
-            for key, subs, fails, last_end, reason, given_up, cause in self.db.execute(
-                "SELECT key, submissions, failures, last_end, last_reason, given_up, last_cause FROM tasks"
+            key: TaskHistory(
+                subs, fails, last_end, reason, bool(given_up), causes.loads(cause) if cause else None,
+                Short(short) if short else None, None if time_s is None else Request(mem, time_s), peak,
+            )
+            for key, subs, fails, last_end, reason, given_up, cause, short, mem, time_s, peak in self.db.execute(
+                "SELECT key, submissions, failures, last_end, last_reason, given_up, last_cause, last_short, last_mem_mb, last_time_s, last_peak_mb FROM tasks"
             )
         }
 
@@ -212,9 +182,9 @@ class Ledger:
         """This pass's scheduler answers, in one transaction: facts, not decisions."""
         with self.transaction() as db:
             db.executemany(
-                "UPDATE attempts SET sched_state = ?, exit_code = ?, reason = ?, start = COALESCE(?, start), end = COALESCE(?, end) "
-                "WHERE token = ? AND array_index = ?",
-                [(s.state.value, s.exit_code, s.reason, s.start, s.end, s.token, s.array_index) for s in seen],
+                "UPDATE attempts SET sched_state = ?, exit_code = ?, reason = ?, start = COALESCE(?, start), end = COALESCE(?, end), "
+                "max_rss_mb = COALESCE(?, max_rss_mb), cpu_s = COALESCE(?, cpu_s) WHERE token = ? AND array_index = ?",
+                [(s.state.value, s.exit_code, s.reason, s.start, s.end, s.max_rss_mb, s.cpu_s, s.token, s.array_index) for s in seen],
             )
 
     def finish(self, tokens: Iterable[str], now: float) -> None:
@@ -269,9 +239,12 @@ class Ledger:
     ) -> None:
         """Journal a submission and its attempts, durably, before the scheduler is called."""
         with self.transaction() as db:
+            req = sub.request
             db.execute(
-                "INSERT INTO submissions (token, batch, kind, state, job_id, backend, script, manifest, created, submitted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sub.token, sub.batch, sub.kind.value, sub.state.value, sub.job_id, sub.backend, sub.script, sub.manifest, sub.created, sub.submitted),
+                "INSERT INTO submissions (token, batch, kind, state, job_id, backend, script, manifest, created, submitted, mem_mb, time_s) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (sub.token, sub.batch, sub.kind.value, sub.state.value, sub.job_id, sub.backend, sub.script, sub.manifest, sub.created, sub.submitted,
+                 None if req is None else req.memory_mb, None if req is None else req.time_s),
             )
             for array_index, key in tasks:
                 row = db.execute("SELECT submissions FROM tasks WHERE key = ?", (key,)).fetchone()
@@ -326,22 +299,24 @@ class Ledger:
                 )
             db.execute("INSERT INTO events VALUES (?, 'abandon', NULL, ?)", (now, f"{token}: {reason}"))
 
-    def record_failures(self, failures: Sequence[tuple[str, int, str, str, float, str | None]], now: float) -> None:
-        """Count failed attempts against their tasks' retries, once each, with their causes.
-
-        Each item: (token, array index, task key, what the history says of it, when it ended,
-        its cause as JSON or None when the wrapper could not say). An attempt already counted
-        is skipped, so a pass killed half-way is safe to repeat.
-        """
+    def record_failures(self, failures: Sequence[Failure], now: float) -> None:
+        """Count failed attempts against their tasks' retries, once each, with their causes and
+        what their retries must read (what each ran out of, its request and peak).
+        An attempt already counted is skipped, so a pass killed half-way is safe to repeat."""
         with self.transaction() as db:
-            for token, array_index, key, reason, end, cause in failures:
+            for f in failures:
                 cur = db.execute(
                     "UPDATE attempts SET failure_recorded = 1, cause = ? WHERE token = ? AND array_index = ? AND failure_recorded = 0",
-                    (cause, token, array_index),
+                    (f.cause, f.token, f.array_index),
                 )
                 if cur.rowcount:
-                    db.execute("UPDATE tasks SET failures = failures + 1, last_end = ?, last_reason = ?, last_cause = ? WHERE key = ?", (end, reason, cause, key))
-                    db.execute("INSERT INTO events VALUES (?, 'failed', ?, ?)", (now, key, reason))
+                    req = f.request
+                    db.execute(
+                        "UPDATE tasks SET failures = failures + 1, last_end = ?, last_reason = ?, last_cause = ?, "
+                        "last_short = ?, last_mem_mb = ?, last_time_s = ?, last_peak_mb = ? WHERE key = ?",
+                        (f.end, f.reason, f.cause, f.short.value if f.short else None, req.memory_mb if req else None, req.time_s if req else None, f.peak_mb, f.key),
+                    )
+                    db.execute("INSERT INTO events VALUES (?, 'failed', ?, ?)", (now, f.key, f.reason))
 
     def waive(self, failures: Sequence[tuple[str, int]], now: float) -> None:
         """`reconcile retry`: these failed tasks' backoff is over and their failure counts are
@@ -359,17 +334,19 @@ class Ledger:
                 db.execute("INSERT INTO events VALUES (?, 'give_up', ?, ?)", (now, key, reason))
 
 
-_ATTEMPT_COLUMNS = "token, array_index, key, attempt, sched_state, exit_code, reason, start, end, failure_recorded"
+_ATTEMPT_COLUMNS = "token, array_index, key, attempt, sched_state, exit_code, reason, start, end, failure_recorded, max_rss_mb, cpu_s"
 
 
 def _attempt(row: tuple) -> Attempt:
-    token, array_index, key, attempt, sched_state, exit_code, reason, start, end, recorded = row
-    return Attempt(token, array_index, key, attempt, sched_state, exit_code, reason, start, end, bool(recorded))
+    token, array_index, key, attempt, sched_state, exit_code, reason, start, end, recorded, rss, cpu = row
+    return Attempt(token, array_index, key, attempt, sched_state, exit_code, reason, start, end, bool(recorded), rss, cpu)
 
 
 def _sub(row: tuple) -> Submission:
     token, batch, kind, state, job_id, backend, script, manifest, created, submitted = row[:10]  # then finished, logs_pruned (v3)
-    return Submission(token, batch, SubmissionKind(kind), SubmissionState(state), job_id, backend, script, manifest, created, submitted)
+    mem, time_s = row[12:14]  # v5
+    request = None if time_s is None else Request(mem, time_s)
+    return Submission(token, batch, SubmissionKind(kind), SubmissionState(state), job_id, backend, script, manifest, created, submitted, request)
 
 
 def default_path(production_dir: Path) -> Path:

@@ -41,7 +41,7 @@ from reconciler.atomic import atomic_write
 from reconciler.core.legacy import LegacyBatch, LegacyImport, LegacyJob, LegacyStatus
 from reconciler.core.states import SubmissionState
 from reconciler.errors import LegacyDatabase, UsageError
-from reconciler.ledger import Ledger, Seen, Submission
+from reconciler.ledger import Failure, Ledger, Seen, Submission
 
 OLD_TABLES = frozenset({"jobs", "batches"})
 OUR_TABLES = frozenset({"submissions", "attempts", "tasks"})
@@ -223,7 +223,7 @@ def write_ledger(path: Path, imported: LegacyImport, *, source: Path, backend: s
             if not s.open:
                 ended = [a for a in s.attempts if a.state is not None]
                 ledger.journal([Seen(s.token, a.array_index, a.state, None, a.reason, None, a.end) for a in ended if a.state is not None])
-                ledger.record_failures([(s.token, a.array_index, a.key, a.reason, a.end if a.end is not None else now, None) for a in ended], now)
+                ledger.record_failures([Failure(s.token, a.array_index, a.key, a.reason, a.end if a.end is not None else now, None) for a in ended], now)
         _events(ledger, imported, source, now)
         ledger.set_meta(META_KEY, json.dumps({"at": now, "source": str(source), **imported.summary()}, sort_keys=True))
     try:  # closed first: its WAL was checkpointed into it and removed

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from reconciler.core.causes import Cause, CauseKind
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
-from reconciler.ledger import Ledger
+from reconciler.ledger import Failure, Ledger
 from reconciler.ledger_schema import MIGRATE_0_TO_1, SCHEMA_VERSION
 
 V0_SCHEMA = """
@@ -96,7 +96,7 @@ def test_a_v0_ledger_is_migrated_keeping_every_count(tmp_path: Path) -> None:
         latest = ledger.latest_attempts()
         assert latest["r2/z0.5"].token == "tok2" and SchedState(latest["r2/z0.5"].sched_state) is SchedState.RUNNING
         # and it is a ledger like any other: the old failure is not counted twice
-        ledger.record_failures([("tok1", 1, "r2/z0.5", "exit 1", 130.0, None)], 300.0)
+        ledger.record_failures([Failure("tok1", 1, "r2/z0.5", "exit 1", 130.0, None)], 300.0)
         assert ledger.history()["r2/z0.5"].failures == 1
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -125,13 +125,28 @@ V3_COLUMNS = (
 )
 
 
+def without_v5(sql: str) -> str:
+    """The schema text as version 4 wrote it: without right-sizing's columns (v5)."""
+    return (
+        sql.replace("    logs_pruned REAL,               -- when its logs were removed by outputs.cleanup_policy (v3)\n", "    logs_pruned REAL                -- when its logs were removed by outputs.cleanup_policy (v3)\n")
+        .replace("    mem_mb REAL,                    -- what its tasks asked: memory (NULL: none asked) (v5)\n    time_s REAL                     -- and timeout (v5)\n", "")
+        .replace("    max_rss_mb REAL,                -- peak memory, as the scheduler measured it (v5)\n    cpu_s REAL,                     -- CPU time, user + system (v5)\n", "")
+        .replace("    last_cause TEXT,                -- the latest failure's cause (JSON), which the planner reads\n", "    last_cause TEXT                 -- the latest failure's cause (JSON), which the planner reads\n")
+        .replace(
+            "    last_short TEXT,                -- what the latest failure ran out of (core.sizing.Short) (v5)\n"
+            "    last_mem_mb REAL,               -- what that attempt asked: memory (v5)\n"
+            "    last_time_s REAL,               -- and timeout (v5)\n"
+            "    last_peak_mb REAL               -- its peak memory (v5)\n", "")
+    )
+
+
 def v1_ledger(path: Path) -> None:
     """A version-1 ledger (the schema before failure causes), made the way version 1 made it:
     by migrating a version-0 one, then stamping user_version 1."""
     v0_ledger(path)
     db = sqlite3.connect(path, isolation_level=None)
     v1_schema = [
-        part.replace("    cause TEXT,                     -- core.causes.Cause as JSON, for a failed attempt whose wrapper said why\n", "")
+        without_v5(part).replace("    cause TEXT,                     -- core.causes.Cause as JSON, for a failed attempt whose wrapper said why\n", "")
         .replace("    latest_token TEXT,\n    last_cause TEXT                 -- the latest failure's cause (JSON), which the planner reads\n", "    latest_token TEXT\n")
         .replace(V3_COLUMNS, "\n")
         for part in MIGRATE_0_TO_1
@@ -155,13 +170,13 @@ def test_a_v1_ledger_gains_causes_in_place_keeping_every_count(tmp_path: Path) -
         h = ledger.history()["r2/z0.5"]
         assert (h.submissions, h.failures, h.last_reason, h.cause) == (2, 1, "exit 1", None)
         cause = Cause(CauseKind.NOT_FOUND, "no-such-generator", 127, ("bash: no-such-generator: not found",))
-        ledger.record_failures([("tok2", 1, "r2/z0.5", cause.text, 250.0, cause.dumps())], 300.0)
+        ledger.record_failures([Failure("tok2", 1, "r2/z0.5", cause.text, 250.0, cause.dumps())], 300.0)
         h = ledger.history()["r2/z0.5"]
         assert (h.failures, h.last_reason, h.cause) == (2, "command not found: no-such-generator", cause)
         ledger.waive([("r2/z0.5", 2)], 310.0)  # `reconcile retry`: one more attempt, not an instant give-up
         assert ledger.history()["r2/z0.5"].cause is None
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert db.execute("SELECT cause FROM attempts WHERE token = 'tok2'").fetchone()[0] == cause.dumps()
     db.close()
 
@@ -188,7 +203,7 @@ def test_a_v2_ledger_learns_when_its_submissions_finished_in_place(tmp_path: Pat
         assert first.token not in {k.token for k in ledger.logs_kept()}
         ledger.finish(["nothing"], 600.0)
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert {"finished", "logs_pruned"} <= {r[1] for r in db.execute("PRAGMA table_info(submissions)")}
     db.close()
 
@@ -197,5 +212,5 @@ def test_a_v0_ledger_lands_on_the_current_schema_with_causes(tmp_path: Path) -> 
     path = tmp_path / "production.db"
     v0_ledger(path)
     with Ledger(path) as ledger:
-        ledger.record_failures([("tok2", 1, "r2/z0.5", "exit 3", 250.0, Cause(CauseKind.EXIT, "", 3).dumps())], 300.0)
+        ledger.record_failures([Failure("tok2", 1, "r2/z0.5", "exit 3", 250.0, Cause(CauseKind.EXIT, "", 3).dumps())], 300.0)
         assert ledger.history()["r2/z0.5"].cause == Cause(CauseKind.EXIT, "", 3)

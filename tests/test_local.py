@@ -128,8 +128,21 @@ def test_failure_exit_code_and_wrapper_timeout(tmp_path: Path) -> None:
     sched = LocalScheduler(tmp_path / "spool", slots=SLOTS)
     job_id = sched.submit(array_job(tmp_path, script, [0, 1]))
     view = wait_for(sched, [JobRef("x", job_id, 0)], all_finished)
-    assert view.tasks[job_id][0] == TaskSched(SchedState.FAILED, 3, "exit 3", view.tasks[job_id][0].start, view.tasks[job_id][0].end)
+    t0 = view.tasks[job_id][0]
+    assert t0 == TaskSched(SchedState.FAILED, 3, "exit 3", t0.start, t0.end, t0.usage)
     assert view.tasks[job_id][1].state is SchedState.TIMEOUT
+
+
+def test_an_ended_task_reports_what_it_used_as_sacct_would(tmp_path: Path) -> None:
+    """Peak memory and CPU time from the task's resource usage (the local backend's MaxRSS, TotalCPU)."""
+    script = write_script(tmp_path, 'python3 -c "x = bytearray(200 * 2**20); sum(range(3 * 10**6))"')
+    sched = LocalScheduler(tmp_path / "spool", slots=SLOTS)
+    job_id = sched.submit(array_job(tmp_path, script, [0]))
+    t = wait_for(sched, [JobRef("x", job_id, 0)], all_finished).tasks[job_id][0]
+    assert t.state is SchedState.COMPLETED and t.usage is not None
+    assert t.usage.max_rss_mb is not None and 200 <= t.usage.max_rss_mb < 400
+    assert t.usage.cpu_s is not None and t.usage.cpu_s > 0.01
+    assert t.usage.elapsed_s is not None and t.start is not None and t.end is not None and t.usage.elapsed_s == t.end - t.start
 
 
 def test_slots_hold_across_submissions(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from reconciler.core.pool import (
     usage,
 )
 from reconciler.core.reasons import Reason
+from reconciler.core.sizing import Request
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
 
 from .test_planner import T
@@ -81,7 +82,7 @@ def test_a_lost_worker_answer_is_recovered_by_token_waited_for_or_abandoned_neve
 
 def test_pool_sends_are_outside_the_queue_cap_carry_the_expected_run_time_and_bring_workers() -> None:
     tasks = [T(f"k{i}", i) for i in range(50)]
-    stage = Stage("", tasks, Policy(batch_size=10), 50, pool=True, timeout_s=120.0)
+    stage = Stage("", tasks, Policy(batch_size=10), 50, pool=True, request=Request(None, 120.0))
     desired = Desired(tasks, Policy(batch_size=10), [stage], PoolPolicy(workers=3))
     p = plan(desired, World({}, {}), 0.0, Limits(max_queued_tasks=5))
     sends = p.of(ActionKind.SUBMIT)
@@ -111,7 +112,7 @@ def test_the_pools_work_is_counted_by_submission_so_a_stage_moved_out_of_pool_mo
 def test_live_workers_count_against_the_queue_cap_and_a_place_is_kept_for_one_while_the_pool_has_work() -> None:
     arr = [T(f"a{i}", i) for i in range(20)]
     pooled = [T(f"p{i}", i) for i in range(4)]
-    stages = [Stage("arr", arr, Policy(batch_size=100), 20), Stage("pool", pooled, Policy(batch_size=100), 4, pool=True, timeout_s=60.0)]
+    stages = [Stage("arr", arr, Policy(batch_size=100), 20), Stage("pool", pooled, Policy(batch_size=100), 4, pool=True, request=Request(None, 60.0))]
     desired = Desired([*arr, *pooled], Policy(batch_size=100), stages, PoolPolicy(workers=2))
     workers = (WorkerObs("w", 0.0, "9", None, (R, R, R, R)),)
     p = plan(desired, World({}, {}, workers=workers), 0.0, Limits(max_queued_tasks=10))

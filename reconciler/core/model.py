@@ -14,6 +14,7 @@ from typing import NamedTuple, Protocol
 
 from reconciler.core.causes import Cause
 from reconciler.core.pool import PoolPolicy, WorkerObs
+from reconciler.core.sizing import Request, Short, Usage
 from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
 
 
@@ -35,6 +36,9 @@ class TaskHistory:
     last_reason: str = ""
     given_up: bool = False  # a give-up was already recorded for the current failure count
     cause: Cause | None = None  # the latest failure's cause, as the task wrapper recorded it (None: it could not)
+    short: Short | None = None  # the latest failure ran out of memory or time (core.sizing.shortfall)
+    request: Request | None = None  # what the latest failed attempt asked for (None: recorded before requests were)
+    peak_mb: float | None = None  # its peak memory, when measured
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,8 @@ class AttemptObs:
     latest: bool = True  # it is the task's latest attempt, so its state is the task's
     previous: SchedState | None = None  # latest and open: the journaled state of the task's attempt before it
     cause: Cause | None = None  # failed: why, in the wrapper's words (read only for attempts that failed)
+    exit_code: int | None = None  # the scheduler's exit status (128+S when killed by signal S)
+    usage: Usage | None = None  # ended: what it used, when the scheduler measured it
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,7 @@ class SubmissionObs:
     current: bool = True  # staged: every task still has the fingerprint it was staged with
     attempts: tuple[AttemptObs, ...] = ()
     pool: bool = False  # sent to the production's pool (scheduler.pool), not to the scheduler as an array
+    request: Request | None = None  # what its tasks asked for (None: recorded before requests were)
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,8 @@ class Limits:
     max_array_size: int = 1001
     max_queued_tasks: int = 5000
     lookup_grace_s: float = 0.0  # how long a lost sbatch answer is looked for before it is given up
+    node_memory_mb: float | None = None  # the most memory a retry may ask (machine.node_memory_gb, else the cluster's nodes)
+    max_time_s: float | None = None  # the longest timeout a retry may ask (machine.max_time_hours, else the partition's MaxTime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +127,8 @@ class Policy:
     keep_logs_s: float = 90 * 86400.0  # outputs.cleanup_policy.keep_logs_days
     archive_logs: bool = False  # outputs.cleanup_policy.archive_completed: pack them before removing
     verify_per_pass: int = 0  # completed tasks deep-verified per pass (core.verification.sample); 0: none
+    memory_factor: float = 1.5  # a retry after out-of-memory asks this much more memory (core.sizing)
+    time_factor: float = 1.5  # a retry after a timeout asks this much more time
 
     def delay(self, failures: int) -> float:
         """Backoff before retrying after ``failures`` failures: initial * multiplier**(failures-1), capped."""
@@ -164,7 +175,12 @@ class Stage:
     total: int = 0
     min_fraction: float = 1.0
     pool: bool = False  # execution.mode: pool: its sends go to the production's pool, outside the queue cap
-    timeout_s: float = 3600.0  # a task's timeout: what a pool expects of it before it has run times
+    request: Request = Request(None, 3600.0)  # what each task asks (resources.memory_gb, execution.timeout_hours)
+
+    @property
+    def timeout_s(self) -> float:
+        """A task's timeout: what a pool expects of it before it has run times."""
+        return self.request.time_s
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any
 
 from reconciler.core.reasons import Reason, message
+from reconciler.core.sizing import Request
 
 
 class ActionKind(StrEnum):
@@ -62,6 +63,7 @@ class Action:
     note: str = ""  # specifics for the message: a limit's value, a job id
     partial: tuple[tuple[str, tuple[str, ...]], ...] = ()  # fan-in tasks sent on a partial set: (key, members missing)
     expect_s: float | None = None  # sent to the pool: how long each task is expected to run (core.pool.expected_runtime)
+    request: Request | None = None  # a retry that asks other than its stage (core.sizing.retry_request); None: the stage's
 
     @property
     def message(self) -> str:
@@ -85,6 +87,7 @@ class Action:
             "note": self.note,
             **({"partial": {k: list(m) for k, m in self.partial}} if self.partial else {}),
             **({"expect_s": self.expect_s} if self.expect_s is not None else {}),
+            **({"request": {"memory_mb": self.request.memory_mb, "time_s": self.request.time_s}} if self.request is not None else {}),
         }
 
 

@@ -18,7 +18,10 @@ Then stage by stage (Desired.stage_list, each by its own policy), per task, in t
   never submitted               -> SUBMIT
   submitted, outcome unknown    -> WAIT (a lost sbatch answer is resolved by token, not resent)
   an input missing (task.inputs) -> WAIT (waiting_input), before any resubmission
-  failed, retries left          -> RESUBMIT after initial * multiplier**(failures-1), else WAIT
+  failed, retries left          -> RESUBMIT after initial * multiplier**(failures-1), else WAIT;
+                                   asking what the failure says it needs (core.sizing: more memory
+                                   after out-of-memory, more time after a timeout, each capped at the
+                                   site's; else its last attempt's request), one array per request
   failed, retries exhausted     -> GIVE_UP once, then nothing
   failed, retrying cannot fix   -> GIVE_UP at once (command not found / not executable: core.causes)
   failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
@@ -51,6 +54,7 @@ from reconciler.core.model import (
     DesiredTask,
     Limits,
     Stage,
+    TaskHistory,
     World,
 )
 from reconciler.core.outcome import adoptable, cannot_retry, rerun_failed
@@ -59,6 +63,7 @@ from reconciler.core.pool import expected_runtime, live, plan_workers
 from reconciler.core.readiness import Gate, Readiness
 from reconciler.core.reasons import Reason
 from reconciler.core.settle import Settled, history_of, settle
+from reconciler.core.sizing import Growth, Request, explain, retry_request
 from reconciler.core.states import OutputState, SchedState
 
 
@@ -111,10 +116,24 @@ class _Sorted:
     corrupt: list[DesiredTask] = field(default_factory=list)  # complete, failed verification: moved aside, ready or not
     cannot_run: dict[str, str] = field(default_factory=dict)  # key -> the cause's group, for the note
     backoff_until: float | None = None
+    growth: Growth = field(default_factory=Growth)
+    resized: dict[str, tuple[Request, str]] = field(default_factory=dict)  # retries asking other than the stage: key -> (request, note)
 
     def send(self, reason: Reason, task: DesiredTask) -> None:
         if self.gate.ready(task):
             self.sends.setdefault(reason, []).append(task)
+
+    def retry(self, reason: Reason, task: DesiredTask, hist: TaskHistory) -> None:
+        """Send a failed task again, asking what its failure says it needs (core.sizing): more
+        memory after out-of-memory, more time after a timeout, else what its last attempt asked.
+        A pool-mode stage's tasks run in its workers, whose request is the pool's."""
+        self.send(reason, task)
+        base = self.stage.request
+        if self.stage.pool or (hist.request is None and hist.short is None):
+            return
+        new = retry_request(base, hist.request, hist.short, hist.peak_mb, self.growth)
+        if new != base:
+            self.resized[task.key] = (new, explain(new, hist.request, hist.short, hist.peak_mb))
 
     def mark(self, reason: Reason, key: str) -> None:
         self.keys.setdefault(reason, []).append(key)
@@ -125,8 +144,14 @@ class _Sorted:
             kind = _KIND.get(reason)
             split = [(kind, tasks)] if kind else [(ActionKind.RESUBMIT, [t for t in tasks if ours(t.key)]), (ActionKind.SUBMIT, [t for t in tasks if not ours(t.key)])]
             for k, ts in split:
-                sends = _batches(k, reason, ts, base, bs)
-                out.extend(self.gate.partial(sends) if reason is Reason.PARTIAL_MEMBERS else sends)
+                by_request: dict[tuple[Request, str] | None, list[DesiredTask]] = {}
+                for t in ts:  # one array asks one request: retries of one batch that differ are separate arrays
+                    by_request.setdefault(self.resized.get(t.key), []).append(t)
+                for sized, group in sorted(by_request.items(), key=lambda kv: (kv[0] is not None, kv[0][1] if kv[0] else "")):
+                    sends = _batches(k, reason, group, base, bs)
+                    if sized is not None:
+                        sends = [replace(a, request=sized[0], note=sized[1]) for a in sends]
+                    out.extend(self.gate.partial(sends) if reason is Reason.PARTIAL_MEMBERS else sends)
         return out
 
     def decide(self, actions: list[Action], notes: list[Note]) -> None:
@@ -171,7 +196,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
     for st in desired.stage_list:
         pol = st.policy
         bs = max(1, min(pol.batch_size, lim.max_array_size))
-        s = _Sorted(st, Gate(readiness, world.missing_inputs, st.min_fraction))
+        s = _Sorted(st, Gate(readiness, world.missing_inputs, st.min_fraction), growth=Growth(pol.memory_factor, pol.time_factor, lim.node_memory_mb, lim.max_time_s))
         for task in st.tasks:
             key = task.key
             desired_keys.add(key)
@@ -217,7 +242,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
                 continue
             if retry and hist.failures:
                 s.mark(Reason.MANUAL_RETRY, key)  # the waiver is journaled, ready or not; the task is resubmitted when ready
-                s.send(Reason.MANUAL_RETRY, task)
+                s.retry(Reason.MANUAL_RETRY, task, hist)
                 continue
             if key in world.missing_inputs:  # before a resubmission of any kind: it would fail for want of it
                 s.gate.waiting.append(key)
@@ -239,7 +264,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
                 s.mark(Reason.BACKOFF, key)
                 s.backoff_until = deadline if s.backoff_until is None else min(s.backoff_until, deadline)
                 continue
-            s.send(Reason.BACKOFF_ELAPSED, task)
+            s.retry(Reason.BACKOFF_ELAPSED, task, hist)
         sends = s.batched(base, bs, lambda k: history_of(settled, world, k).submissions > 0)  # ours: a rerun
         if st.pool:
             expect = _expect(st, world)

@@ -9,7 +9,8 @@ Each open submission (staged, in flight, or with a lost answer) is settled by on
   no job id, token found            -> RECOVER the job id (a lost sbatch answer)
   no job id, within the lookup grace-> WAIT (never resend blindly: the job may exist)
   no job id, past the grace         -> ABANDON; its tasks are planned again at once
-  an attempt ended, not yet counted -> RECORD_FAILURE when core.outcome.classify says it failed
+  an attempt ended, not yet counted -> RECORD_FAILURE when core.outcome.classify says it failed,
+                                       with what it ran short of (core.sizing.shortfall), its request and peak
   the old tool's attempt completed  -> ADOPT its valid outputs (it writes no marker; see
                                        `reconcile import-legacy`); failed ones as above
 """
@@ -34,6 +35,7 @@ from reconciler.core.outcome import classify, failure_text
 from reconciler.core.overlay import Overlay
 from reconciler.core.plan import Action, ActionKind, Note
 from reconciler.core.reasons import Reason
+from reconciler.core.sizing import shortfall
 from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionKind, SubmissionState
 
 
@@ -140,7 +142,11 @@ def _record_failures(s: Settled, world: World, sub: SubmissionObs, now: float) -
         by_reason.setdefault(why, []).append(att)
         h = history_of(s, world, att.key)
         end = att.end if att.end is not None else now
-        s.history[att.key] = replace(h, failures=h.failures + 1, last_end=end, last_reason=failure_text(att, why), cause=att.cause)
+        short = shortfall(att.sched, att.exit_code, att.cause, att.usage, sub.request)
+        peak = att.usage.max_rss_mb if att.usage is not None else None
+        s.history[att.key] = replace(
+            h, failures=h.failures + 1, last_end=end, last_reason=failure_text(att, why), cause=att.cause, short=short, request=sub.request, peak_mb=peak,
+        )
     for why, atts in by_reason.items():  # plan() orders every action by kind, batch, token, reason
         s.actions.append(_of(ActionKind.RECORD_FAILURE, why, sub, atts))
     if adopted:

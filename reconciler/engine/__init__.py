@@ -29,6 +29,7 @@ from reconciler.engine.observe import DiskOutputs, Observed, Observer, OutputTre
 from reconciler.ledger import Ledger
 from reconciler.scheduler.base import Scheduler
 from reconciler.scheduler.pool import PoolScheduler
+from reconciler.scheduler.script import request_of
 from reconciler.spec.load import Loaded
 
 
@@ -67,6 +68,8 @@ def policy_of(loaded: Loaded, stage: str = "") -> Policy:
         keep_logs_s=spec.outputs.cleanup_policy.keep_logs_days * 86400.0,
         archive_logs=spec.outputs.cleanup_policy.archive_completed,
         verify_per_pass=ex.verify_per_pass,
+        memory_factor=rp.memory_factor,
+        time_factor=rp.time_factor,
     )
 
 
@@ -107,14 +110,18 @@ class Engine:
         self.outputs = outputs or DiskOutputs(self.production_dir, validators)
         self.clock = clock
         stages = [
-            Stage(s.name, s.tasks, policy_of(loaded, s.name), s.total, s.min_fraction, s.spec.execution.mode == "pool", s.spec.execution.timeout_hours * 3600.0)
+            Stage(s.name, s.tasks, policy_of(loaded, s.name), s.total, s.min_fraction, s.spec.execution.mode == "pool", request_of(loaded.stage_spec(s.name)))
             for s in self.expansion.stages
         ]
         self.desired = Desired(self.expansion.tasks, policy_of(loaded), stages, pool_of(loaded))
         # pool-mode submissions to the pool, the rest to the site's
         scheduler = PoolScheduler(scheduler, self.production_dir, clock, loaded.spec.execution.pool.lease_seconds)
         machine = loaded.machine.machine
-        self.limits = Limits(machine.max_array_size, machine.max_queued_tasks, scheduler.lookup_grace_s)
+        self.limits = Limits(
+            machine.max_array_size, machine.max_queued_tasks, scheduler.lookup_grace_s,
+            None if machine.node_memory_gb is None else machine.node_memory_gb * 1024.0,
+            None if machine.max_time_hours is None else machine.max_time_hours * 3600.0,
+        )
         kinds = {name: v.kind for name, v in validators.items()}
         self.observer = Observer(self.desired, self.expansion, kinds, scheduler, ledger, self.outputs, clock)
         self.actor = Actor(loaded, scheduler, ledger, self.outputs, clock, python or sys.executable, fence)

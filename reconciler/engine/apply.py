@@ -24,10 +24,11 @@ from reconciler.atomic import atomic_write
 from reconciler.core.outcome import failure_text, waived_failures
 from reconciler.core.plan import SENDS, Action, ActionKind, Plan
 from reconciler.core.reasons import Reason
+from reconciler.core.sizing import shortfall
 from reconciler.core.states import SubmissionKind, SubmissionState
 from reconciler.engine.observe import SITE_PROBE_KEY, VERIFY_CURSOR_KEY, Observed, OutputTree
 from reconciler.errors import NotSubmitted, SubmitRejected
-from reconciler.ledger import Ledger, Submission
+from reconciler.ledger import Failure, Ledger, Submission
 from reconciler.scheduler.base import ArrayJob, Scheduler
 from reconciler.scheduler.script import (
     ManifestTask,
@@ -36,6 +37,8 @@ from reconciler.scheduler.script import (
     render_manifest,
     render_script,
     render_worker_script,
+    request_of,
+    with_request,
     worker_log_patterns,
 )
 from reconciler.spec.campaign import list_path, need_paths
@@ -157,11 +160,16 @@ class Actor:
             self.ledger.set_submitted(_token(a), job, now)
             return f"recovered submission {a.token} as job {job}: its sbatch answer was lost, the job was found by its token"
         if a.kind is ActionKind.RECORD_FAILURE:
-            atts = {x.array_index: x for x in obs.submission(_token(a)).attempts}
+            ended = obs.submission(_token(a))
+            atts = {x.array_index: x for x in ended.attempts}
             rows = []
             for key, i in zip(a.keys, a.array_indices, strict=True):
-                end, cause = atts[i].end, atts[i].cause
-                rows.append((_token(a), i, key, failure_text(atts[i], a.reason), now if end is None else end, cause.dumps() if cause else None))
+                at = atts[i]  # what it ran out of is read by the rule settle read it by (core.sizing)
+                short = shortfall(at.sched, at.exit_code, at.cause, at.usage, ended.request)
+                rows.append(Failure(
+                    _token(a), i, key, failure_text(at, a.reason), now if at.end is None else at.end, at.cause.dumps() if at.cause else None,
+                    short, ended.request, at.usage.max_rss_mb if at.usage else None,
+                ))
             self.ledger.record_failures(rows, now)
         elif a.kind is ActionKind.ABANDON:
             self.ledger.abandon(_token(a), a.message, now)
@@ -265,6 +273,7 @@ class Actor:
             tasks[idx] = ManifestTask(t.key, t.index, argv, t.outputs, t.fingerprint, self._attempts_so_far(key, obs) + 1, lists, partial.get(key, ()))
         base = self.production_dir / "logs" / f"batch_{a.batch:04d}_{token}"
         script_path, manifest_path = base.with_suffix(".sh"), base.with_suffix(".json")
+        spec = with_request(spec, a.request)  # a retry that asks more than its stage (core.sizing)
         manifest = render_manifest(
             spec, batch=a.batch, token=token, production_dir=self.production_dir, tasks=tasks, generation=self.fence.generation,
         )
@@ -276,7 +285,8 @@ class Actor:
         atomic_write(script_path, script)
         kind = SubmissionKind.RESUBMIT if a.reason in RETRIES else SubmissionKind.SUBMIT  # staged retries too
         state = SubmissionState.STAGED if a.kind is ActionKind.STAGE else SubmissionState.RECORDED
-        sub = Submission(token, a.batch, kind, state, None, self.scheduler.name, str(script_path), str(manifest_path), now, None)
+        request = a.request or request_of(spec)
+        sub = Submission(token, a.batch, kind, state, None, self.scheduler.name, str(script_path), str(manifest_path), now, None, request)
         failpoint("before_record")
         self.fence.check()
         failpoint("after_fence")  # a holder stopped here is deposed meanwhile: the ledger refuses the write

@@ -20,6 +20,7 @@ from reconciler import outputs as output_tree
 from reconciler.core import causes
 from reconciler.core.model import EMPTY_HISTORY, AttemptObs, Desired, SubmissionObs, TaskObs, World
 from reconciler.core.outcome import classify, validate_deeply
+from reconciler.core.sizing import Usage
 from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionKind, SubmissionState
 from reconciler.core.verification import cursor_of, sample
 from reconciler.ledger import Attempt, Ledger, Seen, Submission
@@ -167,8 +168,10 @@ class Observer:
                 if ts is None:
                     continue
                 current[(a.token, a.array_index)] = ts
-                if a.sched_state != ts.state.value or a.exit_code != ts.exit_code:
-                    seen.append(Seen(a.token, a.array_index, ts.state, ts.exit_code, ts.reason or ts.state.value, ts.start, ts.end))
+                used = ts.usage
+                if a.sched_state != ts.state.value or a.exit_code != ts.exit_code or (used is not None and a.max_rss_mb is None and used.max_rss_mb is not None):
+                    rss, cpu = (used.max_rss_mb, used.cpu_s) if used is not None else (None, None)
+                    seen.append(Seen(a.token, a.array_index, ts.state, ts.exit_code, ts.reason or ts.state.value, ts.start, ts.end, rss, cpu))
 
         # outputs after the scheduler: a task that ends between the two reads is seen complete
         history = self.ledger.history()
@@ -261,9 +264,12 @@ class Observer:
             if not s.kind.old_tool and not a.failure_recorded and classify(sched, out.get(a.key, OutputState.MISSING))[0] is Outcome.FAILED:
                 # only attempts that failed and are not yet counted: one small read each, once
                 cause = causes.from_doc(markers.read_cause(Path(s.manifest), a.array_index))
-            obs.append(AttemptObs(a.key, a.array_index, sched, reason, end, a.failure_recorded, is_latest, previous.get(a.key), cause))
+            code = ts.exit_code if ts is not None else a.exit_code
+            used = _usage(ts, a, end)
+            obs.append(AttemptObs(a.key, a.array_index, sched, reason, end, a.failure_recorded, is_latest, previous.get(a.key), cause, code, used))
         current_fp = self._staged_current(s) if s.state is SubmissionState.STAGED else True
-        return SubmissionObs(s.token, s.batch, s.kind, s.state, s.created, s.job_id, found, current_fp, tuple(obs), is_pool_job(s.job_id or found))
+        pool = is_pool_job(s.job_id or found)
+        return SubmissionObs(s.token, s.batch, s.kind, s.state, s.created, s.job_id, found, current_fp, tuple(obs), pool, s.request)
 
     def _staged_current(self, s: Submission) -> bool:
         """Whether every task of a staged submission still has the fingerprint it was staged with."""
@@ -283,6 +289,18 @@ class Observer:
             if now - float(stamp) < SITE_PROBE_EVERY_S:
                 return (int(raw) if raw else None), False
         return self.scheduler.max_array_size(), True
+
+
+def _usage(ts: TaskSched | None, a: Attempt, end: float | None) -> Usage | None:
+    """What an attempt used: this pass's measure, else the journal's; elapsed from its start
+    and end, which every backend reports."""
+    if ts is not None and ts.usage is not None:
+        return ts.usage
+    start = ts.start if ts is not None and ts.start is not None else a.start
+    elapsed = end - start if end is not None and start is not None else None
+    if elapsed is None and a.max_rss_mb is None and a.cpu_s is None:
+        return None
+    return Usage(elapsed, a.max_rss_mb, a.cpu_s)
 
 
 def _done(out: Mapping[str, OutputState]) -> int:

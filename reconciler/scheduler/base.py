@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from reconciler.core.sizing import Usage
 from reconciler.core.states import SchedState
 
 
@@ -41,6 +42,7 @@ class TaskSched:
     reason: str = ""  # scheduler's words: "exit 1", "TIMEOUT", "NODE_FAIL"...
     start: float | None = None
     end: float | None = None
+    usage: Usage | None = None  # ended: what it used (sacct's batch step, the local process's rusage); None: not measured
 
 
 @dataclass(frozen=True)

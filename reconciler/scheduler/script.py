@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.core.sizing import Request
 from reconciler.spec.models import Production
 
 EXPORT_ALLOWLIST = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "SLURM_CONF")
@@ -145,9 +146,27 @@ def sbatch_lines(prod: Production) -> list[tuple[str, str]]:
         if val is not None:
             lines.append((opt, str(val)))
     if r.memory_gb is not None:
-        lines.append(("mem", f"{max(1, math.ceil(r.memory_gb * 1024))}M"))
+        lines.append(("mem", f"{max(1, math.ceil(round(r.memory_gb * 1024, 6)))}M"))
     lines.append(("time", slurm_time(prod.execution.timeout_hours)))
     return lines
+
+
+def request_of(prod: Production) -> Request:
+    """What each task of this (stage's) production asks: its memory and its timeout."""
+    mem = prod.resources.memory_gb
+    return Request(None if mem is None else mem * 1024.0, prod.execution.timeout_hours * 3600.0)
+
+
+def with_request(prod: Production, request: Request | None) -> Production:
+    """The production as a retry that asks ``request`` renders it (its --mem, --time and the
+    wrapper's timeout); unchanged for None, the stage's own request."""
+    if request is None:
+        return prod
+    mem = None if request.memory_mb is None else request.memory_mb / 1024.0
+    return prod.model_copy(update={
+        "resources": prod.resources.model_copy(update={"memory_gb": mem}),
+        "execution": prod.execution.model_copy(update={"timeout_hours": request.time_s / 3600.0}),
+    })
 
 
 def export_names(prod: Production) -> list[str]:

@@ -105,6 +105,8 @@ class RetryPolicy(Strict):
     backoff_multiplier: float = Field(default=2.0, ge=1.0, le=100.0)
     initial_delay_minutes: float = Field(default=10.0, ge=0.0)
     max_delay_minutes: float = Field(default=24 * 60.0, ge=0.0)
+    memory_factor: float = Field(default=1.5, ge=1.0, le=100.0, description="a retry after out-of-memory asks this much more memory (capped at the node's)")
+    time_factor: float = Field(default=1.5, ge=1.0, le=100.0, description="a retry after a timeout asks this much more time (capped at the partition's limit)")
 
 
 class Execution(Strict):
@@ -118,17 +120,11 @@ class Execution(Strict):
     prune: bool = False
     rerun_on_change: bool = False
     adopt_existing: bool = True
-    verify_per_pass: int = Field(
-        default=0,
-        ge=0,
-        le=1_000_000,
-        description=(
-            "Completed tasks whose outputs each pass of once/watch opens and validates again (hdf5 opens and "
-            "has its datasets, sha256 matches), rotating so that every completed task is checked in turn; "
-            "a corrupt one is moved to qa/corrupt/ and run again. 0 (the default) checks none and costs nothing; "
-            "`reconcile verify NAME` checks them all at once."
-        ),
-    )
+    verify_per_pass: int = Field(default=0, ge=0, le=1_000_000, description=(
+        "Completed tasks whose outputs each pass of once/watch opens and validates again (hdf5 opens and "
+        "has its datasets, sha256 matches), rotating so that every completed task is checked in turn; "
+        "a corrupt one is moved to qa/corrupt/ and run again. 0 (the default) checks none and costs nothing; "
+        "`reconcile verify NAME` checks them all at once."))
 
 
 class Resources(Strict):
@@ -384,6 +380,8 @@ class Machine(Strict):
     max_array_size: int = Field(default=1001, ge=1, description="Slurm MaxArraySize: array indices < this")
     max_queued_tasks: int = Field(default=5000, ge=1, description="every array task counts, as in MaxSubmitJobs")
     local_slots: int | None = Field(default=None, ge=1, description="local backend: concurrent tasks (default: cores)")
+    node_memory_gb: float | None = Field(default=None, gt=0, description="the most memory a retry may ask (default: the cluster's nodes, asked daily)")
+    max_time_hours: float | None = Field(default=None, gt=0, description="the longest timeout a retry may ask (default: the partition's MaxTime)")
 
 
 class MachineDefaults(Strict):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.atomic import atomic_write
+from reconciler.core.sizing import Usage
 from reconciler.core.states import SchedState
 from reconciler.errors import TransientError
 from reconciler.scheduler.base import TaskSched
@@ -173,7 +174,10 @@ def to_sched(doc: dict[str, Any] | None) -> TaskSched:
         sched = SchedState(state)
     except ValueError:
         sched = SchedState.UNKNOWN
-    return TaskSched(sched, doc.get("exit_code"), str(doc.get("reason", "")), start, end)
+    rss, cpu = doc.get("max_rss_mb"), doc.get("cpu_s")
+    elapsed = end - start if isinstance(end, (int, float)) and isinstance(start, (int, float)) else None
+    usage = Usage(elapsed, rss, cpu) if rss is not None or cpu is not None else None
+    return TaskSched(sched, doc.get("exit_code"), str(doc.get("reason", "")), start, end, usage)
 
 
 # ---------------------------------------------------------------- what sbatch would read

@@ -11,6 +11,7 @@ Slurm does after KillWait. Exit code 124 is the task wrapper's own timeout.
 from __future__ import annotations
 
 import contextlib
+import resource
 import signal
 import subprocess
 import time
@@ -96,6 +97,10 @@ def supervise(spool: Spool, job_id: str, doc: dict[str, Any], idx: int) -> int:
     )
     end = time.time()
     rc, code, timed_out = ending.returncode, ending.exit_code, ending.timed_out
+    # what the task used, as sacct would say: this forked supervisor's only child is the task,
+    # so its children's usage is the task's (peak of the biggest process, CPU of them all)
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    usage = {"max_rss_mb": round(used.ru_maxrss / 1024.0, 3), "cpu_s": round(used.ru_utime + used.ru_stime, 3)}
     with flock(lock):
         st = read_json(path) or {}
         if st.get("state") == "CANCELLED":
@@ -109,6 +114,6 @@ def supervise(spool: Spool, job_id: str, doc: dict[str, Any], idx: int) -> int:
         else:
             state = "FAILED"
             reason = f"killed by signal {-rc}" if rc < 0 else f"exit {code}"
-        st.update(state=state, exit_code=code, reason=reason, end=end)
+        st.update(state=state, exit_code=code, reason=reason, end=end, **usage)
         write_json(path, st)
     return 0

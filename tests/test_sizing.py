@@ -1,0 +1,122 @@
+"""Retries that fix what failed, on the pure planner: what an attempt ran out of, what its
+retry asks, and how the plan says it (core.sizing, core.settle, core.planner)."""
+
+from __future__ import annotations
+
+from reconciler.core.causes import Cause, CauseKind
+from reconciler.core.model import (
+    AttemptObs,
+    Desired,
+    Limits,
+    Policy,
+    Stage,
+    SubmissionObs,
+    TaskHistory,
+    TaskObs,
+    World,
+)
+from reconciler.core.plan import ActionKind
+from reconciler.core.planner import plan
+from reconciler.core.reasons import Reason
+from reconciler.core.sizing import Growth, Request, Short, Usage, retry_request, shortfall
+from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
+
+from .test_planner import T
+
+GB = 1024.0
+BASE = Request(16 * GB, 3600.0)
+F, M = SchedState.FAILED, OutputState.MISSING
+
+
+def test_out_of_memory_is_what_the_scheduler_says_or_a_sigkill_at_the_request_and_a_timeout_is_either_side_s() -> None:
+    assert shortfall(SchedState.OUT_OF_MEMORY, None, None, None, BASE) is Short.MEMORY  # cgroups
+    # OverMemoryKill: FAILED, signal 9, the sampled peak at (or just under) the request
+    assert shortfall(F, 137, None, Usage(40.0, 16.2 * GB, 30.0), BASE) is Short.MEMORY
+    assert shortfall(F, 137, None, Usage(40.0, 15.5 * GB, 30.0), BASE) is Short.MEMORY
+    assert shortfall(F, 137, None, Usage(40.0, 2 * GB, 30.0), BASE) is None  # killed, but not for memory
+    assert shortfall(F, 137, None, None, BASE) is None  # no measure: no guess
+    killed = Cause(CauseKind.SIGNAL, "SIGKILL", 137)
+    assert shortfall(F, 137, killed, Usage(1.0, 17 * GB), BASE) is Short.MEMORY
+    assert shortfall(SchedState.TIMEOUT, None, None, None, BASE) is Short.TIME
+    assert shortfall(F, 124, Cause(CauseKind.TIMEOUT, "3600", 124), None, BASE) is Short.TIME  # the wrapper's own
+    for other in (SchedState.NODE_FAIL, SchedState.PREEMPTED, SchedState.CANCELLED):
+        assert shortfall(other, None, None, Usage(9.0, 20 * GB), BASE) is None
+    assert shortfall(F, 3, Cause(CauseKind.EXIT, "", 3), Usage(9.0, 20 * GB), BASE) is None
+
+
+def test_a_retry_grows_only_what_ran_short_by_its_factor_capped_at_the_site_and_otherwise_asks_what_its_last_attempt_did() -> None:
+    g = Growth(1.5, 2.0, node_memory_mb=30 * GB, max_time_s=3 * 3600.0)
+    assert retry_request(BASE, BASE, Short.MEMORY, None, g) == Request(24 * GB, 3600.0)
+    assert retry_request(BASE, Request(24 * GB, 3600.0), Short.MEMORY, None, g) == Request(30 * GB, 3600.0)  # the node's
+    assert retry_request(BASE, Request(30 * GB, 3600.0), Short.MEMORY, None, g) == Request(30 * GB, 3600.0)
+    assert retry_request(BASE, BASE, Short.TIME, None, g) == Request(16 * GB, 7200.0)
+    assert retry_request(BASE, Request(16 * GB, 7200.0), Short.TIME, None, g) == Request(16 * GB, 3 * 3600.0)  # the partition's
+    grown = Request(24 * GB, 3600.0)
+    assert retry_request(BASE, grown, None, None, g) == grown  # a node failure after a memory retry: the same request
+    assert retry_request(Request(32 * GB, 3600.0), grown, None, None, g).memory_mb == 32 * GB  # the production raised since wins
+    assert retry_request(Request(None, 60.0), Request(None, 60.0), Short.MEMORY, 900.0, g) == Request(1350.0, 60.0)  # no --mem: from the peak
+    assert retry_request(Request(None, 60.0), None, Short.MEMORY, None, g) == Request(None, 60.0)  # nothing to grow from
+
+
+def _world(failed: dict[str, tuple[SchedState, int | None, Cause | None, Usage | None]], request: Request) -> World:
+    """One ended submission (batch 0) whose tasks failed as given, not yet counted."""
+    atts = tuple(AttemptObs(k, i, st, st.value, 100.0, False, True, None, cause, code, used) for i, (k, (st, code, cause, used)) in enumerate(failed.items()))
+    sub = SubmissionObs("tok", 0, SubmissionKind.SUBMIT, SubmissionState.SUBMITTED, 0.0, "7", None, True, atts, False, request)
+    return World({k: TaskObs(M, st) for k, (st, _, _, _) in failed.items()}, {k: TaskHistory(1) for k in failed}, (sub,))
+
+
+def test_the_plan_resubmits_each_kind_of_failure_of_one_batch_as_its_own_array_saying_what_it_asks_and_why() -> None:
+    tasks = [T(f"t{i}", i) for i in range(5)]
+    stage = Stage("", tasks, Policy(batch_size=10, initial_delay_s=0.0), 5, request=BASE)
+    desired = Desired(tasks, Policy(), (stage,))
+    world = _world({
+        "t0": (SchedState.OUT_OF_MEMORY, None, None, Usage(50.0, 16 * GB)),
+        "t1": (F, 137, None, Usage(50.0, 16.1 * GB)),  # OverMemoryKill
+        "t2": (F, 124, Cause(CauseKind.TIMEOUT, "3600", 124), Usage(3600.0, 3 * GB)),
+        "t3": (SchedState.NODE_FAIL, None, None, None),
+        "t4": (F, 1, Cause(CauseKind.EXIT, "", 1), Usage(5.0, 1 * GB)),
+    }, BASE)
+    # first pass: the failures are recorded (backoff 0 s), with what each ran out of
+    p1 = plan(desired, world, 200.0, Limits(node_memory_mb=64 * GB))
+    assert {k for a in p1.of(ActionKind.RECORD_FAILURE) for k in a.keys} == {"t0", "t1", "t2", "t3", "t4"}
+    history = {
+        "t0": TaskHistory(1, 1, 100.0, short=Short.MEMORY, request=BASE, peak_mb=16 * GB),
+        "t1": TaskHistory(1, 1, 100.0, short=Short.MEMORY, request=BASE, peak_mb=16.1 * GB),
+        "t2": TaskHistory(1, 1, 100.0, short=Short.TIME, request=BASE, peak_mb=3 * GB),
+        "t3": TaskHistory(1, 1, 100.0, request=BASE),
+        "t4": TaskHistory(1, 1, 100.0, request=BASE, peak_mb=1 * GB),
+    }
+    after = World({k: TaskObs(M, st) for k, st in world.tasks.items() for st in [st.sched]}, history)
+    p2 = plan(desired, after, 200.0, Limits(node_memory_mb=64 * GB))
+    sends = p2.of(ActionKind.RESUBMIT)
+    assert {(a.keys, a.batch, a.request) for a in sends} == {
+        (("t0", "t1"), 0, Request(24 * GB, 3600.0)),
+        (("t2",), 0, Request(16 * GB, 5400.0)),
+        (("t3", "t4"), 0, None),  # the stage's own request: one array with any other task of the batch
+    }
+    by_keys = {a.keys: a for a in sends}
+    assert by_keys[("t0", "t1")].message == "failed; backoff elapsed, retries left (with 24 GB memory: out of memory at 16 GB)"
+    assert by_keys[("t2",)].note == "with 90 min: timed out at 60 min"
+    assert all(a.reason is Reason.BACKOFF_ELAPSED for a in sends)
+    assert by_keys[("t0", "t1")].to_json()["request"] == {"memory_mb": 24 * GB, "time_s": 3600.0}
+
+
+def test_the_settled_history_says_what_ran_short_so_the_same_pass_that_records_a_failure_can_resize_its_retry() -> None:
+    tasks = [T("t0", 0)]
+    stage = Stage("", tasks, Policy(batch_size=10, initial_delay_s=0.0), 1, request=BASE)
+    world = _world({"t0": (SchedState.OUT_OF_MEMORY, None, None, Usage(50.0, 16 * GB))}, BASE)
+    p = plan(Desired(tasks, Policy(), (stage,)), world, 200.0, Limits())
+    (send,) = p.of(ActionKind.RESUBMIT)
+    assert send.request == Request(24 * GB, 3600.0)
+
+
+def test_a_task_at_the_node_s_memory_is_retried_with_it_again_and_a_pool_stage_s_retries_ask_nothing_of_their_own() -> None:
+    tasks = [T("t0", 0)]
+    hist = {"t0": TaskHistory(1, 1, 0.0, short=Short.MEMORY, request=Request(64 * GB, 3600.0))}
+    world = World({"t0": TaskObs(M, SchedState.OUT_OF_MEMORY)}, hist)
+    stage = Stage("", tasks, Policy(batch_size=10, initial_delay_s=0.0), 1, request=BASE)
+    (send,) = plan(Desired(tasks, Policy(), (stage,)), world, 10.0, Limits(node_memory_mb=64 * GB)).of(ActionKind.RESUBMIT)
+    assert send.request == Request(64 * GB, 3600.0) and "again: out of memory at the node's memory" in send.note
+    pooled = Stage("", tasks, Policy(batch_size=10, initial_delay_s=0.0), 1, pool=True, request=BASE)
+    (send,) = plan(Desired(tasks, Policy(), (pooled,)), world, 10.0, Limits()).of(ActionKind.RESUBMIT)
+    assert send.request is None
