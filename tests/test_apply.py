@@ -65,6 +65,10 @@ class RecordingScheduler:
         self.calls.append(("max_array_size", None))
         return None
 
+    def site_ceilings(self, partition: str | None) -> tuple[float | None, float | None]:
+        self.calls.append(("site_ceilings", partition))
+        return None, None
+
 
 @dataclass
 class RecordingOutputs:
@@ -114,7 +118,7 @@ def check_apply(eng: Engine, sched: RecordingScheduler, outs: RecordingOutputs, 
     assert Counter(k for _tok, ks in submits for k in ks) == keys_of(p, ActionKind.SUBMIT, ActionKind.RESUBMIT, ActionKind.SEND)
     assert len(submits) == len(p.of(ActionKind.SUBMIT, ActionKind.RESUBMIT, ActionKind.SEND))
     assert {tok for tok, _ks in submits} >= tokens_of(p, ActionKind.SEND)
-    assert not [c for c in sched.calls if c[0] in ("observe", "max_array_size")], sched.calls
+    assert not [c for c in sched.calls if c[0] in ("observe", "max_array_size", "site_ceilings")], sched.calls
     cancelled = [c for c in sched.calls if c[0] == "cancel"]
     assert bool(cancelled) <= bool(p.of(ActionKind.CANCEL))
     # the output tree: moves are exactly the QUARANTINE keys; no reads

@@ -224,6 +224,9 @@ class SimScheduler:
     def max_array_size(self) -> int | None:
         return None
 
+    def site_ceilings(self, partition: str | None) -> tuple[float | None, float | None]:
+        return None, None
+
     def cancel(self, job_id: str, array_indices: Sequence[int] | None = None) -> None:
         for i in array_indices or list(self.jobs[job_id]):
             if self.jobs[job_id][i].state.in_flight:

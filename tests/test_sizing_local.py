@@ -50,3 +50,25 @@ def test_a_task_that_times_out_is_retried_with_twice_the_time_and_completes(repo
     last = json.loads(manifests[-1].read_text())
     assert [t["key"] for t in last["tasks"].values()] == ["r0002/z0.500"] and last["timeout_s"] == 3.6
     wait_quiet(tmp_path / "spool")
+    # advise: the runs say the timeout (1.8 s) is short; the patch applies and validates
+    r = reconcile(repo, env, "advise", "timed", "--json")
+    assert r.returncode == 0, r.stderr
+    (advice,) = json.loads(r.stdout)["stages"]
+    assert advice["counts"] == {**advice["counts"], "completed": 3, "timed_out": 1}
+    p99 = advice["time_s"]["p99"]["value"]
+    assert 2.0 <= p99 < 3.6 and not advice["time_s"]["p99"]["at_least"]  # r0002 slept 2 s
+    assert advice["recommended"]["timeout_hours"] * 3600 >= 1.2 * p99
+    md = reconcile(repo, env, "advise", "timed", "--markdown").stdout  # for the pull request's description
+    assert "Kaplan-Meier" in md and "```diff\n--- a/productions/timed.yaml" in md, md
+    patch = reconcile(repo, env, "advise", "timed", "--patch").stdout
+    assert patch.startswith("--- a/productions/timed.yaml\n+++ b/productions/timed.yaml\n"), patch
+    (repo / "advice.patch").write_text(patch)
+    git(repo, "apply", "--check", "advice.patch")
+    git(repo, "apply", "advice.patch")
+    git(repo, "commit", "-qam", "advice: a longer timeout")
+    v = reconcile(repo, env, "validate", "productions/timed.yaml")
+    assert v.returncode == 0, v.stdout + v.stderr
+    values = {v["path"]: v["value"] for v in json.loads(reconcile(repo, env, "show", "timed", "--json").stdout)["values"]}
+    assert values["execution.timeout_hours"] == advice["recommended"]["timeout_hours"] > 0.0005
+    assert "nothing to change" in reconcile(repo, env, "advise", "timed").stdout  # the file asks what the runs advise now
+

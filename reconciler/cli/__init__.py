@@ -12,11 +12,22 @@ import sys
 from collections.abc import Callable, Sequence
 
 from reconciler import __version__
-from reconciler.cli import desired, doctor, gitops, initrepo, inspect, lease, legacy, loop, verify
+from reconciler.cli import (
+    advise,
+    desired,
+    doctor,
+    gitops,
+    initrepo,
+    inspect,
+    lease,
+    legacy,
+    loop,
+    verify,
+)
 from reconciler.errors import EXIT_INVALID, ConfigError, ReconcilerError
 
 Handler = Callable[[argparse.Namespace], int]
-VERBS = (initrepo, desired, loop, verify, inspect, legacy, lease, gitops, doctor)
+VERBS = (initrepo, desired, loop, verify, inspect, advise, legacy, lease, gitops, doctor)
 """Verb modules in the order `reconcile --help` lists them; a new verb goes in one of them."""
 
 

@@ -89,6 +89,7 @@ class World:
     partial: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # complete fan-in tasks that ran on a partial set: key -> the members missing then
     workers: Sequence[WorkerObs] = ()  # the pool's worker arrays still open (core.pool)
     runtimes: Mapping[str, Sequence[float]] = field(default_factory=dict)  # pool-mode stages: their finished tasks' run times, seconds
+    site_ceilings: tuple[float | None, float | None] = (None, None)  # the cluster's node memory (MB) and partition time limit (s), when known
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,9 +57,15 @@ class Settled:
         return tasks, history
 
 
-def effective_limits(limits: Limits, site_max_array_size: int | None) -> tuple[Limits, list[Note]]:
+def effective_limits(limits: Limits, site_max_array_size: int | None, ceilings: tuple[float | None, float | None] = (None, None)) -> tuple[Limits, list[Note]]:
     """The smaller of the configured and the cluster's MaxArraySize wins: Slurm rejects an
-    index >= MaxArraySize whatever the machine defaults say."""
+    index >= MaxArraySize whatever the machine defaults say. A retry's ceilings (node memory,
+    time limit) are the machine defaults' where they say, else what the cluster reports."""
+    mem, time_s = ceilings
+    limits = replace(
+        limits, node_memory_mb=limits.node_memory_mb if limits.node_memory_mb is not None else mem,
+        max_time_s=limits.max_time_s if limits.max_time_s is not None else time_s,
+    )
     if site_max_array_size and site_max_array_size < limits.max_array_size:
         note = Note(Reason.SITE_LIMIT, (), f"max_array_size {limits.max_array_size} -> {site_max_array_size}")
         return replace(limits, max_array_size=site_max_array_size), [note]
@@ -69,7 +75,7 @@ def effective_limits(limits: Limits, site_max_array_size: int | None) -> tuple[L
 def settle(desired: Desired, world: World, now: float, limits: Limits, *, stage: bool = False) -> Settled:
     """Decide what becomes of every open submission; see the module docstring for the rules."""
     s = Settled()
-    s.limits, s.notes = effective_limits(limits, world.site_max_array_size)
+    s.limits, s.notes = effective_limits(limits, world.site_max_array_size, world.site_ceilings)
     for sub in world.submissions:
         if sub.state is SubmissionState.STAGED:
             if not sub.current:

@@ -26,7 +26,13 @@ from reconciler.core.plan import SENDS, Action, ActionKind, Plan
 from reconciler.core.reasons import Reason
 from reconciler.core.sizing import shortfall
 from reconciler.core.states import SubmissionKind, SubmissionState
-from reconciler.engine.observe import SITE_PROBE_KEY, VERIFY_CURSOR_KEY, Observed, OutputTree
+from reconciler.engine.observe import (
+    SITE_CEILINGS_KEY,
+    SITE_PROBE_KEY,
+    VERIFY_CURSOR_KEY,
+    Observed,
+    OutputTree,
+)
 from reconciler.errors import NotSubmitted, SubmitRejected
 from reconciler.ledger import Failure, Ledger, Submission
 from reconciler.scheduler.base import ArrayJob, Scheduler
@@ -125,6 +131,8 @@ class Actor:
             workers.journal(self.ledger, obs.worker_seen)
         if obs.probed and obs.world.site_max_array_size is not None:  # unknown (slurmctld down): ask again next pass
             self.ledger.set_meta(SITE_PROBE_KEY, f"{now}:{obs.world.site_max_array_size}")
+            mem, limit = obs.world.site_ceilings
+            self.ledger.set_meta(SITE_CEILINGS_KEY, f"{now}:{'' if mem is None else mem}:{'' if limit is None else limit}")
         if obs.verify_cursor is not None:  # the verification rotation moves on only when a pass is applied
             self.ledger.set_meta(VERIFY_CURSOR_KEY, str(obs.verify_cursor))
         self._abandoned = {}

@@ -31,6 +31,7 @@ from reconciler.spec.expand import Expansion, Task
 from reconciler.workers import WorkerSeen
 
 SITE_PROBE_KEY = "site_max_array_size"
+SITE_CEILINGS_KEY = "site_ceilings"  # "<when>:<node memory MB>:<partition MaxTime s>", either empty when unknown
 SITE_PROBE_EVERY_S = 86400.0
 VANISHED = "vanished: the scheduler has no record of it"
 VERIFY_CURSOR_KEY = "verify_cursor"
@@ -119,6 +120,7 @@ class Observer:
 
     def __init__(self, desired: Desired, expansion: Expansion, validator_kinds: Mapping[str, str], scheduler: Scheduler, ledger: Ledger, outputs: OutputTree, clock: Callable[[], float]) -> None:
         self.production = expansion.name  # names its jobs (script.job_name), by which a lost answer is found
+        self.partition = next((st.spec.resources.partition for st in expansion.stages if st.spec.resources.partition), None)
         self.desired = desired
         self.tasks = expansion.tasks
         self.by_key = expansion.by_key
@@ -153,6 +155,7 @@ class Observer:
         refs += workers.refs(pool_workers, self.production)  # the pool's workers: in the same (at most two) reads
         view = self.scheduler.observe(refs) if refs else SchedulerView()
         site, probed = self._site_max_array_size(now)
+        ceilings = self._site_ceilings(probed)
 
         seen: list[Seen] = []
         current: dict[tuple[str, int], TaskSched] = {}
@@ -209,7 +212,7 @@ class Observer:
         worker_obs, worker_seen = workers.answered(pool_workers, view, now)
         # run times only while a pool stage has work left: a pass over a finished production reads nothing more
         runtimes = self._runtimes(out) if self.pooled and _done(out) < len(self.tasks) else {}
-        world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept(), missing, partial, worker_obs, runtimes)
+        world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept(), missing, partial, worker_obs, runtimes, ceilings)
         return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, verified, cursor, worker_seen)
 
     def _runtimes(self, out: Mapping[str, OutputState]) -> dict[str, list[float]]:
@@ -289,6 +292,19 @@ class Observer:
             if now - float(stamp) < SITE_PROBE_EVERY_S:
                 return (int(raw) if raw else None), False
         return self.scheduler.max_array_size(), True
+
+    def _site_ceilings(self, probe: bool) -> tuple[float | None, float | None]:
+        """The most memory a node has and the partition's time limit (what a retry may ask at
+        most), asked with MaxArraySize, at most once a day; (None, None) when unknown."""
+        if probe:
+            return self.scheduler.site_ceilings(self.partition)
+        return site_ceilings_of(self.ledger)
+
+
+def site_ceilings_of(ledger: Ledger) -> tuple[float | None, float | None]:
+    """The cluster's node memory (MB) and partition time limit (s) as last journaled."""
+    _, mem, limit = ((ledger.get_meta(SITE_CEILINGS_KEY) or "").split(":") + ["", "", ""])[:3]
+    return (float(mem) if mem else None, float(limit) if limit else None)
 
 
 def _usage(ts: TaskSched | None, a: Attempt, end: float | None) -> Usage | None:

@@ -93,3 +93,8 @@ class Scheduler(Protocol):
     def max_array_size(self) -> int | None:
         """The site's MaxArraySize, or None when the backend has no such limit or cannot tell now."""
         ...
+
+    def site_ceilings(self, partition: str | None) -> tuple[float | None, float | None]:
+        """(a node's memory in MB, the partition's time limit in s): the most a retry may ask;
+        None for what the backend does not limit or cannot tell now (never raises)."""
+        ...

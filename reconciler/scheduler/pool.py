@@ -59,6 +59,9 @@ class PoolScheduler:
     def max_array_size(self) -> int | None:
         return self.inner.max_array_size()
 
+    def site_ceilings(self, partition: str | None) -> tuple[float | None, float | None]:
+        return self.inner.site_ceilings(partition)
+
     def submit(self, job: ArrayJob) -> str:
         if job.pool_expect_s is None:
             return self.inner.submit(job)

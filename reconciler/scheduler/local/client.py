@@ -50,6 +50,10 @@ class LocalScheduler:
         """No MaxArraySize here: an array of any size is a directory of task files."""
         return None
 
+    def site_ceilings(self, partition: str | None) -> tuple[None, None]:
+        """No limits enforced here on a task's memory or time but its own timeout."""
+        return None, None
+
     # -- submit
 
     def submit(self, job: ArrayJob) -> str:
