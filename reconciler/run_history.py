@@ -7,7 +7,7 @@ bounds is ``core.advice.run_of``'s rule; requested against used is ``core.advice
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from reconciler.core import causes
@@ -51,4 +51,59 @@ def by_stage(runs: list[Ended], stage_of: Mapping[str, str]) -> dict[str, list[E
         stage = stage_of.get(r.key)
         if stage is not None:
             out.setdefault(stage, []).append(r)
+    return out
+
+
+_USED = (
+    "SELECT MIN(a.key), COUNT(*), SUM(a.end - a.start), SUM(s.time_s), "
+    "SUM(CASE WHEN a.max_rss_mb IS NOT NULL AND s.mem_mb IS NOT NULL THEN 1 ELSE 0 END), "
+    "SUM(CASE WHEN a.max_rss_mb IS NOT NULL AND s.mem_mb IS NOT NULL THEN a.max_rss_mb END), "
+    "SUM(CASE WHEN a.max_rss_mb IS NOT NULL AND s.mem_mb IS NOT NULL THEN s.mem_mb END) "
+    "FROM attempts a JOIN submissions s ON s.token = a.token "
+    "WHERE a.sched_state = 'COMPLETED' AND a.failure_recorded = 0 AND a.start IS NOT NULL AND a.end IS NOT NULL "
+    "AND s.time_s IS NOT NULL AND s.state != 'abandoned' GROUP BY s.token"
+)
+"""Completed runs (core.advice.run_of's samples) summed per submission, whose tasks share one
+stage and one request: a status pass reads one row per submission, not one per attempt."""
+
+
+@dataclass
+class Efficiency:
+    """Requested against used, over one stage's completed runs that recorded a request."""
+
+    runs: int = 0
+    time_asked_s: float = 0.0
+    time_used_s: float = 0.0
+    memory_runs: int = 0  # of those, with a memory request and a measured peak
+    memory_asked_mb: float = 0.0
+    memory_peak_mb: float = 0.0
+
+    def to_json(self) -> dict[str, float | int | None]:
+        return {
+            "runs": self.runs,
+            "time_requested_hours": round(self.time_asked_s / 3600.0, 4),
+            "time_used_hours": round(self.time_used_s / 3600.0, 4),
+            "time_used_share": round(self.time_used_s / self.time_asked_s, 4) if self.time_asked_s else None,
+            "memory_runs": self.memory_runs,
+            "memory_requested_gb": round(self.memory_asked_mb / self.memory_runs / 1024.0, 3) if self.memory_runs else None,
+            "memory_peak_gb": round(self.memory_peak_mb / self.memory_runs / 1024.0, 3) if self.memory_runs else None,
+            "memory_used_share": round(self.memory_peak_mb / self.memory_asked_mb, 4) if self.memory_asked_mb else None,
+        }
+
+
+def efficiency(ledger: Ledger, stage_of: Callable[[str], str | None]) -> dict[str, Efficiency]:
+    """Each stage's requested time and memory against what its completed runs used (means per
+    run for memory: the peak a task reached against what it asked)."""
+    out: dict[str, Efficiency] = {}
+    for key, n, used, asked, mem_n, peak, mem_asked in ledger.db.execute(_USED):
+        stage = stage_of(key)
+        if stage is None:
+            continue
+        e = out.setdefault(stage, Efficiency())
+        e.runs += n
+        e.time_used_s += used or 0.0
+        e.time_asked_s += asked or 0.0
+        e.memory_runs += mem_n or 0
+        e.memory_peak_mb += peak or 0.0
+        e.memory_asked_mb += mem_asked or 0.0
     return out

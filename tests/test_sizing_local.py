@@ -50,6 +50,11 @@ def test_a_task_that_times_out_is_retried_with_twice_the_time_and_completes(repo
     last = json.loads(manifests[-1].read_text())
     assert [t["key"] for t in last["tasks"].values()] == ["r0002/z0.500"] and last["timeout_s"] == 3.6
     wait_quiet(tmp_path / "spool")
+    # status: requested vs used, over the completed runs (the timed-out one is not one)
+    eff = json.loads(reconcile(repo, env, "status", "timed", "--json").stdout)["efficiency"][""]
+    assert eff["runs"] == 3 and eff["time_requested_hours"] == round((1.8 + 1.8 + 3.6) / 3600, 4)
+    assert 0.3 < eff["time_used_share"] < 0.9 and eff["memory_requested_gb"] == 2.0 and 0 < eff["memory_used_share"] < 0.1
+    assert "requested vs used: time " in reconcile(repo, env, "status", "timed").stdout
     # advise: the runs say the timeout (1.8 s) is short; the patch applies and validates
     r = reconcile(repo, env, "advise", "timed", "--json")
     assert r.returncode == 0, r.stderr

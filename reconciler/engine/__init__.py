@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler import workers
+from reconciler import run_history, workers
 from reconciler.core.model import Desired, Limits, Policy, Stage, TaskObs, World
 from reconciler.core.plan import SENDS, ActionKind, Plan
 from reconciler.core.planner import plan
@@ -175,6 +175,10 @@ class Engine:
         out = summarize(obs.desired, tasks, history, excluded, logs, staged, world.missing_inputs, partial=world.partial)
         if self.observer.pooled or world.workers:
             out["pool"] = self._pool_usage(world)
+        by_key = self.expansion.by_key
+        used = run_history.efficiency(self.ledger, lambda k: t.stage if (t := by_key.get(k)) is not None else None) if latest else {}
+        if used:
+            out["efficiency"] = {stage: e.to_json() for stage, e in sorted(used.items())}
         return out
 
     def _pool_usage(self, world: World) -> dict[str, Any]:

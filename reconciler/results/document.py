@@ -139,6 +139,19 @@ class PoolUsage(_Doc):
     workers_started: int = Field(description="workers that have started, ever")
 
 
+class StageEfficiency(_Doc):
+    """A stage's completed runs: what they asked against what they used (`reconcile advise` says what to ask)."""
+
+    runs: int = Field(description="completed runs counted (those that recorded their request)")
+    time_requested_hours: float = Field(description="their timeouts, summed")
+    time_used_hours: float = Field(description="their run times, summed")
+    time_used_share: float | None = Field(description="used / requested time")
+    memory_runs: int = Field(description="of them, with a memory request and a measured peak")
+    memory_requested_gb: float | None = Field(description="their memory request, per run")
+    memory_peak_gb: float | None = Field(description="their peak memory, per run")
+    memory_used_share: float | None = Field(description="peak / requested memory")
+
+
 class StatusDoc(_Doc):
     """``productions/<name>/status.json`` on the results branch."""
 
@@ -168,6 +181,7 @@ class StatusDoc(_Doc):
     plots_updated: str | None = Field(default=None, description="ISO 8601 time (UTC) of the pass that drew the pictures: they are redrawn at most hourly, and when the production's phase changes")
     stages: list[StageStatus] = Field(default_factory=list, description="a campaign's stages in chain order, each with its counts; empty for a production of one stage")
     pool: PoolUsage | None = Field(default=None, description="pool mode: workers and node-hours used and wasted; null in array mode")
+    efficiency: dict[str, StageEfficiency] = Field(default_factory=dict, description="requested vs used, by stage (\"\" for a production of one stage)")
     error: str | None = Field(default=None, description="why the latest pass failed, the counts being those of the last pass that did not; null when it succeeded")
     tasks: TaskTable
 
@@ -259,6 +273,7 @@ def build_status(
         plots=list(plots),
         stages=_stages(summary),
         pool=PoolUsage(**summary["pool"]) if summary.get("pool") else None,
+        efficiency={st: StageEfficiency(**e) for st, e in (summary.get("efficiency") or {}).items()},
         tasks=TaskTable(**table),
     )
     return doc.model_dump(mode="json", exclude_none=False)
