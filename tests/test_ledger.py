@@ -10,9 +10,10 @@ import sqlite3
 from pathlib import Path
 
 from reconciler.core.causes import Cause, CauseKind
+from reconciler.core.sizing import Request, Short
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState
-from reconciler.ledger import Failure, Ledger
-from reconciler.ledger_schema import MIGRATE_0_TO_1, SCHEMA_VERSION
+from reconciler.ledger import Failure, Ledger, Seen
+from reconciler.ledger_schema import MIGRATE_0_TO_1, SCHEMA, SCHEMA_VERSION
 
 V0_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT);
@@ -214,3 +215,30 @@ def test_a_v0_ledger_lands_on_the_current_schema_with_causes(tmp_path: Path) -> 
     with Ledger(path) as ledger:
         ledger.record_failures([Failure("tok2", 1, "r2/z0.5", "exit 3", 250.0, Cause(CauseKind.EXIT, "", 3).dumps())], 300.0)
         assert ledger.history()["r2/z0.5"].cause == Cause(CauseKind.EXIT, "", 3)
+
+
+def test_a_v4_ledger_gains_requests_and_usage_in_place_and_reads_them_as_unknown_until_journaled(tmp_path: Path) -> None:
+    """Schema v5 (right-sizing) adds columns in place; what v4 journaled reads as "not recorded"
+    (no request, no usage), and what is journaled from then on is kept."""
+    path = tmp_path / "production.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(without_v5(SCHEMA))
+    assert "mem_mb" not in {r[1] for r in db.execute("PRAGMA table_info(submissions)")}, "the v4 schema above still has v5's columns"
+    db.execute("INSERT INTO submissions (token, batch, kind, state, backend, script, manifest, created, job_id) VALUES ('t4', 0, 'submit', 'submitted', 'slurm', 's', 'm', 1.0, '7')")
+    db.execute("INSERT INTO attempts (token, array_index, key, attempt, sched_state) VALUES ('t4', 0, 'r1', 1, 'OUT_OF_MEMORY')")
+    db.execute("INSERT INTO tasks (key, submissions, latest_token) VALUES ('r1', 1, 't4')")
+    db.execute("PRAGMA user_version = 4")
+    db.close()
+    with Ledger(path) as ledger:
+        (sub,) = ledger.submissions()
+        assert sub.request is None and ledger.history()["r1"].request is None
+        assert ledger.attempts_of(["t4"])[0].max_rss_mb is None
+        ledger.journal([Seen("t4", 0, SchedState.OUT_OF_MEMORY, None, "OUT_OF_MEMORY", 1.0, 9.0, 16500.0, 7.5)])
+        ledger.record_failures([Failure("t4", 0, "r1", "OUT_OF_MEMORY", 9.0, None, Short.MEMORY, Request(16384.0, 3600.0), 16500.0)], 10.0)
+        h = ledger.history()["r1"]
+        assert (h.failures, h.short, h.request, h.peak_mb) == (1, Short.MEMORY, Request(16384.0, 3600.0), 16500.0)
+        att = ledger.attempts_of(["t4"])[0]
+        assert (att.max_rss_mb, att.cpu_s) == (16500.0, 7.5)
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    db.close()
