@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from reconciler import run_history  # noqa: E402
 from reconciler.core.advice import advise  # noqa: E402
 from reconciler.core.sizing import Request  # noqa: E402
-from reconciler.ledger import Ledger, Seen, Submission  # noqa: E402
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState  # noqa: E402
+from reconciler.ledger import Ledger, Seen, Submission  # noqa: E402
 
 REQUEST = Request(16 * 1024.0, 3600.0)
 

@@ -735,10 +735,11 @@ def test_a_pass_over_2000_tasks_makes_at_most_two_slurm_reads(make_prod: Callabl
     assert r.returncode == 0, r.stderr
     assert "submit 2000" in r.stdout, r.stdout
     first = Counter(calls_of(log, 0))
-    # The first pass also asks `scontrol show config` (MaxArraySize; cached in the ledger for
-    # a day), sends two sbatch, and observes once after applying: reads <= 3 here.
+    # The first pass also probes the site (cached in the ledger for a day): `scontrol show
+    # config` (MaxArraySize), `show partition` and `show node` (what a retry may ask at most);
+    # it sends two sbatch, and observes once after applying: reads <= 5 here.
     assert first["sbatch"] == 2, first
-    assert first["scontrol"] <= 1 and sum(first[t] for t in READS) <= 3, first
+    assert first["scontrol"] <= 3 and sum(first[t] for t in READS) <= 5, first
     print(f"pass 1: {dict(first)}")
     # Later passes: no scontrol (cached), no sbatch, and at most squeue + sacct.
     for n in range(3):

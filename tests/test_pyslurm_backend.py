@@ -13,8 +13,13 @@ PySlurm/pyslurm repository:
   the same names; ``comment`` is the stored job comment, ``state_reason`` the previous
   reason; ``pyslurm.db.Jobs`` is a list. ``JobFilter`` takes ``ids``, ``users``,
   ``start_time``...
+- ``pyslurm/db/stats.pyx`` (``JobStatistics``, ``JobStepStatistics``): a db job's ``stats``
+  and each of its ``steps[..].stats`` (``pyslurm.db.JobSteps``, a dict) carry
+  ``max_resident_memory`` (bytes) and ``total_cpu_time`` (whole seconds, from
+  ``tot_cpu_sec``); the job's ``elapsed_time`` is in seconds.
 The values are those of the CLI captures tests/data/slurm/squeue_mixed.json and
-sacct_final.txt (jobs 15 and 24), so both backends must agree.
+sacct_final.txt (jobs 15 and 24), and for usage sacct_usage_final.txt (job 1), so both
+backends must agree.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from typing import Any
 
 import pytest
 
+from reconciler.core.sizing import Usage
 from reconciler.core.states import SchedState
 from reconciler.errors import SubmitRejected, TransientError, UsageError
 from reconciler.scheduler import make_scheduler, slurm_cli
 from reconciler.scheduler.base import ArrayJob, JobRef, TaskSched
 from reconciler.scheduler.script import job_name
 from reconciler.scheduler.slurm_cli import SlurmCLI
-from reconciler.scheduler.slurm_parse import parse_sacct, parse_squeue
+from reconciler.scheduler.slurm_parse import parse_squeue
 from reconciler.scheduler.slurm_pyslurm import (
     PyslurmScheduler,
     available,
@@ -39,16 +45,19 @@ from reconciler.scheduler.slurm_pyslurm import (
     exported_environment,
     job_indices,
     job_record,
+    job_usage,
     jobs_of,
     parse_version,
     records,
 )
+from reconciler.scheduler.slurm_sacct import parse_sacct
 from reconciler.scheduler.slurm_view import merge_view
 from reconciler.spec.models import Machine, MachineDefaults
 
 S = SchedState
 DATA = Path(__file__).parent / "data" / "slurm"
 TOK = "reconciler:tok-mixed"
+V1_SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Start", "End", "JobName", "Comment")  # sacct_final.txt's
 
 
 def ctld_job(id: int, array_id: int | None, task: int | None, state: str, **kw: Any) -> SimpleNamespace:
@@ -102,6 +111,23 @@ DB_FINAL = [
 ]
 
 
+def db_usage_job(id: int, task: int | None, state: str, elapsed: int, rss_kib: int | None, cpu_s: int, **kw: Any) -> SimpleNamespace:
+    """A ``pyslurm.db.Job`` of array 1 with its statistics and its one batch step (sacct_usage_final.txt)."""
+    step_stats = SimpleNamespace(max_resident_memory=rss_kib * 1024 if rss_kib is not None else None, total_cpu_time=cpu_s)
+    steps = {"batch": SimpleNamespace(stats=step_stats)}
+    stats = SimpleNamespace(max_resident_memory=step_stats.max_resident_memory, total_cpu_time=cpu_s)
+    return ctld_job(id, 1, task, state, comment="reconciler:tok-usage", name="cap.0005", elapsed_time=elapsed, stats=stats, steps=steps, **kw)
+
+
+# slurmdbd's view at the moment of sacct_usage_final.txt; CPU times are whole seconds in pyslurm
+DB_USAGE = [
+    db_usage_job(3, None, "COMPLETED", 2, 47072, 1, start_time=1795427021, end_time=1795427023),
+    db_usage_job(4, 1, "FAILED", 1, 425932, 0, exit_code_signal=9, start_time=1795427021, end_time=1795427022),
+    db_usage_job(5, 2, "FAILED", 1, 16508, 0, exit_code=3, start_time=1795427021, end_time=1795427022),
+    db_usage_job(1, 3, "TIMEOUT", 88, 4556, 0, start_time=1795427021, end_time=1795427109),
+]
+
+
 def summary(tasks: dict[int, TaskSched]) -> dict[int, tuple[SchedState, int | None, str]]:
     return {i: (t.state, t.exit_code, t.reason) for i, t in sorted(tasks.items())}
 
@@ -137,7 +163,7 @@ def test_ctld_jobs_map_like_squeue() -> None:
 def test_db_jobs_map_like_sacct() -> None:
     refs = [JobRef("tok-mixed", "15", 0.0, tuple(range(10))), JobRef("tok-timeout", "24", 0.0)]
     ours = merge_view(refs, [], records(DB_FINAL, "root"))
-    cli = merge_view(refs, [], parse_sacct((DATA / "sacct_final.txt").read_text()))
+    cli = merge_view(refs, [], parse_sacct((DATA / "sacct_final.txt").read_text(), V1_SACCT_FIELDS))
     assert {i: (t.state, t.exit_code) for i, t in ours.tasks["15"].items()} == {
         i: (t.state, t.exit_code) for i, t in cli.tasks["15"].items()
     }
@@ -327,11 +353,53 @@ def test_backend_submit_errors(tmp_path: Path) -> None:
 
 
 def test_backend_observe_queue_only() -> None:
+    in_flight = [j for j in CTLD_MIXED if j.state in ("PENDING", "RUNNING")]
+    fake = FakePyslurm(in_flight, DB_FINAL)
+    b = PyslurmScheduler(module=fake, user="root")
+    view = b.observe([JobRef("tok-mixed", "15", 0.0, (5, 6, 7, 8, 9))])
+    assert [c[0] for c in b.calls] == ["pyslurm.Jobs.load"]
+    assert view.tasks["15"][7].state is S.RUNNING
+
+
+def test_backend_reads_accounting_when_the_queue_shows_tasks_ended() -> None:
+    """15_0-15_4 ended and still in slurmctld: accounting is read once for their usage."""
     fake = FakePyslurm(CTLD_MIXED, DB_FINAL)
     b = PyslurmScheduler(module=fake, user="root")
     view = b.observe([JobRef("tok-mixed", "15", 0.0, tuple(range(10)))])
-    assert [c[0] for c in b.calls] == ["pyslurm.Jobs.load"]
-    assert view.tasks["15"][7].state is S.RUNNING
+    assert [c[0] for c in b.calls] == ["pyslurm.Jobs.load", "pyslurm.db.Jobs.load"]
+    assert view.tasks["15"][7].state is S.RUNNING  # slurmctld still wins over accounting
+
+
+def test_job_usage_matches_what_sacct_says() -> None:
+    refs = [JobRef("tok-usage", "1", 0.0, (0, 1, 2, 3))]
+    ours = merge_view(refs, [], records(DB_USAGE, "root", with_usage=True)).tasks["1"]
+    cli = merge_view(refs, [], parse_sacct((DATA / "sacct_usage_final.txt").read_text())).tasks["1"]
+    assert {i: t.state for i, t in ours.items()} == {i: t.state for i, t in cli.items()}
+    for i in range(4):
+        a, b = ours[i].usage, cli[i].usage
+        assert a is not None and b is not None
+        assert (a.elapsed_s, a.max_rss_mb) == (b.elapsed_s, b.max_rss_mb)
+        assert a.cpu_s is not None and b.cpu_s is not None and abs(a.cpu_s - b.cpu_s) < 1  # pyslurm: whole seconds
+    assert ours[1].usage is not None and ours[1].usage.max_rss_mb is not None and ours[1].usage.max_rss_mb > 100  # killed over --mem=100M
+
+
+def test_job_usage_shapes() -> None:
+    assert job_usage(ctld_job(3, 1, None, "COMPLETED")) is None  # slurmctld's job: no statistics
+    no_steps = ctld_job(3, 1, None, "COMPLETED", elapsed_time=5, stats=SimpleNamespace(max_resident_memory=2**21, total_cpu_time=4), steps={})
+    assert job_usage(no_steps) == Usage(elapsed_s=5.0, max_rss_mb=2.0, cpu_s=4.0)
+    two_steps = {"batch": SimpleNamespace(stats=SimpleNamespace(max_resident_memory=2**20)), "0": SimpleNamespace(stats=SimpleNamespace(max_resident_memory=3 * 2**20))}
+    many = ctld_job(3, 1, None, "COMPLETED", elapsed_time=5, stats=SimpleNamespace(max_resident_memory=4 * 2**20, total_cpu_time=4), steps=two_steps)
+    assert job_usage(many) == Usage(elapsed_s=5.0, max_rss_mb=3.0, cpu_s=4.0)  # the largest step's, not a sum
+    assert job_record(DB_USAGE[0]).usage is None  # only accounting's records are read for usage
+    assert job_record(DB_USAGE[0], with_usage=True).usage == Usage(2.0, 47072 / 1024, 1.0)
+
+
+def test_backend_accounting_records_carry_usage() -> None:
+    fake = FakePyslurm([], DB_USAGE)
+    b = PyslurmScheduler(module=fake, user="root")
+    view = b.observe([JobRef("tok-usage", "1", 1000.0, (0, 1, 2, 3))])
+    assert [c[0] for c in b.calls] == ["pyslurm.Jobs.load", "pyslurm.db.Jobs.load"]
+    assert view.tasks["1"][3].state is S.TIMEOUT and view.tasks["1"][3].usage == Usage(88.0, 4556 / 1024, 0.0)
 
 
 def test_backend_observe_with_accounting() -> None:

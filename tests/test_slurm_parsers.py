@@ -7,6 +7,7 @@ tests/data/slurm (see its README.md); job ids are those of the capture runs.
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,6 @@ from reconciler.scheduler.slurm_parse import (
     parse_exit_code,
     parse_job_id,
     parse_max_array_size,
-    parse_sacct,
     parse_sbatch_parsable,
     parse_scontrol_config,
     parse_squeue,
@@ -34,6 +34,13 @@ from reconciler.scheduler.slurm_parse import (
     split_wait_status,
 )
 from reconciler.scheduler.slurm_query import is_transient
+from reconciler.scheduler.slurm_sacct import (
+    SACCT_FIELDS,
+    parse_cpu_time,
+    parse_sacct,
+    parse_size_mb,
+)
+from reconciler.scheduler.slurm_site import parse_node_memory, parse_partitions
 from reconciler.scheduler.slurm_view import (
     CANCELLED_UNRECORDED,
     STATE_MAP,
@@ -47,6 +54,8 @@ from reconciler.scheduler.slurm_view import (
 
 DATA = Path(__file__).parent / "data" / "slurm"
 OLD_SACCT_FIELDS = ("JobID", "JobIDRaw", "JobName", "State", "ExitCode", "Comment", "Start", "End")
+V1_SACCT_FIELDS = ("JobID", "JobIDRaw", "State", "ExitCode", "Start", "End", "JobName", "Comment")
+"""The backend's field list before usage was read: the captures of jobs 15, 24, 33 and 3/4."""
 OLD_SQUEUE_FIELDS = ("%i", "%j", "%T", "%r", "%k")
 
 S = SchedState
@@ -344,7 +353,7 @@ FINAL = {
 @pytest.mark.parametrize("name", ["sacct_final.txt", "sacct_final_duplicates.txt"])
 def test_sacct_final(name: str) -> None:
     refs = [JobRef("tok-mixed", "15", 0.0), JobRef("tok-timeout", "24", 0.0)]
-    view = merge_view(refs, [], parse_sacct(read(name)))
+    view = merge_view(refs, [], parse_sacct(read(name), V1_SACCT_FIELDS))
     assert states(view.tasks["15"]) == FINAL
     assert states(view.tasks["24"]) == {0: (S.TIMEOUT, None, "TIMEOUT")}
     assert view.gone == set()
@@ -377,14 +386,14 @@ def test_sacct_records_carry_comment_and_times() -> None:
 
 
 def test_sacct_token_lookup_by_comment() -> None:
-    view = merge_view([JobRef("tok-timeout", None, 0.0)], [], parse_sacct(read("sacct_final.txt")))
+    view = merge_view([JobRef("tok-timeout", None, 0.0)], [], parse_sacct(read("sacct_final.txt"), V1_SACCT_FIELDS))
     assert view.found == {"tok-timeout": "24"}
     assert view.tasks["24"][0].state is S.TIMEOUT
 
 
 def test_squeue_wins_over_stale_sacct() -> None:
     """sacct_running.txt was taken a second after squeue_mixed.txt and is behind it."""
-    stale = parse_sacct(read("sacct_running.txt"))
+    stale = parse_sacct(read("sacct_running.txt"), V1_SACCT_FIELDS)
     assert {r.indices: r.raw_state for r in stale}[(7, 8, 9)] == "PENDING"
     view = merge_view([JobRef("tok-mixed", "15", 0.0)], parse_squeue(read("squeue_mixed.txt")), stale)
     assert states(view.tasks["15"]) == MIXED
@@ -393,7 +402,7 @@ def test_squeue_wins_over_stale_sacct() -> None:
 def test_sacct_fills_tasks_purged_from_squeue() -> None:
     """An array whose first tasks left squeue (MinJobAge) while the others still run."""
     squeue = [r for r in parse_squeue(read("squeue_mixed.txt")) if r.indices not in ((0,), (1,), (2,))]
-    view = merge_view([JobRef("tok-mixed", "15", 0.0)], squeue, parse_sacct(read("sacct_running.txt")))
+    view = merge_view([JobRef("tok-mixed", "15", 0.0)], squeue, parse_sacct(read("sacct_running.txt"), V1_SACCT_FIELDS))
     assert states(view.tasks["15"]) == MIXED | {2: (S.FAILED, 2, "exit 2")}  # sacct has no Reason
 
 
@@ -413,7 +422,7 @@ def test_tasks_cancelled_while_pending_leave_no_record() -> None:
     assert {i: t.state for i, t in view.tasks["33"].items()} == {0: S.PENDING, 2: S.PENDING}
     # once the rest was cancelled and the job left squeue, sacct fills in 0 and 2 and the
     # unrecorded 1 and 3 are reported cancelled
-    view = merge_view([ref], [], parse_sacct(read("sacct_cancelled_pending_tasks.txt")))
+    view = merge_view([ref], [], parse_sacct(read("sacct_cancelled_pending_tasks.txt"), V1_SACCT_FIELDS))
     assert states(view.tasks["33"]) == {
         0: (S.CANCELLED, None, "CANCELLED by 0"),
         1: (S.CANCELLED, None, CANCELLED_UNRECORDED),
@@ -421,27 +430,157 @@ def test_tasks_cancelled_while_pending_leave_no_record() -> None:
         3: (S.CANCELLED, None, CANCELLED_UNRECORDED),
     }
     # without the submitted indices nothing is inferred
-    view = merge_view([JobRef("tok-holes", "33", 0.0)], [], parse_sacct(read("sacct_cancelled_pending_tasks.txt")))
+    view = merge_view([JobRef("tok-holes", "33", 0.0)], [], parse_sacct(read("sacct_cancelled_pending_tasks.txt"), V1_SACCT_FIELDS))
     assert set(view.tasks["33"]) == {0, 2}
 
 
 def test_stale_plain_accounting_record_of_an_array() -> None:
     """slurmdbd briefly shows the array as plain job 33 named "allocation"."""
     ref = JobRef("tok-holes", "33", 0.0, (0, 1, 2, 3))
-    view = merge_view([ref], [], parse_sacct(read("sacct_cancelled_pending_tasks_early.txt")))
+    view = merge_view([ref], [], parse_sacct(read("sacct_cancelled_pending_tasks_early.txt"), V1_SACCT_FIELDS))
     assert view.gone == set()  # it exists...
     assert view.tasks.get("33", {}) == {}  # ...but says nothing about its tasks yet
-    found = merge_view([JobRef("tok-holes", None, 0.0, (0, 1))], [], parse_sacct(read("sacct_cancelled_pending_tasks_early.txt")))
+    found = merge_view([JobRef("tok-holes", None, 0.0, (0, 1))], [], parse_sacct(read("sacct_cancelled_pending_tasks_early.txt"), V1_SACCT_FIELDS))
     assert found.found == {"tok-holes": "33"} and found.tasks.get("33", {}) == {}
 
 
+def in_flight_lines(name: str) -> str:
+    """The lines of a squeue capture whose task is pending or running."""
+    return "".join(ln for ln in read(name).splitlines(keepends=True) if ln.split("|")[1] in ("PENDING", "RUNNING"))
+
+
 def test_needs_accounting() -> None:
-    queued = parse_squeue(read("squeue_mixed.txt"))
-    assert not needs_accounting(JobRef("t", "15", 0.0, tuple(range(10))), "15", queued)
-    assert needs_accounting(JobRef("t", "15", 0.0, tuple(range(11))), "15", queued)
-    assert needs_accounting(JobRef("t", "15", 0.0), "15", queued)  # indices unknown: maybe purged
-    assert not needs_accounting(JobRef("t", "24", 0.0), "24", queued)  # plain job in the queue
-    assert needs_accounting(JobRef("t", "99", 0.0, (0,)), "99", queued)
+    """sacct is read when squeue cannot answer for a job, or shows one of its tasks ended
+    (for what it used: the one chance, the engine will not ask about it again)."""
+    waiting = parse_squeue(in_flight_lines("squeue_mixed.txt"))  # 15_[5,8-9] pending, 15_6/15_7 running, 24 pending
+    assert not needs_accounting(JobRef("t", "15", 0.0, (5, 6, 7, 8, 9)), "15", waiting)
+    assert needs_accounting(JobRef("t", "15", 0.0, tuple(range(10))), "15", waiting)  # 15_0-15_4 left the queue
+    assert needs_accounting(JobRef("t", "15", 0.0), "15", waiting)  # indices unknown: maybe purged
+    assert not needs_accounting(JobRef("t", "24", 0.0), "24", waiting)  # plain job in the queue
+    assert needs_accounting(JobRef("t", "99", 0.0, (0,)), "99", waiting)
+    queued = parse_squeue(read("squeue_mixed.txt"))  # the same, with 15_0-15_4 ended and still listed
+    assert needs_accounting(JobRef("t", "15", 0.0, tuple(range(10))), "15", queued)
+    assert needs_accounting(JobRef("t", "15", 0.0, (4, 5)), "15", queued)  # 15_4 was cancelled
+    assert not needs_accounting(JobRef("t", "15", 0.0, (5, 6, 7, 8, 9)), "15", queued)  # the ended ones are not this ref's
+
+
+# ---------------------------------------------------------------- usage (MaxRSS, CPU time, elapsed)
+# Job 1: an array under --mem=100M --time=1 whose task 0 completed, 1 was killed over its
+# memory (OverMemoryKill), 2 exited 3, 3 timed out; job 2: a plain job (README.md).
+
+USAGE_FINAL = {
+    0: (S.COMPLETED, 0, ""),
+    1: (S.FAILED, 137, "signal 9"),  # killed over memory without cgroups: FAILED, not OUT_OF_MEMORY
+    2: (S.FAILED, 3, "exit 3"),
+    3: (S.TIMEOUT, None, "TIMEOUT"),
+}
+
+
+def usage_of(view_tasks: dict[int, TaskSched]) -> dict[int, tuple[float | None, float | None, float | None]]:
+    return {i: (t.usage.elapsed_s, t.usage.max_rss_mb, t.usage.cpu_s) if t.usage else (None, None, None) for i, t in sorted(view_tasks.items())}
+
+
+def test_sacct_usage_folds_step_lines_into_their_task() -> None:
+    recs = parse_sacct(read("sacct_usage_final.txt"))
+    assert sorted((r.job_id, r.indices) for r in recs) == [("1", (0,)), ("1", (1,)), ("1", (2,)), ("1", (3,)), ("2", (0,))]  # no step of its own
+    view = merge_view([JobRef("tok-usage", "1", 0.0, (0, 1, 2, 3)), JobRef("tok-plain", "2", 0.0)], [], recs)
+    assert states(view.tasks["1"]) == USAGE_FINAL
+    assert usage_of(view.tasks["1"]) == {
+        0: (2.0, 47072 / 1024, 1.939),  # 2 s of CPU in 2 s, 30 MiB and the interpreter
+        1: (1.0, 425932 / 1024, 0.002),  # killed at its first sample, a second in
+        2: (1.0, 16508 / 1024, 0.975),
+        3: (88.0, 4556 / 1024, 0.002),  # 60 s limit, then slurmctld's next time-limit check
+    }
+    assert usage_of(view.tasks["2"]) == {0: (2.0, 66028 / 1024, 0.131)}  # a plain job: its steps are N.batch
+
+
+def test_the_task_killed_over_memory_peaked_above_its_request() -> None:
+    """What core.sizing.shortfall reads as out of memory where no cgroup enforces it:
+    killed by signal 9, its peak above the 100 MiB it asked for."""
+    rec = next(r for r in parse_sacct(read("sacct_usage_final.txt")) if r.indices == (1,))
+    assert (rec.raw_state, rec.exit_code, rec.signal) == ("FAILED", 0, 9)
+    assert rec.usage is not None and rec.usage.max_rss_mb is not None and rec.usage.max_rss_mb > 100
+    assert "Exceeded job memory limit" in read("over_memory_task.stderr")
+
+
+def test_sacct_usage_of_a_running_task_is_not_reported() -> None:
+    """sacct_usage_running.txt: 1_3 still running (no MaxRSS yet); a running task carries no usage."""
+    recs = parse_sacct(read("sacct_usage_running.txt"))
+    running = next(r for r in recs if r.indices == (3,))
+    assert running.raw_state == "RUNNING" and running.usage is not None and running.usage.max_rss_mb is None
+    view = merge_view([JobRef("tok-usage", "1", 0.0, (0, 1, 2, 3))], [], recs)
+    assert view.tasks["1"][3].state is S.RUNNING and view.tasks["1"][3].usage is None
+    assert usage_of(view.tasks["1"])[1] == (1.0, 425932 / 1024, 0.002)
+
+
+def test_squeue_ended_tasks_get_sacct_usage_and_keep_squeue_state() -> None:
+    """squeue_usage_ended.txt lists 1_0-1_2 ended (within MinJobAge) and 1_3 running; sacct,
+    read in the same pass, has their usage. squeue's state and reason stand."""
+    squeue = parse_squeue(read("squeue_usage_ended.txt"))
+    assert needs_accounting(JobRef("tok-usage", "1", 0.0, (0, 1, 2, 3)), "1", squeue)
+    view = merge_view([JobRef("tok-usage", "1", 0.0, (0, 1, 2, 3))], squeue, parse_sacct(read("sacct_usage_running.txt")))
+    assert states(view.tasks["1"]) == {
+        0: (S.COMPLETED, 0, ""),
+        1: (S.FAILED, 137, "signal 9 (JobLaunchFailure)"),  # squeue's reason for the kill
+        2: (S.FAILED, 3, "exit 3 (NonZeroExitCode)"),
+        3: (S.RUNNING, None, ""),
+    }
+    assert usage_of(view.tasks["1"]) == {
+        0: (2.0, 47072 / 1024, 1.939),
+        1: (1.0, 425932 / 1024, 0.002),
+        2: (1.0, 16508 / 1024, 0.975),
+        3: (None, None, None),
+    }
+
+
+def test_squeue_ended_task_without_sacct_usage_yet_has_none() -> None:
+    """sacct lags: when it does not have the run ended yet, or has another run of the index
+    (a requeue: another start), the task's usage stays None rather than borrowing it."""
+    squeue = parse_squeue(read("squeue_usage_ended.txt"))
+    sacct = parse_sacct(read("sacct_usage_running.txt"))
+    lagging = [replace(r, raw_state="RUNNING") if r.indices == (0,) else r for r in sacct]
+    other_run = [replace(r, start=(r.start or 0) - 60) if r.indices == (2,) else r for r in sacct]
+    ref = JobRef("tok-usage", "1", 0.0, (0, 1, 2, 3))
+    assert merge_view([ref], squeue, lagging).tasks["1"][0].usage is None
+    assert merge_view([ref], squeue, other_run).tasks["1"][2].usage is None
+    assert merge_view([ref], squeue, None).tasks["1"][1].usage is None  # squeue alone says nothing of usage
+
+
+def test_a_task_that_ended_before_the_first_sample_has_no_peak() -> None:
+    """sacct_usage_unsampled.txt: 6_1 and 6_2 ended within a second; MaxRSS is empty, not 0."""
+    view = merge_view([JobRef("tok-live", "6", 0.0, (0, 1, 2, 3))], [], parse_sacct(read("sacct_usage_unsampled.txt")))
+    assert usage_of(view.tasks["6"]) == {
+        0: (2.0, 424388 / 1024, 0.001),
+        1: (1.0, None, 0.001),
+        2: (1.0, None, 0.122),
+        3: (21.0, 3144 / 1024, 0.003),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "mb"),
+    [("425932K", 425932 / 1024), ("66028K", 66028 / 1024), ("1.5G", 1536.0), ("100M", 100.0), ("2T", 2 * 1024.0**2),
+     ("0", 0.0), ("3215360", 3215360 / 2**20), ("", None), ("  ", None), ("n/a", None), ("12Q", None)],
+)
+def test_parse_size_mb(text: str, mb: float | None) -> None:
+    """K is KiB; a bare number is bytes (``sacct --noconvert``, tests/data/slurm/README.md)."""
+    assert parse_size_mb(text) == mb
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("00:01.939", 1.939), ("00:00:00", 0.0), ("01:02:03", 3723.0), ("2-01:02:03", 2 * 86400 + 3723.0),
+     ("12:34.500", 754.5), ("", None), ("INVALID", None), ("x-01:00:00", None), ("1:2:3:4", None)],
+)
+def test_parse_cpu_time(text: str, seconds: float | None) -> None:
+    got = parse_cpu_time(text)
+    assert got == pytest.approx(seconds) if seconds is not None else got is None
+
+
+def test_old_captures_without_usage_fields_parse_without_usage() -> None:
+    recs = parse_sacct(read("sacct_final.txt"), V1_SACCT_FIELDS)
+    assert recs and all(r.usage is None for r in recs)
+    assert parse_sacct(read("sacct_final.txt")) == []  # the new field list does not fit those lines: nothing is guessed
 
 
 # ---------------------------------------------------------------- observe() on canned output
@@ -460,31 +599,45 @@ class CannedCLI(SlurmCLI):
         return subprocess.CompletedProcess(argv, rc, out, err)
 
 
-def test_observe_squeue_alone_when_it_knows_every_index() -> None:
-    cli = CannedCLI({"squeue": (0, read("squeue_mixed.txt"), "")})
-    view = cli.observe([JobRef("tok-mixed", "15", 0.0, tuple(range(10))), JobRef("tok-timeout", "24", 0.0)])
+def test_observe_squeue_alone_when_it_knows_every_index_and_none_ended() -> None:
+    cli = CannedCLI({"squeue": (0, in_flight_lines("squeue_mixed.txt"), "")})
+    view = cli.observe([JobRef("tok-mixed", "15", 0.0, (5, 6, 7, 8, 9)), JobRef("tok-timeout", "24", 0.0)])
     assert [c[0] for c in cli.calls] == ["squeue"]
     assert "--jobs=15,24" in cli.calls[0] and "--user=root" in cli.calls[0] and "--states=all" in cli.calls[0]
+    assert states(view.tasks["15"]) == {i: MIXED[i] for i in (5, 6, 7, 8, 9)}
+
+
+def test_observe_reads_sacct_once_when_squeue_shows_tasks_ended() -> None:
+    """squeue_mixed.txt lists 15_0-15_4 ended: their usage is only in sacct, read once;
+    squeue still says what their state is."""
+    # sacct's answer is canned from another capture: this test is about when sacct is read
+    cli = CannedCLI({"squeue": (0, read("squeue_mixed.txt"), ""), "sacct": (0, read("sacct_usage_final.txt"), "")})
+    view = cli.observe([JobRef("tok-mixed", "15", 0.0, tuple(range(10))), JobRef("tok-timeout", "24", 0.0)])
+    assert [c[0] for c in cli.calls] == ["squeue", "sacct"]
+    assert "--jobs=15" in cli.calls[1]  # job 24 is answered by squeue alone
     assert states(view.tasks["15"]) == MIXED
 
 
 def test_observe_one_sacct_for_purged_and_gone_jobs() -> None:
-    cli = CannedCLI({"squeue": (1, "", read("squeue_invalid_job.stderr")), "sacct": (0, read("sacct_final.txt"), "")})
-    refs = [JobRef("tok-mixed", "15", 1795427000.0, tuple(range(10))), JobRef("tok-timeout", "24", 1795427080.0), JobRef("x", "77", 0.0, (0,))]
+    cli = CannedCLI({"squeue": (1, "", read("squeue_invalid_job.stderr")), "sacct": (0, read("sacct_usage_final.txt"), "")})
+    refs = [JobRef("tok-usage", "1", 1795427000.0, (0, 1, 2, 3)), JobRef("tok-plain", "2", 1795427080.0), JobRef("x", "77", 0.0, (0,))]
     view = cli.observe(refs)
     assert [c[0] for c in cli.calls] == ["squeue", "sacct"]
     sacct_argv = cli.calls[1]
-    assert "--jobs=15,24,77" in sacct_argv
+    assert "--jobs=1,2,77" in sacct_argv
     assert f"--starttime={sacct_time(0.0 - 3600.0)}" in sacct_argv
-    assert states(view.tasks["15"]) == FINAL and view.gone == {"77"}
+    assert f"--format={','.join(SACCT_FIELDS)}" in sacct_argv
+    assert "--allocations" not in sacct_argv and "-X" not in sacct_argv  # MaxRSS is on the step lines
+    assert states(view.tasks["1"]) == USAGE_FINAL and view.gone == {"77"}
+    assert all(t.usage is not None for t in view.tasks["1"].values())
 
 
 def test_observe_token_lookup_uses_one_user_wide_sacct() -> None:
-    cli = CannedCLI({"squeue": (0, "", ""), "sacct": (0, read("sacct_final.txt"), "")})
-    view = cli.observe([JobRef("tok-timeout", None, 1795427080.0), JobRef("tok-mixed", "15", 1795427000.0, tuple(range(10)))])
+    cli = CannedCLI({"squeue": (0, "", ""), "sacct": (0, read("sacct_usage_final.txt"), "")})
+    view = cli.observe([JobRef("tok-plain", None, 1795427080.0), JobRef("tok-usage", "1", 1795427000.0, (0, 1, 2, 3))])
     assert [c[0] for c in cli.calls] == ["squeue", "sacct"]
     assert not any(a.startswith("--jobs") for c in cli.calls for a in c)  # a lost id: no job filter
-    assert view.found == {"tok-timeout": "24"} and states(view.tasks["15"]) == FINAL
+    assert view.found == {"tok-plain": "2"} and states(view.tasks["1"]) == USAGE_FINAL
 
 
 def test_observe_transient_failure_is_retried_then_raised() -> None:
@@ -566,7 +719,7 @@ def test_max_array_size_from_scontrol() -> None:
 
 def test_plain_record_of_a_known_array_says_only_that_it_exists() -> None:
     """Our submissions are always arrays: a record without an index is a stale one."""
-    recs = parse_sacct(read("sacct_final.txt"))
+    recs = parse_sacct(read("sacct_final.txt"), V1_SACCT_FIELDS)
     as_array = merge_view([JobRef("tok-timeout", "24", 0.0, (0,))], [], recs)
     assert as_array.tasks.get("24", {}) == {} and as_array.gone == set()
     plain = merge_view([JobRef("tok-timeout", "24", 0.0)], [], recs)
@@ -583,7 +736,7 @@ OTHER = "1761000001-aaaaaaaa0000"  # job 4, named cap.0004.aaaaaaaa: same produc
 
 
 def test_sacct_without_comments_shows_none() -> None:
-    recs = parse_sacct(read("sacct_no_comment.txt"))
+    recs = parse_sacct(read("sacct_no_comment.txt"), V1_SACCT_FIELDS)
     assert {r.job_id for r in recs} == {"3", "4"}
     assert all(r.comment == "" and r.token is None for r in recs)
     assert {r.name for r in recs} == {job_name("cap", 4, LOST), job_name("cap", 4, OTHER)}
@@ -591,7 +744,7 @@ def test_sacct_without_comments_shows_none() -> None:
 
 def test_lost_token_found_in_sacct_by_job_name_when_comments_are_not_stored() -> None:
     refs = [JobRef(LOST, None, 0.0, (0, 1, 2, 3), job_name("cap", 4, LOST))]
-    view = merge_view(refs, [], parse_sacct(read("sacct_no_comment.txt")))
+    view = merge_view(refs, [], parse_sacct(read("sacct_no_comment.txt"), V1_SACCT_FIELDS))
     assert view.found == {LOST: "3"}  # not job 4, whose name differs only in the tag
     assert {i: t.state for i, t in view.tasks["3"].items()} == {i: S.COMPLETED for i in range(4)}
     assert "4" not in view.tasks
@@ -599,13 +752,13 @@ def test_lost_token_found_in_sacct_by_job_name_when_comments_are_not_stored() ->
 
 def test_without_the_name_a_lost_token_is_not_found_where_comments_are_not_stored() -> None:
     """What the name is for: before it, this lookup came back empty and the tasks ran twice."""
-    view = merge_view([JobRef(LOST, None, 0.0, (0, 1, 2, 3))], [], parse_sacct(read("sacct_no_comment.txt")))
+    view = merge_view([JobRef(LOST, None, 0.0, (0, 1, 2, 3))], [], parse_sacct(read("sacct_no_comment.txt"), V1_SACCT_FIELDS))
     assert view.found == {} and view.tasks == {}
 
 
 def test_two_lost_tokens_of_one_batch_each_find_their_own_job() -> None:
     refs = [JobRef(t, None, 0.0, (), job_name("cap", 4, t)) for t in (LOST, OTHER)]
-    view = merge_view(refs, [], parse_sacct(read("sacct_no_comment.txt")))
+    view = merge_view(refs, [], parse_sacct(read("sacct_no_comment.txt"), V1_SACCT_FIELDS))
     assert view.found == {LOST: "3", OTHER: "4"}
 
 
@@ -621,5 +774,76 @@ def test_names_are_matched_only_for_lost_answers() -> None:
     """A ref with a job id is matched by id; its name does not pull in look-alike jobs."""
     refs = [JobRef(LOST, "3", 0.0, (0, 1, 2, 3), job_name("cap", 4, LOST))]
     assert lost_by_name(refs) == {}
-    view = merge_view(refs, [], parse_sacct(read("sacct_no_comment.txt")))
+    view = merge_view(refs, [], parse_sacct(read("sacct_no_comment.txt"), V1_SACCT_FIELDS))
     assert set(view.tasks) == {"3"} and view.found == {}
+
+
+# ---------------------------------------------------------------- site ceilings: node memory, partition MaxTime
+# scontrol_show_node.txt: the one node (RealMemory=24005, in debug, short and long);
+# scontrol_show_partition_limits.txt: debug (UNLIMITED, default), short (30 min), long (2-12:00:00).
+
+
+def test_parse_node_memory() -> None:
+    text = read("scontrol_show_node.txt")
+    assert parse_node_memory(text) == 24005
+    assert parse_node_memory(text, "short") == 24005
+    assert parse_node_memory(text, "gpu") is None  # no node of that partition listed
+    assert parse_node_memory("") is None
+
+
+def test_parse_node_memory_takes_the_smallest_node_less_its_reserved_memory() -> None:
+    """Two more nodes, made from the captured line: what a job may have is the smallest."""
+    line = read("scontrol_show_node.txt").strip()
+    small = line.replace("NodeName=vm", "NodeName=small").replace("RealMemory=24005", "RealMemory=16000 MemSpecLimit=1000")
+    unset = line.replace("NodeName=vm", "NodeName=unset").replace("RealMemory=24005", "RealMemory=1")  # Slurm's default: unknown
+    other = small.replace("Partitions=debug,short,long", "Partitions=gpu")
+    assert parse_node_memory("\n".join([line, small, unset])) == 15000
+    assert parse_node_memory("\n".join([line, other, unset]), "debug") == 24005
+    assert parse_node_memory(unset) is None
+
+
+def test_parse_partitions_gives_max_time_in_minutes() -> None:
+    parts = parse_partitions(read("scontrol_show_partition_limits.txt"))
+    assert parts.max_minutes == {"debug": None, "short": 30.0, "long": (2 * 24 + 12) * 60.0}
+    assert parts.default == "debug" and parts.max_mem_mb == {"debug": None, "short": None, "long": None}
+    assert parse_partitions(read("scontrol_show_partition_short.txt")).max_minutes == {"short": 30.0}
+
+
+class ScontrolCLI(SlurmCLI):
+    """SlurmCLI whose ``scontrol show partition|node`` answer from captures."""
+
+    def __init__(self, partition: tuple[int, str, str], node: tuple[int, str, str], **kw: object) -> None:
+        super().__init__(user="root", **kw)  # type: ignore[arg-type]
+        self.answers = {"partition": partition, "node": node}
+
+    def _exec(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        self.calls.append(list(argv))
+        rc, out, err = self.answers[argv[3]]
+        return subprocess.CompletedProcess(argv, rc, out, err)
+
+
+def test_site_ceilings() -> None:
+    nodes = (0, read("scontrol_show_node.txt"), "")
+    short = ScontrolCLI((0, read("scontrol_show_partition_short.txt"), ""), nodes)
+    assert short.site_ceilings("short") == (24005.0, 1800.0)
+    assert short.calls == [["scontrol", "-o", "show", "partition", "short"], ["scontrol", "-o", "show", "node"]]
+    default = ScontrolCLI((0, read("scontrol_show_partition_limits.txt"), ""), nodes)
+    assert default.site_ceilings(None) == (24005.0, None)  # debug, the default: MaxTime=UNLIMITED
+    assert default.calls[0] == ["scontrol", "-o", "show", "partition"]
+
+
+def test_site_ceilings_are_capped_by_the_partitions_max_mem_per_node() -> None:
+    capped = read("scontrol_show_partition_short.txt").replace("MaxMemPerNode=UNLIMITED", "MaxMemPerNode=8000")
+    cli = ScontrolCLI((0, capped, ""), (0, read("scontrol_show_node.txt"), ""))
+    assert cli.site_ceilings("short") == (8000.0, 1800.0)
+
+
+def test_site_ceilings_unknown_when_slurm_does_not_answer() -> None:
+    nodes = (0, read("scontrol_show_node.txt"), "")
+    down = ScontrolCLI((1, "", read("scontrol_ctld_down.stderr")), nodes, retry_seconds=0.2)
+    assert down.site_ceilings("short") == (None, None)
+    assert all(c[3] == "partition" for c in down.calls)  # no node read after a failed partition read
+    nope = ScontrolCLI((1, "", read("scontrol_partition_invalid.stderr")), nodes, retry_seconds=0.2)
+    assert nope.site_ceilings("nope") == (None, None)
+    garbled = ScontrolCLI((0, "PartitionName=x MaxTime=soon\n", ""), nodes)
+    assert garbled.site_ceilings("x") == (None, None)

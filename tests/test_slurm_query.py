@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from reconciler.core.sizing import Usage
 from reconciler.core.states import SchedState
 from reconciler.errors import TransientError
 from reconciler.scheduler.base import JobRef
@@ -22,8 +23,16 @@ from reconciler.scheduler.slurm_query import (
 S = SchedState
 
 
-def rec(job_id: str, indices: tuple[int, ...], state: str, token: str = "t", exit_code: int | None = None) -> SlurmRecord:
-    return SlurmRecord(job_id, indices, True, state, exit_code, 0, "", None, None, "p.0000", COMMENT_PREFIX + token)
+def rec(
+    job_id: str,
+    indices: tuple[int, ...],
+    state: str,
+    token: str = "t",
+    exit_code: int | None = None,
+    start: float | None = None,
+    usage: Usage | None = None,
+) -> SlurmRecord:
+    return SlurmRecord(job_id, indices, True, state, exit_code, 0, "", start, None, "p.0000", COMMENT_PREFIX + token, usage)
 
 
 class Reads:
@@ -48,14 +57,30 @@ def test_no_refs_no_read() -> None:
     assert view.tasks == {} and view.found == {} and view.gone == set() and reads.calls == []
 
 
-def test_queue_alone_when_it_knows_every_submitted_index() -> None:
-    reads = Reads([rec("10", (0,), "RUNNING"), rec("10", (1, 2), "PENDING"), rec("9", (0,), "COMPLETED", exit_code=0)], [])
+def test_queue_alone_when_it_knows_every_submitted_index_and_none_ended() -> None:
+    reads = Reads([rec("10", (0,), "RUNNING"), rec("10", (1, 2), "PENDING"), rec("9", (0,), "RUNNING")], [])
     view = observe_in_two_reads(
         [JobRef("t", "10", 100.0, (0, 1, 2)), JobRef("t", "9", 50.0, (0,))], reads.read_queue, reads.read_accounting
     )
     assert reads.calls == [("queue", ["9", "10"], None)]  # job ids in numeric order
     assert {i: t.state for i, t in view.tasks["10"].items()} == {0: S.RUNNING, 1: S.PENDING, 2: S.PENDING}
-    assert view.tasks["9"][0].state is S.COMPLETED
+    assert view.tasks["9"][0].state is S.RUNNING
+
+
+def test_accounting_once_for_the_usage_of_tasks_the_queue_shows_ended() -> None:
+    """A task seen ended in the queue (within MinJobAge) is journaled in this pass and never
+    asked about again: this pass's accounting read is the one that can say what it used.
+    The queue's state stands; accounting's usage is attached to the same run (same start)."""
+    used = Usage(elapsed_s=2.0, max_rss_mb=46.0, cpu_s=1.9)
+    queue = [rec("10", (0,), "COMPLETED", exit_code=0, start=1000.0), rec("10", (1,), "RUNNING"), rec("9", (0,), "RUNNING")]
+    accounting = [rec("10", (0,), "COMPLETED", exit_code=0, start=1000.0, usage=used), rec("10", (1,), "RUNNING", usage=Usage(5.0, None, 0.0))]
+    reads = Reads(queue, accounting)
+    view = observe_in_two_reads(
+        [JobRef("t", "10", 100.0, (0, 1)), JobRef("t", "9", 50.0, (0,))], reads.read_queue, reads.read_accounting
+    )
+    assert reads.calls == [("queue", ["9", "10"], None), ("accounting", ["10"], 50.0 - SACCT_MARGIN_S)]  # job 9: none ended
+    assert (view.tasks["10"][0].state, view.tasks["10"][0].usage) == (S.COMPLETED, used)
+    assert (view.tasks["10"][1].state, view.tasks["10"][1].usage) == (S.RUNNING, None)  # running: no usage
 
 
 def test_accounting_once_for_the_jobs_the_queue_cannot_answer() -> None:

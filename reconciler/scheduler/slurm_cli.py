@@ -9,9 +9,9 @@ on tables of output captured from a real cluster (``tests/data/slurm``); only
 
 Cost: :meth:`SlurmCLI.observe` makes at most two read calls whatever the number of tasks: one
 ``squeue`` (in-flight tasks, folded pending ranges, and tasks that ended less than MinJobAge
-ago) and at most one ``sacct`` (tasks already purged from slurmctld's memory, and tokens whose
-sbatch answer was lost); the strategy is :func:`~.slurm_query.observe_in_two_reads`, shared
-with the pyslurm backend.
+ago) and at most one ``sacct`` (tasks already purged from slurmctld's memory, tasks squeue shows
+ended, for what they used, and tokens whose sbatch answer was lost); the strategy is
+:func:`~.slurm_query.observe_in_two_reads`, shared with the pyslurm backend.
 
 Failures: a scheduler that does not answer is never read as a task failure. Reads are retried
 with a bounded exponential backoff and then raise :class:`~reconciler.errors.TransientError`
@@ -32,11 +32,9 @@ from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView
 from reconciler.scheduler.script import array_spec
 from reconciler.scheduler.slurm_parse import (
     INVALID_JOB_ID,
-    SACCT_FIELDS,
     SQUEUE_FORMAT,
     SlurmRecord,
     parse_max_array_size,
-    parse_sacct,
     parse_sbatch_parsable,
     parse_squeue_text,
     sacct_time,
@@ -47,6 +45,8 @@ from reconciler.scheduler.slurm_query import (
     observe_in_two_reads,
     until_answered,
 )
+from reconciler.scheduler.slurm_sacct import SACCT_FIELDS, parse_sacct
+from reconciler.scheduler.slurm_site import parse_node_memory, parse_partitions
 
 COMMAND_TIMEOUT_S = 30.0
 
@@ -215,9 +215,9 @@ class SlurmCLI:
         return argv
 
     def _sacct_argv(self, job_ids: Sequence[str], since: float) -> list[str]:
+        """Step lines included (no ``--allocations``): MaxRSS is only on them (slurm_sacct)."""
         argv = [
             "sacct",
-            "--allocations",
             "--parsable2",
             "--noheader",
             f"--user={self.user}",
@@ -234,9 +234,10 @@ class SlurmCLI:
 
         1. ``squeue --states=all`` for our user (and our job ids, when every ref has one):
            pending (folded ranges), running, and tasks that ended less than MinJobAge ago.
-        2. ``sacct`` once, only if squeue could not answer for some job (see
-           needs_accounting: submitted indices missing from the queue, e.g. tasks that
-           ended and were purged while siblings still run), for those job ids. Tokens
+        2. ``sacct`` once, only if squeue could not answer for some job or shows one of its
+           tasks ended (see needs_accounting: submitted indices missing from the queue, e.g.
+           tasks that ended and were purged while siblings still run; an ended task's
+           usage), for those job ids, with each task's usage folded from its steps. Tokens
            without a job id that squeue did not show are looked up instead by comment
            among the user's jobs since the earliest submission (one sacct call still).
         """
@@ -272,3 +273,33 @@ class SlurmCLI:
             return parse_max_array_size(self._call(["scontrol", "show", "config"]))
         except (TransientError, UsageError):
             return None
+
+    def site_ceilings(self, partition: str | None) -> tuple[float | None, float | None]:
+        """(memory one node gives a job in MB, the partition's MaxTime in seconds): how far a
+        retry may grow a request (core.sizing.Growth). Two reads, ``scontrol -o show
+        partition [P]`` and ``scontrol -o show node``, meant to be made rarely (the caller
+        caches them, like MaxArraySize).
+
+        ``partition`` None is the site's default partition. The memory is the smallest of the
+        partition's nodes (all nodes when no partition is named and the site has no default),
+        capped by the partition's MaxMemPerNode. Each is None when unlimited or unknown, and both are
+        None when Slurm does not answer or names no such partition: a ceiling is advice, so
+        its absence never stops a pass.
+        """
+        argv = ["scontrol", "-o", "show", "partition"] + ([partition] if partition else [])
+        try:
+            parts = parse_partitions(self._call(argv))
+            nodes = self._call(["scontrol", "-o", "show", "node"])
+        except (TransientError, UsageError, ValueError):
+            return None, None
+        name = partition or parts.default
+        minutes = parts.max_minutes.get(name) if name else None
+        in_partition = name if name in parts.max_minutes else None
+        memory = parse_node_memory(nodes, in_partition)
+        cap = parts.max_mem_mb.get(name) if name else None
+        if cap is not None:
+            memory = cap if memory is None else min(memory, cap)
+        return (
+            float(memory) if memory is not None else None,
+            minutes * 60.0 if minutes is not None else None,
+        )

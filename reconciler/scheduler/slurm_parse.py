@@ -4,8 +4,9 @@ Following submitit, everything that interprets what ``sbatch``, ``squeue``, ``sa
 ``scontrol`` print lives here, away from the processes that print it: no subprocess, no
 retries, no I/O. Each parser is tested on output captured from a real cluster
 (``tests/data/slurm``), so a new Slurm release is checked by capturing again, not by
-running a cluster in the tests. What a record means for a task (Slurm's states folded to
-ours, squeue and sacct merged) is in :mod:`reconciler.scheduler.slurm_view`.
+running a cluster in the tests. sacct's lines, with the usage its step lines carry, are
+read in :mod:`reconciler.scheduler.slurm_sacct`. What a record means for a task (Slurm's
+states folded to ours, squeue and sacct merged) is in :mod:`reconciler.scheduler.slurm_view`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from reconciler.core.sizing import Usage
 from reconciler.scheduler.script import parse_array_spec
 
 COMMENT_PREFIX = "reconciler:"
@@ -37,18 +39,6 @@ hold the separator, so the line is split at most ``len(fields) - 1`` times."""
 SQUEUE_FORMAT = ",".join(f"{f}:|" for f in SQUEUE_FIELDS[:-1]) + f",{SQUEUE_FIELDS[-1]}:"
 """``Field:|`` means "no width limit, then a ``|``": nothing is truncated or padded."""
 
-SACCT_FIELDS: tuple[str, ...] = (
-    "JobID",
-    "JobIDRaw",
-    "State",
-    "ExitCode",
-    "Start",
-    "End",
-    "JobName",
-    "Comment",
-)
-"""The ``sacct --format`` fields the backend asks for; Comment last for the same reason."""
-
 INVALID_JOB_ID = "invalid job id specified"
 """squeue and scancel say this for a job slurmctld has already forgotten: not an error here."""
 
@@ -61,6 +51,8 @@ class SlurmRecord:
 
     ``job_id`` is the id sbatch returned (the array's own id), never a task's raw id, so
     records from both tools key the same way. A folded pending line covers many indices.
+    ``usage`` is what the task used, from sacct's step lines (slurm_sacct.parse_sacct); None
+    from squeue, which does not say.
     """
 
     job_id: str
@@ -74,6 +66,7 @@ class SlurmRecord:
     end: float | None
     name: str
     comment: str
+    usage: Usage | None = None
 
     @property
     def token(self) -> str | None:
@@ -170,7 +163,7 @@ def _clean_reason(reason: str) -> str:
     return "" if r in ("None", "(null)", "N/A") else r
 
 
-def _record(
+def make_record(
     job_text: str,
     *,
     raw_state: str,
@@ -181,7 +174,9 @@ def _record(
     end: float | None = None,
     name: str = "",
     comment: str = "",
+    usage: Usage | None = None,
 ) -> SlurmRecord:
+    """One record from a line's fields; raises ValueError on a job id that is not Slurm's."""
     job_id, indices = parse_job_id(job_text)
     comment = comment.strip()
     return SlurmRecord(
@@ -196,10 +191,11 @@ def _record(
         end=end,
         name=name.strip(),
         comment="" if comment == "(null)" else comment,
+        usage=usage,
     )
 
 
-def _split_fields(line: str, fields: Sequence[str]) -> dict[str, str] | None:
+def split_fields(line: str, fields: Sequence[str]) -> dict[str, str] | None:
     """A ``|``-separated line -> {field: value}; a free-text Comment may hold ``|``."""
     n = len(fields)
     if fields and fields[-1] == "Comment":
@@ -237,13 +233,13 @@ def parse_squeue_text(text: str, fields: Sequence[str] = SQUEUE_FIELDS) -> list[
     for line in text.splitlines():
         if not line.strip():
             continue
-        row = _split_fields(line, names)
+        row = split_fields(line, names)
         if row is None or "JobArrayID" not in row:
             continue
         code, sig = split_wait_status(int(row["exit_code"])) if row.get("exit_code", "").strip().isdigit() else (None, None)
         try:
             out.append(
-                _record(
+                make_record(
                     row["JobArrayID"],
                     raw_state=row.get("State", ""),
                     exit_code=code,
@@ -309,7 +305,7 @@ def parse_squeue_json(doc: str | Mapping[str, Any]) -> list[SlurmRecord]:
         raw_state = state if isinstance(state, str) else (state[0] if state else "")
         try:
             out.append(
-                _record(
+                make_record(
                     text,
                     raw_state=raw_state,
                     exit_code=code,
@@ -331,47 +327,6 @@ def parse_squeue(output: str, fields: Sequence[str] = SQUEUE_FIELDS) -> list[Slu
     if output.lstrip().startswith("{"):
         return parse_squeue_json(output)
     return parse_squeue_text(output, fields)
-
-
-_SACCT_ALIASES = {"JobIDRaw": "JobIDRaw", "JobName": "Name", "Start": "StartTime", "End": "EndTime"}
-
-
-def parse_sacct(text: str, fields: Sequence[str] = SACCT_FIELDS) -> list[SlurmRecord]:
-    """``sacct -X -P -n --format=<fields>`` output -> records (one per array task).
-
-    The array task is read from JobID (``5_6``), never from JobIDRaw: the last task of an
-    array keeps the array's own id as its raw id. Step lines (``5_6.batch``) are skipped, in
-    case ``-X`` was forgotten. The text ExitCode is used because sacct's JSON exit codes are
-    wrong in 22.05 (see tests/data/slurm/README.md).
-    """
-    names = [_SACCT_ALIASES.get(f, f) for f in fields]
-    out: list[SlurmRecord] = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        row = _split_fields(line, names)
-        if row is None or "JobID" not in row:
-            continue
-        job_text = row["JobID"].strip()
-        if "." in job_text or "+" in job_text:
-            continue  # a step, or a heterogeneous component: never one of our array tasks
-        code, sig = parse_exit_code(row.get("ExitCode"))
-        try:
-            out.append(
-                _record(
-                    job_text,
-                    raw_state=row.get("State", ""),
-                    exit_code=code,
-                    signal=sig,
-                    start=parse_time(row.get("StartTime")),
-                    end=parse_time(row.get("EndTime")),
-                    name=row.get("Name", ""),
-                    comment=row.get("Comment", ""),
-                )
-            )
-        except ValueError:
-            continue
-    return out
 
 
 def parse_scontrol_config(text: str) -> dict[str, str]:

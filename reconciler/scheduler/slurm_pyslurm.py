@@ -8,7 +8,9 @@ both versions; ``scheduler: auto`` quietly falls back to the CLI backend.
 
 The mapping from pyslurm's job objects to task states is kept in pure functions taking
 plain objects with pyslurm's attribute names (tested on SimpleNamespace records shaped after
-pyslurm's ``pyslurm/core/job/job.pyx`` and ``pyslurm/db/job.pyx``). They reuse the state
+pyslurm's ``pyslurm/core/job/job.pyx``, ``pyslurm/db/job.pyx`` and ``pyslurm/db/stats.pyx``).
+Accounting's jobs carry what each task used (:func:`job_usage`), read from the statistics
+``pyslurm.db.Jobs.load`` already brings, as the CLI reads sacct's step lines. They reuse the state
 table and merge rules of :mod:`~reconciler.scheduler.slurm_view` and the read strategy of
 :mod:`~reconciler.scheduler.slurm_query`, so both backends read Slurm the same way.
 
@@ -27,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, TypeVar
 
+from reconciler.core.sizing import Usage
 from reconciler.errors import SubmitRejected, TransientError, UsageError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView
 from reconciler.scheduler.slurm_cli import SlurmCLI
@@ -156,11 +159,47 @@ def _epoch(v: Any) -> float | None:
     return f if f > 0 else None
 
 
-def job_record(job: Any) -> SlurmRecord:
+def _number(v: Any) -> float | None:
+    if v is None or isinstance(v, bool):
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def job_usage(job: Any) -> Usage | None:
+    """What one ``pyslurm.db.Job`` used, as sacct would say it (slurm_sacct.task_usage).
+
+    ``pyslurm.db.Jobs.load`` brings each job's steps and their statistics in the same
+    slurmdbd query (``pyslurm/db/stats.pyx``), so this costs no call: peak memory is the
+    largest ``steps[..].stats.max_resident_memory`` (bytes; the job's own
+    ``stats.max_resident_memory`` when it lists no steps), CPU time its
+    ``stats.total_cpu_time`` (user + system summed over the steps, in whole seconds: pyslurm
+    reads ``tot_cpu_sec`` only, where sacct shows milliseconds), elapsed time its
+    ``elapsed_time`` (seconds). None when the object carries none of them.
+    """
+    stats = getattr(job, "stats", None)
+    steps = jobs_of(getattr(job, "steps", None))
+    rss_bytes = [_number(getattr(getattr(st, "stats", None), "max_resident_memory", None)) for st in steps]
+    peaks = [b for b in rss_bytes if b is not None]
+    if not steps:
+        whole = _number(getattr(stats, "max_resident_memory", None))
+        peaks = [whole] if whole else []
+    cpu = _number(getattr(stats, "total_cpu_time", None))
+    elapsed = _number(getattr(job, "elapsed_time", None))
+    if not peaks and cpu is None and elapsed is None:
+        return None
+    return Usage(elapsed_s=elapsed, max_rss_mb=max(peaks) / 2**20 if peaks else None, cpu_s=cpu)
+
+
+def job_record(job: Any, with_usage: bool = False) -> SlurmRecord:
     """One pyslurm job (``pyslurm.Job`` or ``pyslurm.db.Job``) -> a SlurmRecord.
 
     Exit code and signal come split already (``exit_code``, ``exit_code_signal``, decoded
-    by pyslurm from the wait status); times are epoch integers or None.
+    by pyslurm from the wait status); times are epoch integers or None. ``with_usage``:
+    an accounting record (``pyslurm.db.Job``), whose statistics are read (job_usage);
+    slurmctld's jobs carry none, like squeue's lines.
     """
     job_id, indices, is_array = job_indices(job)
     reason = getattr(job, "state_reason", "") or ""
@@ -177,6 +216,7 @@ def job_record(job: Any) -> SlurmRecord:
         end=_epoch(getattr(job, "end_time", None)),
         name=str(getattr(job, "name", "") or ""),
         comment=str(comment),
+        usage=job_usage(job) if with_usage else None,
     )
 
 
@@ -190,14 +230,15 @@ def jobs_of(collection: Any) -> list[Any]:
     return list(collection)
 
 
-def records(jobs: Iterable[Any], user: str | None = None) -> list[SlurmRecord]:
-    """Records of these jobs, restricted to ``user`` when the objects say whose they are."""
+def records(jobs: Iterable[Any], user: str | None = None, with_usage: bool = False) -> list[SlurmRecord]:
+    """Records of these jobs, restricted to ``user`` when the objects say whose they are
+    (``with_usage``: accounting's jobs, see job_record)."""
     out: list[SlurmRecord] = []
     for j in jobs:
         owner = getattr(j, "user_name", None)
         if user is not None and owner is not None and owner != user:
             continue
-        out.append(job_record(j))
+        out.append(job_record(j, with_usage))
     return out
 
 
@@ -308,7 +349,7 @@ class PyslurmScheduler:
             ["pyslurm.db.Jobs.load", *(f"{k}={v}" for k, v in sorted(kwargs.items()))],
             lambda: jobs_of(ps.db.Jobs.load(ps.db.JobFilter(**kwargs))),
         )
-        return records(db, self.user)
+        return records(db, self.user, with_usage=True)
 
     def cancel(self, job_id: str, array_indices: Sequence[int] | None = None) -> None:
         """Cancel a whole job through pyslurm, some indices with one ``scancel``."""
@@ -322,3 +363,7 @@ class PyslurmScheduler:
     def max_array_size(self) -> int | None:
         """MaxArraySize, through ``scontrol show config`` (present wherever pyslurm works)."""
         return self.cli.max_array_size()
+
+    def site_ceilings(self, partition: str | None) -> tuple[float | None, float | None]:
+        """Node memory (MB) and the partition's MaxTime (s), through ``scontrol`` (SlurmCLI.site_ceilings)."""
+        return self.cli.site_ceilings(partition)

@@ -7,10 +7,13 @@ and is written once here:
 1. the queue (slurmctld): pending tasks as folded ranges, running tasks, and tasks that
    ended less than MinJobAge ago; it is fresher than accounting and wins over it;
 2. accounting (slurmdbd), once, and only when the queue could not answer for some job
-   (submitted indices missing from it, see :func:`~.slurm_view.needs_accounting`) or for
+   (submitted indices missing from it), or shows one of its tasks ended (what a task used,
+   MaxRSS and CPU time, is only in accounting, and the engine asks about an ended task
+   only in the pass that sees it end; see :func:`~.slurm_view.needs_accounting`), or for
    a token whose sbatch answer was lost.
 
-So an observe costs at most two calls whatever the number of tasks. A read that gets no
+So an observe costs at most two calls whatever the number of tasks: a pass in which no
+task ended and none left the queue reads the queue alone. A read that gets no
 answer is retried with a bounded backoff (:func:`until_answered`) and then stops the pass
 with :class:`~reconciler.errors.TransientError`; it never becomes a task state.
 """
@@ -108,9 +111,10 @@ def observe_in_two_reads(refs: Sequence[JobRef], read_queue: ReadQueue, read_acc
 
     1. The queue, restricted to the refs' job ids when every ref has one; when a ref lost
        its sbatch answer, all of the user's jobs, to find its token in their comments.
-    2. Accounting, once, only if the queue could not answer for some job, for those job ids
-       since the earliest submission (minus SACCT_MARGIN_S); tokens the queue did not show
-       are looked up instead among all the user's jobs since then (one read still).
+    2. Accounting, once, only if the queue could not answer for some job or shows one of
+       its tasks ended (for its usage), for those job ids since the earliest submission
+       (minus SACCT_MARGIN_S); tokens the queue did not show are looked up instead among
+       all the user's jobs since then (one read still).
 
     No refs, no read.
     """

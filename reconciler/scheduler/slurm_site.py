@@ -1,14 +1,16 @@
-"""What the site's Slurm allows, read: pure parsers of ``sacctmgr`` and ``scontrol show partition``.
+"""What the site's Slurm allows, read: pure parsers of ``sacctmgr`` and ``scontrol show partition|node``.
 
 Used by `reconcile doctor` (the probes run the commands, :mod:`reconciler.doctor.judge`
-judges), kept apart from the tools and tested on output captured from the test cluster
-(``tests/data/slurm``, see its README), like :mod:`~reconciler.scheduler.slurm_parse`.
+judges) and by the planner's ceilings for retries that ask more (the node's memory, the
+partition's time limit: ``SlurmCLI.site_ceilings``), kept apart from the tools and tested on
+output captured from the test cluster (``tests/data/slurm``, see its README), like
+:mod:`~reconciler.scheduler.slurm_parse`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ASSOC_FIELDS = ("Cluster", "Account", "User", "Partition", "MaxSubmit", "MaxJobs", "QOS")
 """``sacctmgr -n -P show assoc user=U format=...``: the per-user limits of each association."""
@@ -103,18 +105,53 @@ def parse_minutes(text: str) -> float | None:
 class Partitions:
     max_minutes: dict[str, float | None]  # name -> MaxTime in minutes, None: unlimited
     default: str | None
+    max_mem_mb: dict[str, int | None] = field(default_factory=dict)  # name -> MaxMemPerNode in MB, None: unlimited
+
+
+def _words(line: str) -> dict[str, str]:
+    """One ``-o`` line of scontrol (``Key=Value`` words) -> {key: value}."""
+    return dict(w.split("=", 1) for w in line.split() if "=" in w)
 
 
 def parse_partitions(text: str) -> Partitions:
-    """``scontrol show partition -o`` (one line per partition, ``Key=Value`` words) -> Partitions."""
+    """``scontrol show partition -o`` (one line per partition, ``Key=Value`` words) -> Partitions.
+
+    MaxTime in minutes (:func:`parse_minutes`; None: UNLIMITED); MaxMemPerNode in MB where
+    the partition caps memory per node (a larger ``--mem`` is refused there).
+    """
     limits: dict[str, float | None] = {}
+    mem: dict[str, int | None] = {}
     default = None
     for line in text.splitlines():
-        kv = dict(w.split("=", 1) for w in line.split() if "=" in w)
+        kv = _words(line)
         name = kv.get("PartitionName")
         if not name:
             continue
         limits[name] = parse_minutes(kv.get("MaxTime", "UNLIMITED"))
+        mem[name] = _limit(kv.get("MaxMemPerNode", ""))
         if kv.get("Default", "").upper() == "YES":
             default = name
-    return Partitions(limits, default)
+    return Partitions(limits, default, mem)
+
+
+def parse_node_memory(text: str, partition: str | None = None) -> int | None:
+    """``scontrol show node -o`` -> the smallest memory a job may have on one node, in MB.
+
+    A node's is its RealMemory less its MemSpecLimit (memory kept for the system, where
+    set); the smallest over the nodes listed (of ``partition`` only, by each node's
+    ``Partitions=``, when given) is what a retry that asks more memory may ask, wherever it
+    lands. A RealMemory of 1 is Slurm's default for a node whose memory was never
+    configured: it says nothing and is skipped. None when no node says.
+    """
+    sizes: list[int] = []
+    for line in text.splitlines():
+        kv = _words(line)
+        if "NodeName" not in kv:
+            continue
+        if partition is not None and partition not in kv.get("Partitions", "").split(","):
+            continue
+        real = _limit(kv.get("RealMemory", ""))
+        if real is None or real <= 1:
+            continue
+        sizes.append(real - (_limit(kv.get("MemSpecLimit", "")) or 0))
+    return min(sizes) if sizes else None

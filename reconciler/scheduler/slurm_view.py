@@ -8,7 +8,9 @@ read Slurm the same way. Tested on captured output in tests/test_slurm_parsers.p
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
+from reconciler.core.sizing import Usage
 from reconciler.core.states import SchedState
 from reconciler.scheduler.base import JobRef, SchedulerView, TaskSched
 from reconciler.scheduler.slurm_parse import SlurmRecord
@@ -100,7 +102,8 @@ def task_sched(rec: SlurmRecord) -> TaskSched:
     reason "signal S", so it never reads as "exit 0". Tasks the scheduler ended (timeout,
     cancel, node failure...) carry no exit code, only Slurm's words as the reason: squeue
     and sacct disagree on their code (143 vs 0), and a task must not change when it moves
-    from one source to the other.
+    from one source to the other. Ended tasks carry the record's usage (sacct's; squeue's
+    records have none).
     """
     state = map_state(rec.raw_state)
     if state.in_flight:
@@ -122,7 +125,7 @@ def task_sched(rec: SlurmRecord) -> TaskSched:
             reason += f" (signal {sig})"
     if rec.reason and state is not SchedState.COMPLETED and rec.reason not in reason:
         reason = f"{reason} ({rec.reason})" if reason else rec.reason
-    return TaskSched(state, code, reason, rec.start, rec.end)
+    return TaskSched(state, code, reason, rec.start, rec.end, rec.usage)
 
 
 CANCELLED_UNRECORDED = "CANCELLED while pending (Slurm keeps no record of such a task)"
@@ -153,6 +156,11 @@ def merge_view(
     ``33``, JobName ``allocation``: tests/data/slurm/sacct_cancelled_pending_tasks_early.txt).
     For a ref whose submitted indices say it is an array, such a record only proves the
     job exists: it is not spread over indices, and it does not trigger the inference above.
+
+    What a task used is only in sacct, and a task that ended is first seen ended in squeue
+    (for MinJobAge), where the engine journals its end and never asks again: so sacct's
+    usage is attached to squeue's ended task of the same index when sacct has that run
+    ended too (same start; sacct may not have it yet, and then usage stays None).
     """
     view = SchedulerView()
     wanted = {r.job_id for r in refs if r.job_id}
@@ -162,6 +170,7 @@ def merge_view(
     in_squeue: set[str] = set()
     in_sacct: set[str] = set()  # jobs sacct knows as arrays (or plain jobs, when asked so)
     known: set[str] = set()
+    used: dict[tuple[str, int], tuple[float | None, Usage]] = {}  # sacct's ended runs: (job, index) -> (start, usage)
     for source, seen_in in ((sacct or (), in_sacct), (squeue, in_squeue)):  # squeue last: it wins
         for rec in source:
             tok = record_token(rec, by_name)
@@ -176,7 +185,12 @@ def merge_view(
             ts = task_sched(rec)
             per_job = view.tasks.setdefault(rec.job_id, {})
             for i in rec.indices:
-                per_job[i] = ts
+                if ts.usage is None and ts.state.finished and (rec.job_id, i) in used:
+                    per_job[i] = _with_usage(ts, *used[(rec.job_id, i)])
+                else:
+                    per_job[i] = ts
+                if seen_in is in_sacct and ts.state.finished and ts.usage is not None:
+                    used[(rec.job_id, i)] = (ts.start, ts.usage)
     view.gone = wanted - known
     if sacct is not None:
         for ref in refs:
@@ -187,6 +201,13 @@ def merge_view(
             for i in ref.array_indices:
                 per_job.setdefault(i, TaskSched(SchedState.CANCELLED, None, CANCELLED_UNRECORDED))
     return view
+
+
+def _with_usage(ts: TaskSched, start: float | None, usage: Usage) -> TaskSched:
+    """squeue's ended task with sacct's usage, when both are the same run (same start)."""
+    if ts.start is not None and start is not None and ts.start != start:
+        return ts  # sacct's is another run of the index (a requeue): not this one's usage
+    return replace(ts, usage=usage)
 
 
 def lost_by_name(refs: Iterable[JobRef]) -> dict[str, str]:
@@ -207,18 +228,25 @@ def record_token(rec: SlurmRecord, by_name: dict[str, str]) -> str | None:
 
 
 def needs_accounting(ref: JobRef, job_id: str, squeue: Sequence[SlurmRecord]) -> bool:
-    """Whether squeue alone cannot answer for this job, so sacct must be asked.
+    """Whether this pass must read sacct for this job: squeue cannot answer for it, or shows
+    one of its tasks ended.
 
-    With the submitted indices known, sacct is needed only when some of them are not in
-    squeue (ended more than MinJobAge ago, or never recorded); without them, any array job
-    may have purged tasks, so only a non-array job seen in squeue is fully answered.
+    With the submitted indices known, squeue cannot answer when some of them are not in it
+    (ended more than MinJobAge ago, or never recorded); without them, any array job may have
+    purged tasks, so only a non-array job seen in squeue is fully answered. A task squeue
+    shows ended needs sacct too, for what it used (its MaxRSS and CPU time are only in
+    accounting): the engine journals that end in this pass and never asks about the task
+    again, so this pass's one sacct read is the only chance to learn it.
     """
     recs = [r for r in squeue if r.job_id == job_id]
     if not recs:
         return True
-    if ref.array_indices:
+    submitted = set(ref.array_indices)
+    if any(map_state(r.raw_state).finished and (not submitted or submitted & set(r.indices)) for r in recs):
+        return True
+    if submitted:
         known = {i for r in recs for i in r.indices}
-        return not set(ref.array_indices) <= known
+        return not submitted <= known
     return any(r.is_array for r in recs)
 
 
