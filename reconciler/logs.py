@@ -66,3 +66,21 @@ def prune(logs: Path, files: list[Path], name: str, archive: bool) -> str | None
         except FileNotFoundError:
             pass
     return where
+
+
+SCHEDULER_PREFIX = "slurmstepd"
+"""Lines Slurm's step daemon writes into a task's stderr ("... Exceeded job memory limit")."""
+TAIL_BYTES = 8192
+
+
+def scheduler_lines(err_log: Path) -> tuple[str, ...]:
+    """What Slurm itself wrote into a task's stderr (its last lines), for a run killed without a
+    word from the wrapper: where no cgroup enforces memory, ``Exceeded job memory limit`` is
+    how an out-of-memory kill is told (core.sizing reads it). One small read; () when absent."""
+    try:
+        with open(err_log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL_BYTES))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ()
+    return tuple(line.strip()[:300] for line in tail.splitlines() if line.startswith(SCHEDULER_PREFIX))[-10:]

@@ -3,6 +3,9 @@ retry asks, and how the plan says it (core.sizing, core.settle, core.planner).""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from reconciler import logs
 from reconciler.core.causes import Cause, CauseKind
 from reconciler.core.model import (
     AttemptObs,
@@ -35,6 +38,10 @@ def test_out_of_memory_is_what_the_scheduler_says_or_a_sigkill_at_the_request_an
     assert shortfall(F, 137, None, Usage(40.0, 15.5 * GB, 30.0), BASE) is Short.MEMORY
     assert shortfall(F, 137, None, Usage(40.0, 2 * GB, 30.0), BASE) is None  # killed, but not for memory
     assert shortfall(F, 137, None, None, BASE) is None  # no measure: no guess
+    # ... unless Slurm said so in the task's stderr (accounting records the peak a little later)
+    said = logs.scheduler_lines(Path(__file__).parent / "data" / "slurm" / "over_memory_task.stderr")
+    assert said and shortfall(F, 137, None, None, BASE, said) is Short.MEMORY
+    assert shortfall(F, 137, None, None, BASE, ("slurmstepd: error: *** JOB 5 ON vm CANCELLED AT 2026-11-25T02:47:12 ***",)) is None
     killed = Cause(CauseKind.SIGNAL, "SIGKILL", 137)
     assert shortfall(F, 137, killed, Usage(1.0, 17 * GB), BASE) is Short.MEMORY
     assert shortfall(SchedState.TIMEOUT, None, None, None, BASE) is Short.TIME

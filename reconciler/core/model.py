@@ -56,6 +56,7 @@ class AttemptObs:
     cause: Cause | None = None  # failed: why, in the wrapper's words (read only for attempts that failed)
     exit_code: int | None = None  # the scheduler's exit status (128+S when killed by signal S)
     usage: Usage | None = None  # ended: what it used, when the scheduler measured it
+    scheduler_said: tuple[str, ...] = ()  # killed without a cause: Slurm's own lines in its stderr (logs.scheduler_lines)
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,7 +148,7 @@ def _record_failures(s: Settled, world: World, sub: SubmissionObs, now: float) -
         by_reason.setdefault(why, []).append(att)
         h = history_of(s, world, att.key)
         end = att.end if att.end is not None else now
-        short = shortfall(att.sched, att.exit_code, att.cause, att.usage, sub.request)
+        short = shortfall(att.sched, att.exit_code, att.cause, att.usage, sub.request, att.scheduler_said)
         peak = att.usage.max_rss_mb if att.usage is not None else None
         s.history[att.key] = replace(
             h, failures=h.failures + 1, last_end=end, last_reason=failure_text(att, why), cause=att.cause, short=short, request=sub.request, peak_mb=peak,

@@ -9,9 +9,11 @@ Every other failure (a node failure, a preemption, an exit code) is retried with
 request as the attempt that failed: more of anything would not have saved it.
 
 Out of memory is what the scheduler says (Slurm's OUT_OF_MEMORY, where cgroups enforce
-memory) or what it shows: killed by SIGKILL with a peak at or above the request (Slurm's
+memory; or its step daemon's words in the task's stderr, ``Exceeded job memory limit``) or
+what it shows: killed by SIGKILL with a peak at or above the request (Slurm's
 ``JobAcctGatherParams=OverMemoryKill``, where no cgroup does; the job then reads FAILED with
-signal 9). A timeout is the scheduler's TIMEOUT or the task wrapper's own (core.causes).
+signal 9, and accounting may record the peak only after the pass that sees the end). A
+timeout is the scheduler's TIMEOUT or the task wrapper's own (core.causes).
 
 Pure, standard library only.
 """
@@ -70,9 +72,18 @@ class Growth:
     max_time_s: float | None = None
 
 
-def shortfall(sched: SchedState | None, exit_code: int | None, cause: Cause | None, usage: Usage | None, request: Request | None) -> Short | None:
-    """What a failed attempt ran out of, if that is why it failed (see the module docstring)."""
-    if sched is SchedState.OUT_OF_MEMORY:
+MEMORY_WORDS = ("exceeded job memory limit", "exceeded memory limit", "oom-kill", "out of memory")
+"""What Slurm writes into a task's stderr when it kills it for memory (OverMemoryKill; cgroups)."""
+
+
+def shortfall(
+    sched: SchedState | None, exit_code: int | None, cause: Cause | None, usage: Usage | None, request: Request | None,
+    scheduler_said: tuple[str, ...] = (),
+) -> Short | None:
+    """What a failed attempt ran out of, if that is why it failed (see the module docstring).
+    ``scheduler_said``: Slurm's own lines in its stderr (``slurmstepd: ... Exceeded job memory
+    limit``), which say it when accounting has not measured the peak yet."""
+    if sched is SchedState.OUT_OF_MEMORY or any(w in line.lower() for line in scheduler_said for w in MEMORY_WORDS):
         return Short.MEMORY
     if sched is SchedState.TIMEOUT or (cause is not None and cause.kind is CauseKind.TIMEOUT):
         return Short.TIME

@@ -173,7 +173,7 @@ class Actor:
             rows = []
             for key, i in zip(a.keys, a.array_indices, strict=True):
                 at = atts[i]  # what it ran out of is read by the rule settle read it by (core.sizing)
-                short = shortfall(at.sched, at.exit_code, at.cause, at.usage, ended.request)
+                short = shortfall(at.sched, at.exit_code, at.cause, at.usage, ended.request, at.scheduler_said)
                 rows.append(Failure(
                     _token(a), i, key, failure_text(at, a.reason), now if at.end is None else at.end, at.cause.dumps() if at.cause else None,
                     short, ended.request, at.usage.max_rss_mb if at.usage else None,
@@ -203,6 +203,8 @@ class Actor:
             self._send(replace(sub, state=SubmissionState.RECORDED, created=now), a.array_indices, a.expect_s)
         elif a.kind in SENDS:
             self._submit(a, obs)
+            if a.request is not None:  # said as it happens: a retry that asks more than its stage
+                return f"{a.kind.value} {len(a.keys)} task(s) of batch {a.batch:04d} {a.note}"
         elif a.kind is ActionKind.PRUNE_LOGS:
             return self._prune_logs(a)
         return None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from reconciler import markers, workers
+from reconciler import logs, markers, workers
 from reconciler import outputs as output_tree
 from reconciler.core import causes
 from reconciler.core.model import EMPTY_HISTORY, AttemptObs, Desired, SubmissionObs, TaskObs, World
@@ -26,7 +26,7 @@ from reconciler.core.verification import cursor_of, sample
 from reconciler.ledger import Attempt, Ledger, Seen, Submission
 from reconciler.scheduler.base import JobRef, Scheduler, SchedulerView, TaskSched
 from reconciler.scheduler.pool import is_pool_job
-from reconciler.scheduler.script import job_name
+from reconciler.scheduler.script import job_name, log_patterns
 from reconciler.spec.expand import Expansion, Task
 from reconciler.workers import WorkerSeen
 
@@ -34,6 +34,7 @@ SITE_PROBE_KEY = "site_max_array_size"
 SITE_CEILINGS_KEY = "site_ceilings"  # "<when>:<node memory MB>:<partition MaxTime s>", either empty when unknown
 SITE_PROBE_EVERY_S = 86400.0
 VANISHED = "vanished: the scheduler has no record of it"
+KILLED = 128 + 9  # SIGKILL: how a run killed for memory without cgroups ends (core.sizing)
 VERIFY_CURSOR_KEY = "verify_cursor"
 
 Verify = Literal["sample", "all"] | frozenset[str] | None
@@ -263,13 +264,17 @@ class Observer:
             reason = ts.reason if ts is not None and ts.reason else a.reason
             end = ts.end if ts is not None and ts.end is not None else a.end
             is_latest = (lt := latest.get(a.key)) is not None and lt.token == a.token
-            cause = None
+            cause, said = None, tuple[str, ...]()
+            code = ts.exit_code if ts is not None else a.exit_code
             if not s.kind.old_tool and not a.failure_recorded and classify(sched, out.get(a.key, OutputState.MISSING))[0] is Outcome.FAILED:
                 # only attempts that failed and are not yet counted: one small read each, once
                 cause = causes.from_doc(markers.read_cause(Path(s.manifest), a.array_index))
-            code = ts.exit_code if ts is not None else a.exit_code
+                job = s.job_id or found
+                if cause is None and code == KILLED and job and not is_pool_job(job):  # killed with its wrapper: Slurm's words
+                    err = log_patterns(Path(s.manifest).parent.parent, s.batch)[1]  # logs/ holds the manifest and the logs
+                    said = logs.scheduler_lines(Path(err.replace("%A", job).replace("%a", str(a.array_index))))
             used = _usage(ts, a, end)
-            obs.append(AttemptObs(a.key, a.array_index, sched, reason, end, a.failure_recorded, is_latest, previous.get(a.key), cause, code, used))
+            obs.append(AttemptObs(a.key, a.array_index, sched, reason, end, a.failure_recorded, is_latest, previous.get(a.key), cause, code, used, said))
         current_fp = self._staged_current(s) if s.state is SubmissionState.STAGED else True
         pool = is_pool_job(s.job_id or found)
         return SubmissionObs(s.token, s.batch, s.kind, s.state, s.created, s.job_id, found, current_fp, tuple(obs), pool, s.request)
