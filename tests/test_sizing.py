@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reconciler import logs
+from reconciler.core.advice import advise, run_of
 from reconciler.core.causes import Cause, CauseKind
 from reconciler.core.model import (
     AttemptObs,
@@ -23,6 +24,8 @@ from reconciler.core.planner import plan
 from reconciler.core.reasons import Reason
 from reconciler.core.sizing import Growth, Request, Short, Usage, retry_request, shortfall
 from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
+from reconciler.scheduler.slurm_sacct import parse_sacct
+from reconciler.scheduler.slurm_view import task_sched
 
 from .test_planner import T
 
@@ -127,3 +130,26 @@ def test_a_task_at_the_node_s_memory_is_retried_with_it_again_and_a_pool_stage_s
     pooled = Stage("", tasks, Policy(batch_size=10, initial_delay_s=0.0), 1, pool=True, request=BASE)
     (send,) = plan(Desired(tasks, Policy(), (pooled,)), world, 10.0, Limits()).of(ActionKind.RESUBMIT)
     assert send.request is None
+
+
+def test_advice_on_recorded_sacct_data_counts_the_killed_runs_as_lower_bounds() -> None:
+    """tests/data/slurm/sacct_usage_final.txt (an array under --mem=100M --time=1, see its README),
+    through the real parser: the run killed over its memory and the one that timed out are lower
+    bounds, the exit 3 is ignored, and the advice covers what they needed (usage_task.sh)."""
+    request = Request(100.0, 60.0)
+    runs = []
+    for rec in parse_sacct((Path(__file__).parent / "data" / "slurm" / "sacct_usage_final.txt").read_text()):
+        if rec.token != "tok-usage":
+            continue
+        ts = task_sched(rec)
+        assert ts.usage is not None
+        runs.append(run_of(ts.state, ts.state is not SchedState.COMPLETED, ts.exit_code, None, ts.usage, request))
+    assert [(r.succeeded, r.short) for r in runs] == [(True, None), (False, Short.MEMORY), (False, None), (False, Short.TIME)]
+    a = advise("", runs, request, quantile=0.99, margin=0.2)
+    assert (a.completed, a.out_of_memory, a.timed_out, a.ignored) == (1, 1, 1, 1)
+    # memory: the killed run needed more than its 416 MB peak: p99 unknown, at least that (the only sample is 46 MB)
+    assert a.memory.p99.at_least and a.memory.p99.value is not None and a.memory.p99.value > 400
+    assert a.memory_gb is not None and a.memory_gb * 1024 >= 1.2 * a.memory.p99.value and a.memory_at_least
+    # time: the timed-out run needed more than its 88 s; the completed one took 2 s
+    assert a.time.p99.at_least and a.time.p99.value == 88.0 and a.timeout_hours is not None and a.timeout_hours * 3600 >= 1.2 * 88
+    assert a.time.p50.value == 2.0 and not a.time.p50.at_least
