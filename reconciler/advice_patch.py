@@ -108,6 +108,8 @@ def _set(text: str, path: tuple[str, ...], value: float) -> str:
     for i, part in enumerate(path):
         assert isinstance(node, MappingNode)
         child = _child(node, part)
+        if child is not None and getattr(child, "anchor", None):  # shared: an edit here would change every place that uses it
+            raise ValueError(f"{'.'.join(path[: i + 1])} is shared through a YAML anchor (&{child.anchor}): set the values by hand")
         if child is None:
             if path[0] == "stages" and i < 2:
                 raise ValueError(f"no stage {path[1]!r} in this production")

@@ -305,16 +305,17 @@ class Ledger:
         An attempt already counted is skipped, so a pass killed half-way is safe to repeat."""
         with self.transaction() as db:
             for f in failures:
+                short = f.short.value if f.short else None
                 cur = db.execute(
-                    "UPDATE attempts SET failure_recorded = 1, cause = ? WHERE token = ? AND array_index = ? AND failure_recorded = 0",
-                    (f.cause, f.token, f.array_index),
+                    "UPDATE attempts SET failure_recorded = 1, cause = ?, short = ? WHERE token = ? AND array_index = ? AND failure_recorded = 0",
+                    (f.cause, short, f.token, f.array_index),
                 )
                 if cur.rowcount:
                     req = f.request
                     db.execute(
                         "UPDATE tasks SET failures = failures + 1, last_end = ?, last_reason = ?, last_cause = ?, "
                         "last_short = ?, last_mem_mb = ?, last_time_s = ?, last_peak_mb = ? WHERE key = ?",
-                        (f.end, f.reason, f.cause, f.short.value if f.short else None, req.memory_mb if req else None, req.time_s if req else None, f.peak_mb, f.key),
+                        (f.end, f.reason, f.cause, short, req.memory_mb if req else None, req.time_s if req else None, f.peak_mb, f.key),
                     )
                     db.execute("INSERT INTO events VALUES (?, 'failed', ?, ?)", (now, f.key, f.reason))
 

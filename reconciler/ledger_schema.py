@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     cause TEXT,                     -- core.causes.Cause as JSON, for a failed attempt whose wrapper said why
     max_rss_mb REAL,                -- peak memory, as the scheduler measured it (v5)
     cpu_s REAL,                     -- CPU time, user + system (v5)
+    short TEXT,                     -- a counted failure: what it ran out of (core.sizing.Short) (v5)
     PRIMARY KEY (token, array_index)
 );
 CREATE INDEX IF NOT EXISTS attempts_key ON attempts (key);
@@ -108,7 +109,7 @@ MIGRATE_0_TO_1 = (
 ADDED_IN_2 = (("attempts", "cause", "TEXT"), ("tasks", "last_cause", "TEXT"))
 ADDED_IN_3 = (("submissions", "finished", "REAL"), ("submissions", "logs_pruned", "REAL"))
 ADDED_IN_5 = (
-    ("submissions", "mem_mb", "REAL"), ("submissions", "time_s", "REAL"), ("attempts", "max_rss_mb", "REAL"), ("attempts", "cpu_s", "REAL"),
+    ("submissions", "mem_mb", "REAL"), ("submissions", "time_s", "REAL"), ("attempts", "max_rss_mb", "REAL"), ("attempts", "cpu_s", "REAL"), ("attempts", "short", "TEXT"),
     ("tasks", "last_short", "TEXT"), ("tasks", "last_mem_mb", "REAL"), ("tasks", "last_time_s", "REAL"), ("tasks", "last_peak_mb", "REAL"),
 )
 """Version 2 adds failure causes: columns added in place (ADD COLUMN works on every SQLite a

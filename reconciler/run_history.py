@@ -2,7 +2,8 @@
 asked for and what it used (ledger v5), for `reconcile advise` and the efficiency status shows.
 
 A reader, like ``workers.py``: it decides nothing. Which runs are samples and which are lower
-bounds is ``core.advice.run_of``'s rule; requested against used is ``core.advice.efficiency``'s.
+bounds is ``core.advice.run_of``'s rule (with what each counted failure ran out of, as
+journaled when it was counted: the rule its retry was sized by).
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from reconciler.core import causes
 from reconciler.core.advice import Run, run_of
-from reconciler.core.sizing import Request, Usage
+from reconciler.core.sizing import Request, Short, Usage
 from reconciler.core.states import SchedState
 from reconciler.ledger import Ledger
 
 _ENDED = (
-    "SELECT a.key, a.sched_state, a.failure_recorded, a.exit_code, a.cause, a.start, a.end, a.max_rss_mb, a.cpu_s, s.mem_mb, s.time_s "
+    "SELECT a.key, a.sched_state, a.failure_recorded, a.short, a.start, a.end, a.max_rss_mb, a.cpu_s, s.mem_mb, s.time_s "
     "FROM attempts a JOIN submissions s ON s.token = a.token "
-    "WHERE s.state != 'abandoned' AND a.sched_state IS NOT NULL AND a.sched_state NOT IN ('PENDING', 'RUNNING')"
+    "WHERE s.state != 'abandoned' AND a.sched_state IS NOT NULL AND a.sched_state NOT IN ('PENDING', 'RUNNING') "
+    "ORDER BY a.key, a.attempt"
 )
 
 
@@ -35,11 +36,10 @@ class Ended:
 def ended(ledger: Ledger) -> list[Ended]:
     """Every attempt of the production that ended (abandoned submissions never ran: left out)."""
     out: list[Ended] = []
-    for key, state, counted, code, cause, start, end, rss, cpu, mem, time_s in ledger.db.execute(_ENDED):
+    for key, state, counted, short, start, end, rss, cpu, mem, time_s in ledger.db.execute(_ENDED):
         elapsed = end - start if end is not None and start is not None else None
         request = None if time_s is None else Request(mem, time_s)
-        usage = Usage(elapsed, rss, cpu)
-        run = run_of(SchedState(state), bool(counted), code, causes.loads(cause), usage, request)
+        run = run_of(SchedState(state), bool(counted), Short(short) if short else None, Usage(elapsed, rss, cpu), request, key)
         out.append(Ended(key, run, cpu))
     return out
 
@@ -72,22 +72,22 @@ class Efficiency:
     """Requested against used, over one stage's completed runs that recorded a request."""
 
     runs: int = 0
-    time_asked_s: float = 0.0
+    time_requested_s: float = 0.0
     time_used_s: float = 0.0
     memory_runs: int = 0  # of those, with a memory request and a measured peak
-    memory_asked_mb: float = 0.0
+    memory_requested_mb: float = 0.0
     memory_peak_mb: float = 0.0
 
     def to_json(self) -> dict[str, float | int | None]:
         return {
             "runs": self.runs,
-            "time_requested_hours": round(self.time_asked_s / 3600.0, 4),
+            "time_requested_hours": round(self.time_requested_s / 3600.0, 4),
             "time_used_hours": round(self.time_used_s / 3600.0, 4),
-            "time_used_share": round(self.time_used_s / self.time_asked_s, 4) if self.time_asked_s else None,
+            "time_used_share": round(self.time_used_s / self.time_requested_s, 4) if self.time_requested_s else None,
             "memory_runs": self.memory_runs,
-            "memory_requested_gb": round(self.memory_asked_mb / self.memory_runs / 1024.0, 3) if self.memory_runs else None,
+            "memory_requested_gb": round(self.memory_requested_mb / self.memory_runs / 1024.0, 3) if self.memory_runs else None,
             "memory_peak_gb": round(self.memory_peak_mb / self.memory_runs / 1024.0, 3) if self.memory_runs else None,
-            "memory_used_share": round(self.memory_peak_mb / self.memory_asked_mb, 4) if self.memory_asked_mb else None,
+            "memory_used_share": round(self.memory_peak_mb / self.memory_requested_mb, 4) if self.memory_requested_mb else None,
         }
 
 
@@ -95,15 +95,15 @@ def efficiency(ledger: Ledger, stage_of: Callable[[str], str | None]) -> dict[st
     """Each stage's requested time and memory against what its completed runs used (means per
     run for memory: the peak a task reached against what it asked)."""
     out: dict[str, Efficiency] = {}
-    for key, n, used, asked, mem_n, peak, mem_asked in ledger.db.execute(_USED):
+    for key, n, used, requested, mem_n, peak, mem_requested in ledger.db.execute(_USED):
         stage = stage_of(key)
         if stage is None:
             continue
         e = out.setdefault(stage, Efficiency())
         e.runs += n
         e.time_used_s += used or 0.0
-        e.time_asked_s += asked or 0.0
+        e.time_requested_s += requested or 0.0
         e.memory_runs += mem_n or 0
         e.memory_peak_mb += peak or 0.0
-        e.memory_asked_mb += mem_asked or 0.0
+        e.memory_requested_mb += mem_requested or 0.0
     return out

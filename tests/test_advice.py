@@ -186,7 +186,7 @@ quantiles = st.one_of(
 @given(values.filter(bool), quantiles)
 def test_without_censoring_it_is_the_empirical_quantile(samples: list[float], q: float) -> None:
     ranked = sorted(samples)
-    k = math.ceil(Fraction(q) * len(ranked))  # the smallest k with k/n >= q, exactly
+    k = math.ceil(Fraction(repr(q)) * len(ranked))  # the smallest k with k/n >= q (as written), exactly
     assert quantile(samples, [], q) == Estimate(ranked[k - 1])
 
 
@@ -228,12 +228,13 @@ def test_the_site_ceilings_cap_and_say_so() -> None:
 
 def test_never_below_a_request_that_already_failed() -> None:
     # 100 runs of 10 min and one killed at its 1 h limit: the p99 is 10 min (F = 100/101),
-    # but asking 12 min would kill that task again: the advice is at least the hour it had.
+    # but asking 12 min would kill that task again, and so would the hour it had: the advice is
+    # at least that hour plus the margin.
     runs = [_done(600.0) for _ in range(100)]
     runs.append(Run(3600.0, None, False, Short.TIME, Request(4 * GB, 3600.0)))
     a = advise("s", runs, Request(4 * GB, 3600.0))
     assert a.time.chosen == Estimate(600.0)
-    assert (a.timeout_hours, a.timeout_at_least) == (1.0, True)
+    assert (a.timeout_hours, a.timeout_at_least) == (1.2, True)
 
 
 def test_all_killed_gives_a_lower_bound_plus_the_margin_flagged() -> None:
@@ -408,3 +409,23 @@ def test_a_stage_the_file_does_not_have_is_refused() -> None:
         patched_text("stages:\n  a: {command: x}\n", "nope", campaign=True, timeout_hours=1.0, memory_gb=None)
     with pytest.raises(ValueError):
         patched_text("task: {command: x}\n", "a", campaign=False, timeout_hours=1.0, memory_gb=None)
+
+
+def test_a_bound_below_every_sample_changes_no_quantile() -> None:
+    """The exact path (no bound yet) and the float path (after one) agree: 0.9 of 1..10 is 9."""
+    values = [float(v) for v in range(1, 11)]
+    for q in (0.8, 0.9, 0.5):
+        assert quantile(values, [], q) == quantile(values, [0.0], q) == Estimate(q * 10)
+
+
+def test_a_section_shared_through_a_yaml_anchor_is_not_patched_but_said() -> None:
+    text = (
+        "production: {name: a, version: v1}\n"
+        "shared: &r {memory_gb: 1}\n"
+        "stages:\n"
+        "  gen: {resources: *r, task: {command: echo, outputs: [o]}}\n"
+        "  meas: {resources: *r, task: {command: echo, outputs: [o]}}\n"
+    )
+    with pytest.raises(ValueError, match=r"stages\.gen\.resources is shared through a YAML anchor \(&r\)"):
+        patched_text(text, "gen", campaign=True, timeout_hours=None, memory_gb=2.0)
+    assert "timeout_hours: 0.5" in patched_text(text, "gen", campaign=True, timeout_hours=0.5, memory_gb=None)  # its own section is fine

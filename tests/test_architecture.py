@@ -15,7 +15,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parent.parent / "reconciler"
 MAX_LINES = 400
 LAYERS = ("reconciler.cli", "reconciler.session", "reconciler.engine", "reconciler.core")
-CORE_STDLIB = frozenset({"__future__", "collections", "dataclasses", "enum", "functools", "itertools", "json", "math", "operator", "re", "typing"})
+CORE_STDLIB = frozenset({"__future__", "collections", "dataclasses", "enum", "fractions", "functools", "itertools", "json", "math", "operator", "re", "typing"})
 """What the pure core may use of the standard library: no os, time, random, subprocess, pathlib..."""
 
 

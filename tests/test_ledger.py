@@ -131,7 +131,9 @@ def without_v5(sql: str) -> str:
     return (
         sql.replace("    logs_pruned REAL,               -- when its logs were removed by outputs.cleanup_policy (v3)\n", "    logs_pruned REAL                -- when its logs were removed by outputs.cleanup_policy (v3)\n")
         .replace("    mem_mb REAL,                    -- what its tasks asked: memory (NULL: none asked) (v5)\n    time_s REAL                     -- and timeout (v5)\n", "")
-        .replace("    max_rss_mb REAL,                -- peak memory, as the scheduler measured it (v5)\n    cpu_s REAL,                     -- CPU time, user + system (v5)\n", "")
+        .replace(
+            "    max_rss_mb REAL,                -- peak memory, as the scheduler measured it (v5)\n    cpu_s REAL,                     -- CPU time, user + system (v5)\n"
+            "    short TEXT,                     -- a counted failure: what it ran out of (core.sizing.Short) (v5)\n", "")
         .replace("    last_cause TEXT,                -- the latest failure's cause (JSON), which the planner reads\n", "    last_cause TEXT                 -- the latest failure's cause (JSON), which the planner reads\n")
         .replace(
             "    last_short TEXT,                -- what the latest failure ran out of (core.sizing.Short) (v5)\n"

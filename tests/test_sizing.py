@@ -22,7 +22,15 @@ from reconciler.core.model import (
 from reconciler.core.plan import ActionKind
 from reconciler.core.planner import plan
 from reconciler.core.reasons import Reason
-from reconciler.core.sizing import Growth, Request, Short, Usage, retry_request, shortfall
+from reconciler.core.sizing import (
+    Growth,
+    Request,
+    Short,
+    Usage,
+    at_ceiling,
+    retry_request,
+    shortfall,
+)
 from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
 from reconciler.scheduler.slurm_sacct import parse_sacct
 from reconciler.scheduler.slurm_view import task_sched
@@ -64,6 +72,14 @@ def test_a_retry_grows_only_what_ran_short_by_its_factor_capped_at_the_site_and_
     grown = Request(24 * GB, 3600.0)
     assert retry_request(BASE, grown, None, None, g) == grown  # a node failure after a memory retry: the same request
     assert retry_request(Request(32 * GB, 3600.0), grown, None, None, g).memory_mb == 32 * GB  # the production raised since wins
+    assert retry_request(Request(32 * GB, 3600.0), BASE, Short.MEMORY, None, g).memory_mb == 32 * GB  # ... and is not grown again (not 48)
+    assert retry_request(BASE, Request(40 * GB, 3600.0), Short.MEMORY, None, g).memory_mb == 40 * GB  # never below what failed, ceiling or not
+    assert retry_request(BASE, Request(16 * GB, 4 * 3600.0), Short.TIME, None, g).time_s == 4 * 3600.0
+    assert at_ceiling(Request(30 * GB, 3600.0), Request(30 * GB, 3600.0), Short.MEMORY)
+    assert not at_ceiling(Request(30 * GB, 3600.0), Request(24 * GB, 3600.0), Short.MEMORY)
+    assert not at_ceiling(Request(None, 60.0), Request(None, 60.0), Short.MEMORY)  # no --mem asked: not known to be the most
+    # the SIGKILL rule is for runs the scheduler says FAILED: a cancelled run killed at the end of its grace is not out of memory
+    assert shortfall(SchedState.CANCELLED, 137, None, Usage(9.0, 16 * GB), BASE) is None
     assert retry_request(Request(None, 60.0), Request(None, 60.0), Short.MEMORY, 900.0, g) == Request(1350.0, 60.0)  # no --mem: from the peak
     assert retry_request(Request(None, 60.0), None, Short.MEMORY, None, g) == Request(None, 60.0)  # nothing to grow from
 
@@ -120,13 +136,18 @@ def test_the_settled_history_says_what_ran_short_so_the_same_pass_that_records_a
     assert send.request == Request(24 * GB, 3600.0)
 
 
-def test_a_task_at_the_node_s_memory_is_retried_with_it_again_and_a_pool_stage_s_retries_ask_nothing_of_their_own() -> None:
+def test_a_task_that_ran_short_at_the_site_s_most_is_given_up_at_once_and_a_pool_stage_s_retries_ask_nothing_of_their_own() -> None:
     tasks = [T("t0", 0)]
     hist = {"t0": TaskHistory(1, 1, 0.0, short=Short.MEMORY, request=Request(64 * GB, 3600.0))}
     world = World({"t0": TaskObs(M, SchedState.OUT_OF_MEMORY)}, hist)
     stage = Stage("", tasks, Policy(batch_size=10, initial_delay_s=0.0), 1, request=BASE)
-    (send,) = plan(Desired(tasks, Policy(), (stage,)), world, 10.0, Limits(node_memory_mb=64 * GB)).of(ActionKind.RESUBMIT)
-    assert send.request == Request(64 * GB, 3600.0) and "again: out of memory at the node's memory" in send.note
+    p = plan(Desired(tasks, Policy(), (stage,)), world, 10.0, Limits(node_memory_mb=64 * GB))
+    assert not p.of(ActionKind.RESUBMIT)
+    (gave_up,) = p.of(ActionKind.GIVE_UP)
+    assert (gave_up.reason, gave_up.keys, gave_up.note) == (Reason.AT_CEILING, ("t0",), "")
+    given_up = World(world.tasks, {"t0": TaskHistory(1, 1, 0.0, given_up=True, short=Short.MEMORY, request=Request(64 * GB, 3600.0))})
+    assert plan(Desired(tasks, Policy(), (stage,)), given_up, 10.0, Limits(node_memory_mb=64 * GB)).is_empty  # once
+    assert plan(Desired(tasks, Policy(), (stage,)), world, 10.0, Limits()).of(ActionKind.RESUBMIT)[0].request == Request(96 * GB, 3600.0)  # no ceiling known
     pooled = Stage("", tasks, Policy(batch_size=10, initial_delay_s=0.0), 1, pool=True, request=BASE)
     (send,) = plan(Desired(tasks, Policy(), (pooled,)), world, 10.0, Limits()).of(ActionKind.RESUBMIT)
     assert send.request is None
@@ -143,7 +164,9 @@ def test_advice_on_recorded_sacct_data_counts_the_killed_runs_as_lower_bounds() 
             continue
         ts = task_sched(rec)
         assert ts.usage is not None
-        runs.append(run_of(ts.state, ts.state is not SchedState.COMPLETED, ts.exit_code, None, ts.usage, request))
+        failed = ts.state is not SchedState.COMPLETED
+        short = shortfall(ts.state, ts.exit_code, None, ts.usage, request) if failed else None  # what settle would record
+        runs.append(run_of(ts.state, failed, short, ts.usage, request))
     assert [(r.succeeded, r.short) for r in runs] == [(True, None), (False, Short.MEMORY), (False, None), (False, Short.TIME)]
     a = advise("", runs, request, quantile=0.99, margin=0.2)
     assert (a.completed, a.out_of_memory, a.timed_out, a.ignored) == (1, 1, 1, 1)

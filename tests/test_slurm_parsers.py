@@ -791,14 +791,16 @@ def test_parse_node_memory() -> None:
     assert parse_node_memory("") is None
 
 
-def test_parse_node_memory_takes_the_smallest_node_less_its_reserved_memory() -> None:
-    """Two more nodes, made from the captured line: what a job may have is the smallest."""
+def test_parse_node_memory_takes_the_largest_node_less_its_reserved_memory() -> None:
+    """More nodes, made from the captured line: what a job may have is the largest (Slurm places
+    a job on a node big enough), less the memory the node keeps for the system."""
     line = read("scontrol_show_node.txt").strip()
     small = line.replace("NodeName=vm", "NodeName=small").replace("RealMemory=24005", "RealMemory=16000 MemSpecLimit=1000")
+    big = line.replace("NodeName=vm", "NodeName=big").replace("RealMemory=24005", "RealMemory=64000 MemSpecLimit=2000")
     unset = line.replace("NodeName=vm", "NodeName=unset").replace("RealMemory=24005", "RealMemory=1")  # Slurm's default: unknown
-    other = small.replace("Partitions=debug,short,long", "Partitions=gpu")
-    assert parse_node_memory("\n".join([line, small, unset])) == 15000
-    assert parse_node_memory("\n".join([line, other, unset]), "debug") == 24005
+    other = big.replace("Partitions=debug,short,long", "Partitions=gpu")
+    assert parse_node_memory("\n".join([line, small, big, unset])) == 62000
+    assert parse_node_memory("\n".join([line, small, other, unset]), "debug") == 24005
     assert parse_node_memory(unset) is None
 
 
@@ -825,7 +827,7 @@ class ScontrolCLI(SlurmCLI):
 def test_site_ceilings() -> None:
     nodes = (0, read("scontrol_show_node.txt"), "")
     short = ScontrolCLI((0, read("scontrol_show_partition_short.txt"), ""), nodes)
-    assert short.site_ceilings("short") == (24005.0, 1800.0)
+    assert short.site_ceilings("short") == (24005.0, 1800.0 - 120.0)  # MaxTime 30 min less the 2 min --time adds to a timeout
     assert short.calls == [["scontrol", "-o", "show", "partition", "short"], ["scontrol", "-o", "show", "node"]]
     default = ScontrolCLI((0, read("scontrol_show_partition_limits.txt"), ""), nodes)
     assert default.site_ceilings(None) == (24005.0, None)  # debug, the default: MaxTime=UNLIMITED
@@ -835,7 +837,7 @@ def test_site_ceilings() -> None:
 def test_site_ceilings_are_capped_by_the_partitions_max_mem_per_node() -> None:
     capped = read("scontrol_show_partition_short.txt").replace("MaxMemPerNode=UNLIMITED", "MaxMemPerNode=8000")
     cli = ScontrolCLI((0, capped, ""), (0, read("scontrol_show_node.txt"), ""))
-    assert cli.site_ceilings("short") == (8000.0, 1800.0)
+    assert cli.site_ceilings("short") == (8000.0, 1680.0)
 
 
 def test_site_ceilings_unknown_when_slurm_does_not_answer() -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from reconciler.cli.advice_text import render_markdown, render_text
 from reconciler.cli.options import add_scheduler, add_source, options
-from reconciler.errors import EXIT_OK
+from reconciler.errors import EXIT_INVALID, EXIT_OK
 from reconciler.session.advise import read_advice
 
 EXAMPLE = "reconcile advise mocks --stage measure --quantile 0.99 --margin 0.2 --patch > advice.patch && git apply advice.patch"
@@ -18,17 +19,24 @@ EXAMPLE = "reconcile advise mocks --stage measure --quantile 0.99 --margin 0.2 -
 def cmd_advise(args: argparse.Namespace) -> int:
     report = read_advice(options(args), args.name, stage=args.stage, quantile=args.quantile, margin=args.margin)
     if args.json:
-        doc = {"production": report.name, "file": report.file, "stages": [a.to_json() for a in report.advice], "patch": report.patch}
+        doc = {"production": report.name, "file": report.file, "stages": [a.to_json() for a in report.advice], "patch": report.patch, "patch_problem": report.patch_problem}
         print(json.dumps(doc, indent=2, sort_keys=True))
     elif args.patch:
+        if report.patch_problem:
+            print(report.patch_problem, file=sys.stderr)
+            return EXIT_INVALID
         print(report.patch, end="")
     elif args.markdown:
         print(render_markdown(report.advice))
         if report.patch:
             print(f"Change to `{report.file}`:\n\n```diff\n{report.patch}```")
+        elif report.patch_problem:
+            print(report.patch_problem)
     else:
         print(render_text(report.advice), end="")
-        if report.patch:
+        if report.patch_problem:
+            print(report.patch_problem)
+        elif report.patch:
             print(f"A patch of {report.file} sets these: `reconcile advise {args.name} --patch | git apply` (--markdown for a pull request)")
         else:
             print(f"{report.file} already asks what these runs advise: nothing to change")

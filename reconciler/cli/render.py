@@ -57,12 +57,12 @@ def status_text(name: str, summary: Mapping[str, Any], verbose: bool, pdir: Path
         )
         lines += [f"    {st:<14} {u['used']:.3f} used, {u['wasted']:.3f} wasted" for st, u in pool["stages"].items() if st]
     for st, e in (summary.get("efficiency") or {}).items():
-        share = e["time_used_share"]
-        line = f"  requested vs used{' (' + st + ')' if st else ''}: time {share:.0%} of {e['time_requested_hours']:.3g} h" if share is not None else ""
+        parts = [f"time {e['time_used_share']:.0%} of {e['time_requested_hours']:.3g} h"] if e["time_used_share"] is not None else []
         if e["memory_used_share"] is not None:
-            line += f"; memory {e['memory_used_share']:.0%} of {e['memory_requested_gb']:.3g} GB (peak {e['memory_peak_gb']:.3g} GB per run)"
-        if line:
-            lines.append(f"{line}, {e['runs']} completed run(s); `reconcile advise` says what to ask")
+            parts.append(f"memory {e['memory_used_share']:.0%} of {e['memory_requested_gb']:.3g} GB (peak {e['memory_peak_gb']:.3g} GB per run)")
+        if parts:
+            where = f" ({st})" if st else ""
+            lines.append(f"  requested vs used{where}: {'; '.join(parts)}, {e['runs']} completed run(s); `reconcile advise` says what to ask")
     lines += _causes_text(summary.get("causes", []), verbose)
     if summary["failures"]:
         lines.append("  failures:")

@@ -10,7 +10,8 @@ estimated as right-censored data, with the Kaplan-Meier product-limit estimator:
 runs are samples, killed runs are lower bounds.
 
 The recommendation is the chosen quantile plus a margin, rounded up to what a production file
-says (0.1 GB, 4 decimals of an hour), never below a request that already failed, and capped at
+says (0.1 GB, 4 decimals of an hour), never below a request that already failed plus the margin
+(asking just what failed would fail again), and capped at
 the site's ceiling. When the quantile lies beyond every sample (the largest runs were all
 killed), it is not known: advice then says "at least" the largest bound plus the margin, and
 flags it, rather than inventing a number.
@@ -25,10 +26,10 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
-from reconciler.core.causes import Cause
-from reconciler.core.sizing import Growth, Request, Short, Usage, duration, gb, shortfall
+from reconciler.core.sizing import Growth, Request, Short, Usage, duration, gb
 from reconciler.core.states import SchedState
 
 REPORTED = (0.5, 0.95, 0.99)
@@ -46,15 +47,16 @@ class Run:
     succeeded: bool  # completed with its outputs certified: a sample on both axes
     short: Short | None  # failed for want of memory or time: a lower bound (censored), not a sample
     request: Request | None  # what it asked for (None: unknown, recorded before requests were)
+    task: str = ""  # its task's key: a task is one observation, however many attempts it took ("": a task of its own)
 
 
-def run_of(state: SchedState, counted_failure: bool, exit_code: int | None, cause: Cause | None, usage: Usage, request: Request | None) -> Run:
+def run_of(state: SchedState, counted_failure: bool, short: Short | None, usage: Usage, request: Request | None, task: str = "") -> Run:
     """What one ended attempt tells: completed with its outputs certified (its failure not
-    counted: COMPLETED without a marker is a failure) is a sample; killed for want of memory or
-    time (core.sizing.shortfall, the rule retries read) is a lower bound; anything else, nothing."""
+    counted: COMPLETED without a marker is a failure) is a sample; a counted failure that ran
+    short of memory or time (``short``: what core.sizing.shortfall read when it was counted,
+    the rule its retry was sized by) is a lower bound; anything else, nothing."""
     succeeded = state is SchedState.COMPLETED and not counted_failure
-    short = None if succeeded else shortfall(state, exit_code, cause, usage, request)
-    return Run(usage.elapsed_s, usage.max_rss_mb, succeeded, short, request)
+    return Run(usage.elapsed_s, usage.max_rss_mb, succeeded, short if counted_failure else None, request, task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +88,7 @@ def quantile(samples: Sequence[float], bounds: Sequence[float], q: float) -> Est
     returned, flagged ``at_least``.
 
     Until the first bound leaves the risk set S is the exact share still at risk, compared with
-    q's exact binary value, so a quantile never moves by a rounding error (0.99 of 100 runs is
+    q as written (0.9 is 9/10), so a quantile never moves by a rounding error (0.99 of 100 runs is
     the 99th, not the 100th); after it, a float product (``_EPS``).
     """
     if not 0.0 < q <= 1.0:
@@ -99,7 +101,8 @@ def _product_limit(samples: Sequence[float], bounds: Sequence[float], q: float) 
         return Estimate(None)
     ends, censored = Counter(samples), Counter(bounds)
     at_risk = len(samples) + len(bounds)
-    qa, qb = q.as_integer_ratio()
+    exact_q = Fraction(repr(q))  # 0.9 is nine tenths, as a person means it, not its binary value (a hair above)
+    qa, qb = exact_q.numerator, exact_q.denominator
     survival = 1.0  # S, once a bound has left the risk set (before: exactly at_risk / n)
     exact = True
     n = at_risk
@@ -238,26 +241,36 @@ def advise(
     completed = oom = timeout = ignored = 0
     lost_s = 0.0
     ran: list[float] = []  # completed runs' elapsed times
-    for run in runs:
-        asked = run.request
+    by_task: dict[str, list[Run]] = {}
+    for i, run in enumerate(runs):
+        by_task.setdefault(run.task or f"#{i}", []).append(run)
         if run.succeeded:
             completed += 1
-            _add(t_samples, run.elapsed_s)
-            _add(m_samples, run.max_rss_mb)
             if run.elapsed_s is not None:
                 ran.append(run.elapsed_s)
-        elif run.short is Short.MEMORY:
-            oom += 1
-            _add(m_bounds, _larger(run.max_rss_mb, asked.memory_mb if asked else None))
-            _add(t_bounds, run.elapsed_s)
-            lost_s += run.elapsed_s or 0.0
-        elif run.short is Short.TIME:
-            timeout += 1
-            _add(t_bounds, _larger(run.elapsed_s, asked.time_s if asked else None))
-            _add(m_bounds, run.max_rss_mb)
+        elif run.short is not None:
+            oom += run.short is Short.MEMORY
+            timeout += run.short is Short.TIME
             lost_s += run.elapsed_s or 0.0
         else:
             ignored += 1
+    for attempts in by_task.values():  # one observation per task: a task that ran out, then completed, is its success
+        done = [r for r in attempts if r.succeeded]
+        if done:
+            _add(t_samples, done[-1].elapsed_s)
+            _add(m_samples, done[-1].max_rss_mb)
+            continue
+        t_bound = m_bound = None
+        for r in attempts:
+            asked = r.request
+            if r.short is Short.MEMORY:
+                m_bound = _larger(m_bound, _larger(r.max_rss_mb, asked.memory_mb if asked else None))
+                t_bound = _larger(t_bound, r.elapsed_s)
+            elif r.short is Short.TIME:
+                t_bound = _larger(t_bound, _larger(r.elapsed_s, asked.time_s if asked else None))
+                m_bound = _larger(m_bound, r.max_rss_mb)
+        _add(t_bounds, t_bound)
+        _add(m_bounds, m_bound)
     time = _axis(t_samples, t_bounds, quantile)
     memory = _axis(m_samples, m_bounds, quantile)
     hours, hours_least, hours_capped = _timeout(time, margin, current.time_s, growth.max_time_s)
@@ -289,16 +302,18 @@ def _larger(a: float | None, b: float | None) -> float | None:
 
 
 def _target(axis: Axis, margin: float, current: float | None) -> tuple[float, bool] | None:
-    """The chosen quantile plus the margin, never below the largest bound (a request that
-    already failed: asking less would fail again); ``at_least`` when a bound set it. A lower
-    bound never lowers the ``current`` request: it says how much more is needed, not that
-    less would do (runs killed early for memory say little of their run time)."""
+    """The chosen quantile plus the margin, never below the largest bound plus the margin (a
+    request that already failed, plus what any estimate gets: asking just that would fail
+    again); ``at_least`` when a bound set it. A lower bound never lowers the ``current``
+    request: it says how much more is needed, not that less would do (runs killed early for
+    memory say little of their run time)."""
     est = axis.chosen
     if est.value is None:
         return None
     value, at_least = est.value * (1.0 + margin), est.at_least
-    if axis.largest_bound is not None and value < axis.largest_bound:
-        value, at_least = axis.largest_bound, True
+    floor = axis.largest_bound * (1.0 + margin) if axis.largest_bound is not None else None
+    if floor is not None and value < floor:
+        value, at_least = floor, True
     if at_least and current is not None:
         value = max(value, current)
     return value, at_least
@@ -336,7 +351,3 @@ def _memory(axis: Axis, margin: float, current_mb: float | None, ceiling_mb: flo
     if ceiling_mb is not None and memory * 1024.0 > ceiling_mb:
         return max(_down(ceiling_mb / 1024.0, 1), 0.1), target[1], True
     return memory, target[1], False
-
-
-# ---- rendering: a table per stage, for a terminal or a pull request's description
-

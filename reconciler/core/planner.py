@@ -23,6 +23,7 @@ Then stage by stage (Desired.stage_list, each by its own policy), per task, in t
                                    after out-of-memory, more time after a timeout, each capped at the
                                    site's; else its last attempt's request), one array per request
   failed, retries exhausted     -> GIVE_UP once, then nothing
+  ran short at the site's most  -> GIVE_UP at once (at_ceiling: its retry would ask what already failed)
   failed, retrying cannot fix   -> GIVE_UP at once (command not found / not executable: core.causes)
   failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
   ended, no failure, no outputs -> RESUBMIT at once (its outputs were deleted after it completed)
@@ -63,7 +64,7 @@ from reconciler.core.pool import expected_runtime, live, plan_workers
 from reconciler.core.readiness import Gate, Readiness
 from reconciler.core.reasons import Reason
 from reconciler.core.settle import Settled, history_of, settle
-from reconciler.core.sizing import Growth, Request, explain, retry_request
+from reconciler.core.sizing import Growth, Request, at_ceiling, explain, retry_request
 from reconciler.core.states import OutputState, SchedState
 
 
@@ -123,16 +124,19 @@ class _Sorted:
         if self.gate.ready(task):
             self.sends.setdefault(reason, []).append(task)
 
+    def request_for(self, hist: TaskHistory) -> Request | None:
+        """What a failed task's retry asks (core.sizing.retry_request); None: the stage's own.
+        A pool-mode stage's tasks run in its workers, whose request is the pool's."""
+        if self.stage.pool or (hist.request is None and hist.short is None):
+            return None
+        return retry_request(self.stage.request, hist.request, hist.short, hist.peak_mb, self.growth)
+
     def retry(self, reason: Reason, task: DesiredTask, hist: TaskHistory) -> None:
         """Send a failed task again, asking what its failure says it needs (core.sizing): more
-        memory after out-of-memory, more time after a timeout, else what its last attempt asked.
-        A pool-mode stage's tasks run in its workers, whose request is the pool's."""
+        memory after out-of-memory, more time after a timeout, else what its last attempt asked."""
         self.send(reason, task)
-        base = self.stage.request
-        if self.stage.pool or (hist.request is None and hist.short is None):
-            return
-        new = retry_request(base, hist.request, hist.short, hist.peak_mb, self.growth)
-        if new != base:
+        new = self.request_for(hist)
+        if new is not None and new != self.stage.request:
             self.resized[task.key] = (new, explain(new, hist.request, hist.short, hist.peak_mb))
 
     def mark(self, reason: Reason, key: str) -> None:
@@ -157,9 +161,12 @@ class _Sorted:
     def decide(self, actions: list[Action], notes: list[Note]) -> None:
         """Everything but the sends: journaled decisions, waits (one per reason), notes."""
         retries, keys = f"max_retries={self.stage.policy.max_retries}", self.keys
-        kinds = ((ActionKind.WAIVE, Reason.MANUAL_RETRY), (ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED), (ActionKind.WAIT, Reason.BACKOFF), (ActionKind.WAIT, Reason.AWAITING_SCHEDULER))
+        kinds = (
+            (ActionKind.WAIVE, Reason.MANUAL_RETRY), (ActionKind.GIVE_UP, Reason.RETRIES_EXHAUSTED), (ActionKind.GIVE_UP, Reason.AT_CEILING),
+            (ActionKind.WAIT, Reason.BACKOFF), (ActionKind.WAIT, Reason.AWAITING_SCHEDULER),
+        )
         out = [
-            Action(kind, r, tuple(keys[r]), until=self.backoff_until if r is Reason.BACKOFF else None, note=retries if kind is not ActionKind.WAIT else "")
+            Action(kind, r, tuple(keys[r]), until=self.backoff_until if r is Reason.BACKOFF else None, note=retries if r in (Reason.RETRIES_EXHAUSTED, Reason.MANUAL_RETRY) else "")
             for kind, r in kinds if r in keys
         ]
         if self.cannot_run:
@@ -257,6 +264,10 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
             if hist.failures > pol.max_retries:
                 if not hist.given_up:
                     s.mark(Reason.RETRIES_EXHAUSTED, key)
+                continue
+            if hist.short is not None and (new := s.request_for(hist)) is not None and at_ceiling(new, hist.request, hist.short):
+                if not hist.given_up:
+                    s.mark(Reason.AT_CEILING, key)  # the site has no more to give: a retry would fail the same way
                 continue
             # the backoff runs from the end of the latest failure (0 once `reconcile retry` waived it)
             deadline = (hist.last_end if hist.last_end is not None else 0.0) + pol.delay(max(hist.failures, 1))

@@ -33,6 +33,7 @@ class Reason(StrEnum):
     LEGACY_COMPLETED = "legacy_completed"
     RETRIES_EXHAUSTED = "retries_exhausted"
     CANNOT_RUN = "cannot_run"
+    AT_CEILING = "at_ceiling"
     # waiting
     BACKOFF = "backoff"
     QUEUE_CAP = "queue_cap"
@@ -82,6 +83,11 @@ MESSAGES: dict[Reason, str] = {
     Reason.CANNOT_RUN: (
         "the command cannot run (not found or not executable), which retrying cannot fix: "
         "given up at once; fix the command or its environment, then `reconcile retry`"
+    ),
+    Reason.AT_CEILING: (
+        "ran out of memory or time while asking the most the site gives (the node's memory, the partition's "
+        "time limit): retrying cannot fix it, given up at once; make the task smaller, or raise the machine "
+        "defaults' node_memory_gb / max_time_hours if the site has more, then `reconcile retry`"
     ),
     Reason.BACKOFF: "failed; waiting for backoff before retrying",
     Reason.QUEUE_CAP: "queue cap reached",

@@ -83,10 +83,14 @@ def shortfall(
     """What a failed attempt ran out of, if that is why it failed (see the module docstring).
     ``scheduler_said``: Slurm's own lines in its stderr (``slurmstepd: ... Exceeded job memory
     limit``), which say it when accounting has not measured the peak yet."""
-    if sched is SchedState.OUT_OF_MEMORY or any(w in line.lower() for line in scheduler_said for w in MEMORY_WORDS):
+    if sched is SchedState.OUT_OF_MEMORY:
         return Short.MEMORY
     if sched is SchedState.TIMEOUT or (cause is not None and cause.kind is CauseKind.TIMEOUT):
         return Short.TIME
+    if sched is not SchedState.FAILED:  # cancelled, preempted, a node failure: killed, but not for its size
+        return None
+    if any(w in line.lower() for line in scheduler_said for w in MEMORY_WORDS):
+        return Short.MEMORY
     killed = exit_code == 128 + SIGKILL or (cause is not None and cause.kind is CauseKind.SIGNAL and cause.detail == "SIGKILL")
     peak = usage.max_rss_mb if usage is not None else None
     limit = request.memory_mb if request is not None else None
@@ -98,21 +102,30 @@ def shortfall(
 def retry_request(base: Request, last: Request | None, short: Short | None, peak_mb: float | None, growth: Growth) -> Request:
     """The request of a failed task's next attempt.
 
-    The latest attempt's request (else the stage's), never below the stage's current one (a
-    production raised since is obeyed), with the dimension that ran short grown by its
-    factor and capped at the site's ceiling. Out of memory with no memory asked grows from
-    the peak seen, when there is one.
+    The latest attempt's request (else the stage's) with the dimension that ran short grown by
+    its factor, capped at the site's ceiling but never below what already failed; then never
+    below the stage's current request (a production raised since is obeyed, not grown again).
+    Out of memory with no memory asked grows from the peak seen, when there is one.
     """
     prev = last if last is not None else base
-    mem = _larger(prev.memory_mb, base.memory_mb)
-    time_s = max(prev.time_s, base.time_s)
+    mem, time_s = prev.memory_mb, prev.time_s
     if short is Short.MEMORY:
         start = mem if mem is not None else peak_mb
         if start is not None:
-            mem = _cap(math.ceil(start * growth.memory_factor), growth.node_memory_mb)
+            mem = max(start, _cap(math.ceil(start * growth.memory_factor), growth.node_memory_mb))
     elif short is Short.TIME:
-        time_s = _cap(time_s * growth.time_factor, growth.max_time_s)
-    return Request(mem, time_s)
+        time_s = max(time_s, _cap(time_s * growth.time_factor, growth.max_time_s))
+    return Request(_larger(mem, base.memory_mb), max(time_s, base.time_s))
+
+
+def at_ceiling(new: Request, last: Request | None, short: Short | None) -> bool:
+    """The retry of a task that ran short would ask what already failed: the site has no more
+    to give (retrying cannot fix it; core.planner gives such a task up at once)."""
+    if last is None or short is None:
+        return False
+    if short is Short.MEMORY:
+        return last.memory_mb is not None and new.memory_mb == last.memory_mb  # no --mem asked: not known to be the most
+    return new.time_s == last.time_s
 
 
 def _larger(a: float | None, b: float | None) -> float | None:

@@ -20,7 +20,7 @@ from reconciler import outputs as output_tree
 from reconciler.core import causes
 from reconciler.core.model import EMPTY_HISTORY, AttemptObs, Desired, SubmissionObs, TaskObs, World
 from reconciler.core.outcome import classify, validate_deeply
-from reconciler.core.sizing import Usage
+from reconciler.core.sizing import SIGKILL, Usage
 from reconciler.core.states import Outcome, OutputState, SchedState, SubmissionKind, SubmissionState
 from reconciler.core.verification import cursor_of, sample
 from reconciler.ledger import Attempt, Ledger, Seen, Submission
@@ -34,7 +34,7 @@ SITE_PROBE_KEY = "site_max_array_size"
 SITE_CEILINGS_KEY = "site_ceilings"  # "<when>:<node memory MB>:<partition MaxTime s>", either empty when unknown
 SITE_PROBE_EVERY_S = 86400.0
 VANISHED = "vanished: the scheduler has no record of it"
-KILLED = 128 + 9  # SIGKILL: how a run killed for memory without cgroups ends (core.sizing)
+KILLED = 128 + SIGKILL  # how a run killed for memory without cgroups ends (core.sizing)
 VERIFY_CURSOR_KEY = "verify_cursor"
 
 Verify = Literal["sample", "all"] | frozenset[str] | None
@@ -108,6 +108,7 @@ class Observed:
     seen: list[Seen] = field(default_factory=list)  # scheduler answers that differ from the journal
     finished: list[str] = field(default_factory=list)  # submissions whose every attempt has now ended
     probed: bool = False  # the site limit was asked of the scheduler this pass
+    ceilings_probed: bool = False  # the site's ceilings were asked too (world.site_ceilings), for apply to journal
     verified: tuple[str, ...] = ()  # completed tasks deep-verified this pass (the failures are world.corrupt)
     verify_cursor: int | None = None  # the rotation's new cursor, for apply to keep; None: unchanged
     worker_seen: list[WorkerSeen] = field(default_factory=list)  # the pool's workers' answers that differ from the journal
@@ -156,7 +157,7 @@ class Observer:
         refs += workers.refs(pool_workers, self.production)  # the pool's workers: in the same (at most two) reads
         view = self.scheduler.observe(refs) if refs else SchedulerView()
         site, probed = self._site_max_array_size(now)
-        ceilings = self._site_ceilings(probed)
+        ceilings, ceilings_probed = self._site_ceilings(probed)
 
         seen: list[Seen] = []
         current: dict[tuple[str, int], TaskSched] = {}
@@ -214,7 +215,7 @@ class Observer:
         # run times only while a pool stage has work left: a pass over a finished production reads nothing more
         runtimes = self._runtimes(out) if self.pooled and _done(out) < len(self.tasks) else {}
         world = World(tasks, history, tuple(submissions), site, corrupt, self.ledger.logs_kept(), missing, partial, worker_obs, runtimes, ceilings)
-        return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, verified, cursor, worker_seen)
+        return Observed(self.desired, world, latest, {s.token: s for s in open_subs}, seen, finished, probed, ceilings_probed, verified, cursor, worker_seen)
 
     def _runtimes(self, out: Mapping[str, OutputState]) -> dict[str, list[float]]:
         """The run times of each stage's tasks that completed in a pool and are complete now (a
@@ -298,12 +299,13 @@ class Observer:
                 return (int(raw) if raw else None), False
         return self.scheduler.max_array_size(), True
 
-    def _site_ceilings(self, probe: bool) -> tuple[float | None, float | None]:
+    def _site_ceilings(self, probe: bool) -> tuple[tuple[float | None, float | None], bool]:
         """The most memory a node has and the partition's time limit (what a retry may ask at
-        most), asked with MaxArraySize, at most once a day; (None, None) when unknown."""
-        if probe:
-            return self.scheduler.site_ceilings(self.partition)
-        return site_ceilings_of(self.ledger)
+        most; (None, None) when unknown), asked with MaxArraySize at most once a day, and at
+        once when the ledger has none (one written before they were asked). (value, asked)."""
+        if probe or self.ledger.get_meta(SITE_CEILINGS_KEY) is None:
+            return self.scheduler.site_ceilings(self.partition), True
+        return site_ceilings_of(self.ledger), False
 
 
 def site_ceilings_of(ledger: Ledger) -> tuple[float | None, float | None]:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from reconciler.errors import NotSubmitted, SubmitRejected, TransientError, UsageError
 from reconciler.scheduler.base import ArrayJob, JobRef, SchedulerView
-from reconciler.scheduler.script import array_spec
+from reconciler.scheduler.script import TIMEOUT_GRACE_MINUTES, array_spec
 from reconciler.scheduler.slurm_parse import (
     INVALID_JOB_ID,
     SQUEUE_FORMAT,
@@ -280,9 +280,11 @@ class SlurmCLI:
         partition [P]`` and ``scontrol -o show node``, meant to be made rarely (the caller
         caches them, like MaxArraySize).
 
-        ``partition`` None is the site's default partition. The memory is the smallest of the
+        ``partition`` None is the site's default partition. The memory is the largest of the
         partition's nodes (all nodes when no partition is named and the site has no default),
-        capped by the partition's MaxMemPerNode. Each is None when unlimited or unknown, and both are
+        capped by the partition's MaxMemPerNode. The time is MaxTime less the grace Slurm's
+        --time adds to a task's timeout (script.slurm_time), so a timeout grown to it still
+        fits the partition. Each is None when unlimited or unknown, and both are
         None when Slurm does not answer or names no such partition: a ceiling is advice, so
         its absence never stops a pass.
         """
@@ -301,5 +303,5 @@ class SlurmCLI:
             memory = cap if memory is None else min(memory, cap)
         return (
             float(memory) if memory is not None else None,
-            minutes * 60.0 if minutes is not None else None,
+            max(60.0, (minutes - TIMEOUT_GRACE_MINUTES) * 60.0) if minutes is not None else None,
         )

@@ -135,12 +135,13 @@ def parse_partitions(text: str) -> Partitions:
 
 
 def parse_node_memory(text: str, partition: str | None = None) -> int | None:
-    """``scontrol show node -o`` -> the smallest memory a job may have on one node, in MB.
+    """``scontrol show node -o`` -> the most memory a job may have on one node, in MB.
 
     A node's is its RealMemory less its MemSpecLimit (memory kept for the system, where
-    set); the smallest over the nodes listed (of ``partition`` only, by each node's
-    ``Partitions=``, when given) is what a retry that asks more memory may ask, wherever it
-    lands. A RealMemory of 1 is Slurm's default for a node whose memory was never
+    set); the largest over the nodes listed (of ``partition`` only, by each node's
+    ``Partitions=``, when given) is what a retry that asks more memory may ask: Slurm places
+    a job on a node big enough, so in a partition of 32 GB and 256 GB nodes a task that needs
+    64 GB still runs. A RealMemory of 1 is Slurm's default for a node whose memory was never
     configured: it says nothing and is skipped. None when no node says.
     """
     sizes: list[int] = []
@@ -154,4 +155,4 @@ def parse_node_memory(text: str, partition: str | None = None) -> int | None:
         if real is None or real <= 1:
             continue
         sizes.append(real - (_limit(kv.get("MemSpecLimit", "")) or 0))
-    return min(sizes) if sizes else None
+    return max(sizes) if sizes else None

@@ -158,7 +158,7 @@ def merge_view(
     job exists: it is not spread over indices, and it does not trigger the inference above.
 
     What a task used is only in sacct, and a task that ended is first seen ended in squeue
-    (for MinJobAge), where the engine journals its end and never asks again: so sacct's
+    (for MinJobAge), and the engine stops asking once every task of its submission has ended: so sacct's
     usage is attached to squeue's ended task of the same index when sacct has that run
     ended too (same start; sacct may not have it yet, and then usage stays None).
     """
@@ -235,8 +235,8 @@ def needs_accounting(ref: JobRef, job_id: str, squeue: Sequence[SlurmRecord]) ->
     (ended more than MinJobAge ago, or never recorded); without them, any array job may have
     purged tasks, so only a non-array job seen in squeue is fully answered. A task squeue
     shows ended needs sacct too, for what it used (its MaxRSS and CPU time are only in
-    accounting): the engine journals that end in this pass and never asks about the task
-    again, so this pass's one sacct read is the only chance to learn it.
+    accounting), and the engine stops asking once every task of its submission has ended: a
+    pass that sees ended tasks may be the last to ask. Still one sacct read a pass at most.
     """
     recs = [r for r in squeue if r.job_id == job_id]
     if not recs:

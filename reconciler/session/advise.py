@@ -27,7 +27,8 @@ class AdviceReport:
     name: str
     advice: tuple[StageAdvice, ...]
     file: str  # the production file, relative to the repository's root
-    patch: str  # a unified diff of it that `git apply`s; "" when nothing would change
+    patch: str  # a unified diff of it that `git apply`s; "" when nothing would change (or it cannot be made)
+    patch_problem: str | None = None  # why no patch could be made (a section shared through a YAML anchor): set the values by hand
 
 
 @dataclass
@@ -69,7 +70,11 @@ def read_advice(opts: Options, name: str, *, stage: str | None = None, quantile:
             s.name, [r.run for r in runs.get(s.name, [])], request_of(spec), quantile=quantile, margin=margin,
             nodes=spec.resources.nodes_per_job or 1, growth=growth, pool=spec.execution.mode == "pool",
         ))
-    return AdviceReport(name, tuple(out), loaded.file, _patch(opts, name, loaded.file, loaded.text, out, bool(loaded.spec.stages)))
+    try:
+        patch, problem = _patch(opts, name, loaded.file, loaded.text, out, bool(loaded.spec.stages)), None
+    except ValueError as exc:  # the file's shape is not one a value can be set in alone
+        patch, problem = "", f"no patch of {loaded.file}: {exc}"
+    return AdviceReport(name, tuple(out), loaded.file, patch, problem)
 
 
 def _patch(opts: Options, name: str, path: str, text: str, advice: list[StageAdvice], campaign: bool) -> str:
