@@ -12,6 +12,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+from reconciler.core.sizing import Request
 from reconciler.core.states import SubmissionKind, SubmissionState
 from reconciler.ledger import Ledger, Submission
 
@@ -28,11 +29,13 @@ def rebuild(ledger: Ledger, production_dir: Path, backend: str, now: float) -> i
             doc = json.loads(path.read_text(encoding="utf-8"))
             token = str(doc["token"])
             tasks = [(int(i), str(t["key"])) for i, t in doc["tasks"].items()]
+            memory = doc.get("memory_mb")
+            request = Request(None if memory is None else float(memory), float(doc["timeout_s"])) if "timeout_s" in doc else None
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
-        sub = Submission(
+        sub = Submission(  # with what its tasks asked: a retry grown for memory or time stays grown
             token, int(doc.get("batch", 0)), SubmissionKind.REBUILT, SubmissionState.RECORDED, None, backend,
-            str(path.with_suffix(".sh")), str(path), path.stat().st_mtime, None,
+            str(path.with_suffix(".sh")), str(path), path.stat().st_mtime, None, request,
         )
         try:
             ledger.record_submission(sub, sorted(tasks))

@@ -7,6 +7,9 @@ import json
 import sqlite3
 from pathlib import Path
 
+from reconciler import recovery
+from reconciler.ledger import Ledger
+
 from .conftest import git
 from .test_loop_local import env_for, reconcile, wait_quiet, watched_to_the_end
 
@@ -50,6 +53,10 @@ def test_a_task_that_times_out_is_retried_with_twice_the_time_and_completes(repo
     last = json.loads(manifests[-1].read_text())
     assert [t["key"] for t in last["tasks"].values()] == ["r0002/z0.500"] and last["timeout_s"] == 3.6
     wait_quiet(tmp_path / "spool")
+    # a ledger rebuilt from logs/ keeps what each submission asked (the manifest says it)
+    with Ledger(tmp_path / "rebuilt.db") as rebuilt:
+        assert recovery.rebuild(rebuilt, prod_dir, "local", 0.0) == len(manifests)
+        assert sorted(s.request.time_s for s in rebuilt.submissions() if s.request) == [1.8, 3.6]
     # status: requested vs used, over the completed runs (the timed-out one is not one)
     eff = json.loads(reconcile(repo, env, "status", "timed", "--json").stdout)["efficiency"][""]
     assert eff["runs"] == 3 and eff["time_requested_hours"] == round((1.8 + 1.8 + 3.6) / 3600, 4)

@@ -246,6 +246,7 @@ def render_manifest(
         "lease_generation": generation,
         "production_dir": str(production_dir),
         "timeout_s": prod.execution.timeout_hours * 3600.0,
+        "memory_mb": request_of(prod).memory_mb,  # what its tasks asked (the ledger's too; a rebuilt one reads it here)
         "env": dict(sorted(prod.the_task.env.items())),
         "compression": prod.outputs.compression,  # the wrapper sets RECONCILER_COMPRESSION
         "shell": prod.the_task.shell,  # the wrapper exports the production dir instead of substituting it
