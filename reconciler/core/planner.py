@@ -137,7 +137,7 @@ class _Sorted:
         self.send(reason, task)
         new = self.request_for(hist)
         if new is not None and new != self.stage.request:
-            self.resized[task.key] = (new, explain(new, hist.request, hist.short, hist.peak_mb))
+            self.resized[task.key] = (new, explain(new, hist.request or self.stage.request, hist.short, hist.peak_mb))
 
     def mark(self, reason: Reason, key: str) -> None:
         self.keys.setdefault(reason, []).append(key)

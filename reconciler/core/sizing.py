@@ -165,5 +165,5 @@ def explain(new: Request, last: Request | None, short: Short | None, peak_mb: fl
     if short is Short.TIME:
         if last is not None and new.time_s == last.time_s:
             return f"with {duration(new.time_s)} again: timed out at the partition's time limit"
-        return f"with {duration(new.time_s)}: timed out at {duration(last.time_s if last is not None else new.time_s)}"
+        return f"with {duration(new.time_s)}: timed out at {duration(last.time_s) if last is not None else 'its timeout'}"
     return f"with {new.describe()}, as its last attempt"
