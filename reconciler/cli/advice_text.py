@@ -71,7 +71,7 @@ def render_markdown(advice: Sequence[StageAdvice]) -> str:
     out = [
         f"Resource advice from this production's own runs: each recommendation is the p{first.quantile * 100:g} "
         f"of the stage's run time and peak memory plus a {first.margin * 100:g}% margin, rounded up, never below "
-        "a request that already failed, and capped at the site's limits. The quantiles are Kaplan-Meier "
+        "a request that already failed plus the margin, and capped at the site's limits. The quantiles are Kaplan-Meier "
         "estimates: runs killed for want of memory or time count as lower bounds, not as samples; "
         "other failures are ignored. `≥` marks a lower bound (the largest runs were killed, so the "
         "quantile itself is not known yet).",
