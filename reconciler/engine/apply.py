@@ -132,7 +132,8 @@ class Actor:
         if obs.probed and obs.world.site_max_array_size is not None:  # unknown (slurmctld down): ask again next pass
             self.ledger.set_meta(SITE_PROBE_KEY, f"{now}:{obs.world.site_max_array_size}")
         mem, limit = obs.world.site_ceilings
-        if obs.ceilings_probed and (mem is not None or limit is not None or obs.probed):  # none known and none asked with MaxArraySize: ask again
+        site_answered = obs.probed and obs.world.site_max_array_size is not None
+        if obs.ceilings_probed and (mem is not None or limit is not None or site_answered):  # nothing known (the local backend): nothing kept
             self.ledger.set_meta(SITE_CEILINGS_KEY, f"{now}:{'' if mem is None else mem}:{'' if limit is None else limit}")
         if obs.verify_cursor is not None:  # the verification rotation moves on only when a pass is applied
             self.ledger.set_meta(VERIFY_CURSOR_KEY, str(obs.verify_cursor))
