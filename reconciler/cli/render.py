@@ -56,13 +56,7 @@ def status_text(name: str, summary: Mapping[str, Any], verbose: bool, pdir: Path
             f"{pool['node_hours']:.3f} node-hours: {pool['used']:.3f} used by tasks, {pool['wasted']:.3f} wasted (idle, margins)"
         )
         lines += [f"    {st:<14} {u['used']:.3f} used, {u['wasted']:.3f} wasted" for st, u in pool["stages"].items() if st]
-    for st, e in (summary.get("efficiency") or {}).items():
-        parts = [f"time {e['time_used_share']:.0%} of {e['time_requested_hours']:.3g} h"] if e["time_used_share"] is not None else []
-        if e["memory_used_share"] is not None:
-            parts.append(f"memory {e['memory_used_share']:.0%} of {e['memory_requested_gb']:.3g} GB (peak {e['memory_peak_gb']:.3g} GB per run)")
-        if parts:
-            where = f" ({st})" if st else ""
-            lines.append(f"  requested vs used{where}: {'; '.join(parts)}, {e['runs']} completed run(s); `reconcile advise` says what to ask")
+    lines += _efficiency_text(summary.get("efficiency") or {}, [st["name"] for st in stages])
     lines += _causes_text(summary.get("causes", []), verbose)
     if summary["failures"]:
         lines.append("  failures:")
@@ -103,6 +97,29 @@ def _causes_text(causes: list[Mapping[str, Any]], verbose: bool) -> list[str]:
     if not verbose and len(causes) > 10:
         lines.append(f"    ... {len(causes) - 10} more cause(s) (--verbose)")
     return lines
+
+
+def _efficiency_text(efficiency: Mapping[str, Any], chain: list[str]) -> list[str]:
+    """Requested against used, per stage in chain order (one line for a one-stage production)."""
+    def share(x: float) -> str:
+        return f"{x:.0%}" if x >= 0.01 else "<1%"
+
+    rows = []
+    for st in [*chain, *sorted(set(efficiency) - set(chain))]:
+        e = efficiency.get(st)
+        if e is None:
+            continue
+        parts = [f"time {share(e['time_used_share'])} of {e['time_requested_hours']:.3g} h"] if e["time_used_share"] is not None else []
+        if e["memory_used_share"] is not None:
+            parts.append(f"memory {share(e['memory_used_share'])} of {e['memory_requested_gb']:.3g} GB (peak {e['memory_peak_gb']:.3g} GB per run)")
+        if parts:
+            rows.append((st, f"{'; '.join(parts)}, {e['runs']} completed run(s)"))
+    if not rows:
+        return []
+    hint = "`reconcile advise` says what to ask"
+    if len(rows) == 1 and not rows[0][0]:
+        return [f"  requested vs used: {rows[0][1]}; {hint}"]
+    return [f"  requested vs used ({hint}):", *(f"    {st:<14} {text}" for st, text in rows)]
 
 
 def _short_array(idx: tuple[int, ...]) -> str:
