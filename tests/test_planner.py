@@ -33,6 +33,7 @@ from reconciler.core.model import (
 from reconciler.core.plan import ActionKind
 from reconciler.core.planner import plan
 from reconciler.core.reasons import Reason
+from reconciler.core.sizing import Request, Short
 from reconciler.core.states import OutputState, SchedState, SubmissionKind, SubmissionState
 from reconciler.engine import Engine
 from reconciler.ledger import Ledger
@@ -51,6 +52,7 @@ class T:
 
 
 SCHED = [None, *SchedState]
+REQUESTS = [Request(None, 3600.0), Request(2048.0, 3600.0), Request(16384.0, 7200.0), Request(32768.0, 600.0)]
 OUT = list(OutputState)
 CAUSES = [None, Cause(CauseKind.EXIT, "", 1), Cause(CauseKind.NOT_FOUND, "gen", 127), Cause(CauseKind.NOT_EXECUTABLE, "gen", 126), Cause(CauseKind.LAUNCH_FAILED, "gen: Resource temporarily unavailable", 75)]
 
@@ -76,10 +78,18 @@ def worlds(draw: st.DrawFn) -> tuple[Desired, World, float, Limits]:
         subs = 0 if sched is None and draw(st.booleans()) else draw(st.integers(1, 5))
         obs[t.key] = TaskObs(draw(st.sampled_from(OUT)), sched)
         fails = draw(st.integers(0, subs)) if subs else 0
-        hist[t.key] = TaskHistory(subs, fails, draw(st.sampled_from([None, 0.0, 50.0, 99.0])), "x", draw(st.booleans()), draw(st.sampled_from(CAUSES)))
+        short = draw(st.sampled_from([None, Short.MEMORY, Short.TIME])) if fails else None
+        asked = draw(st.sampled_from(REQUESTS)) if fails else None
+        hist[t.key] = TaskHistory(
+            subs, fails, draw(st.sampled_from([None, 0.0, 50.0, 99.0])), "x", draw(st.booleans()), draw(st.sampled_from(CAUSES)),
+            short, asked, draw(st.sampled_from([None, 500.0])),
+        )
     for i in range(draw(st.integers(0, 3))):  # tasks removed from the production
         obs[f"gone{i}"] = TaskObs(OutputState.MISSING, draw(st.sampled_from(SCHED)))
-    limits = Limits(max_array_size=draw(st.integers(1, 30)), max_queued_tasks=draw(st.integers(1, 80)))
+    limits = Limits(
+        max_array_size=draw(st.integers(1, 30)), max_queued_tasks=draw(st.integers(1, 80)),
+        node_memory_mb=draw(st.sampled_from([None, 4096.0, 16384.0])), max_time_s=draw(st.sampled_from([None, 3600.0, 7200.0])),
+    )
     # deep verification failed for some tasks (read by the planner only where outputs are complete)
     corrupt = {k: "sha256 mismatch" for k in obs if draw(st.integers(0, 4)) == 0}
     return Desired(tasks, policy), World(obs, hist, corrupt=corrupt), draw(st.sampled_from([0.0, 60.0, 1000.0])), limits
@@ -129,6 +139,12 @@ def test_planner_invariants(drawn: tuple[Desired, World, float, Limits]) -> None
                         assert h.failures == 0  # nothing failed: no backoff to wait for
                     else:
                         assert now >= (h.last_end if h.last_end is not None else 0.0) + pol.delay(max(h.failures, 1))
+                    if a.request is not None and h.request is not None:  # a retry never asks less than what failed
+                        assert a.request.time_s >= h.request.time_s
+                        assert h.request.memory_mb is None or (a.request.memory_mb or 0) >= h.request.memory_mb
+                        if h.short is not None:  # ... and asks more of what ran short (else it was given up: at_ceiling)
+                            grew = a.request.memory_mb != h.request.memory_mb if h.short is Short.MEMORY else a.request.time_s != h.request.time_s
+                            assert grew or h.request.memory_mb is None
         if a.kind is ActionKind.CANCEL:
             assert pol.prune and all(k not in by_key for k in a.keys)
         if a.kind is ActionKind.GIVE_UP:
@@ -136,6 +152,14 @@ def test_planner_invariants(drawn: tuple[Desired, World, float, Limits]) -> None
             permanent = [bool(hist[k].cause and hist[k].cause.kind.permanent) for k in a.keys]  # type: ignore[union-attr]
             if a.reason is Reason.CANNOT_RUN:
                 assert all(permanent)
+            elif a.reason is Reason.AT_CEILING:  # given up only when the site really has no more to give
+                for k in a.keys:
+                    h = hist[k]
+                    assert h.short is not None and h.request is not None and h.failures <= pol.max_retries
+                    if h.short is Short.MEMORY:
+                        assert limits.node_memory_mb is not None and h.request.memory_mb is not None and h.request.memory_mb >= limits.node_memory_mb
+                    else:
+                        assert limits.max_time_s is not None and h.request.time_s >= limits.max_time_s
             else:
                 assert a.reason is Reason.RETRIES_EXHAUSTED and not any(permanent)
                 assert all(hist[k].failures > pol.max_retries for k in a.keys)
