@@ -81,9 +81,12 @@ def _patch(opts: Options, name: str, path: str, text: str, advice: list[StageAdv
     """The production file with every recommendation set, as a diff; loaded first, so a patch
     that would not validate is never shown (it would be a bug of ours: said as one)."""
     new = text
-    for a in advice:
-        if a.timeout_hours is not None or a.memory_gb is not None:
-            new = patched_text(new, a.stage, campaign=campaign, timeout_hours=a.timeout_hours, memory_gb=a.memory_gb)
+    for a in advice:  # only what differs from what the stage asks now (a default is not written out)
+        hours = a.timeout_hours if a.timeout_hours is not None and round(a.timeout_hours * 3600.0) != round(a.current.time_s) else None
+        now_gb = None if a.current.memory_mb is None else round(a.current.memory_mb / 1024.0, 3)
+        memory = a.memory_gb if a.memory_gb is not None and a.memory_gb != now_gb else None
+        if hours is not None or memory is not None:
+            new = patched_text(new, a.stage, campaign=campaign, timeout_hours=hours, memory_gb=memory)
     if new == text:
         return ""
     tree, repo, _ = desired_tree(opts.repo, opts.ref, opts.allow_dirty, [name])
