@@ -75,9 +75,11 @@ def test_a_retry_grows_only_what_ran_short_by_its_factor_capped_at_the_site_and_
     assert retry_request(Request(32 * GB, 3600.0), BASE, Short.MEMORY, None, g).memory_mb == 32 * GB  # ... and is not grown again (not 48)
     assert retry_request(BASE, Request(40 * GB, 3600.0), Short.MEMORY, None, g).memory_mb == 40 * GB  # never below what failed, ceiling or not
     assert retry_request(BASE, Request(16 * GB, 4 * 3600.0), Short.TIME, None, g).time_s == 4 * 3600.0
-    assert at_ceiling(Request(30 * GB, 3600.0), Request(30 * GB, 3600.0), Short.MEMORY)
-    assert not at_ceiling(Request(30 * GB, 3600.0), Request(24 * GB, 3600.0), Short.MEMORY)
-    assert not at_ceiling(Request(None, 60.0), Request(None, 60.0), Short.MEMORY)  # no --mem asked: not known to be the most
+    assert at_ceiling(Request(30 * GB, 3600.0), Short.MEMORY, g) and at_ceiling(Request(16 * GB, 3 * 3600.0), Short.TIME, g)
+    assert not at_ceiling(Request(24 * GB, 3600.0), Short.MEMORY, g) and not at_ceiling(Request(30 * GB, 3600.0), Short.TIME, g)
+    assert not at_ceiling(Request(None, 60.0), Short.MEMORY, g)  # no --mem asked: not known to be the most
+    assert not at_ceiling(Request(30 * GB, 3600.0), Short.MEMORY, Growth(1.5, 1.5))  # no ceiling known
+    assert not at_ceiling(Request(16 * GB, 3600.0), Short.TIME, Growth(1.0, 1.0, 30 * GB, 3 * 3600.0))  # factor 1: same request, by choice
     # the SIGKILL rule is for runs the scheduler says FAILED: a cancelled run killed at the end of its grace is not out of memory
     assert shortfall(SchedState.CANCELLED, 137, None, Usage(9.0, 16 * GB), BASE) is None
     assert retry_request(Request(None, 60.0), Request(None, 60.0), Short.MEMORY, 900.0, g) == Request(1350.0, 60.0)  # no --mem: from the peak

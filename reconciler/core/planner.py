@@ -265,7 +265,7 @@ def plan(desired: Desired, world: World, now: float, limits: Limits, *, stage: b
                 if not hist.given_up:
                     s.mark(Reason.RETRIES_EXHAUSTED, key)
                 continue
-            if hist.short is not None and (new := s.request_for(hist)) is not None and at_ceiling(new, hist.request, hist.short):
+            if not st.pool and at_ceiling(hist.request, hist.short, s.growth):
                 if not hist.given_up:
                     s.mark(Reason.AT_CEILING, key)  # the site has no more to give: a retry would fail the same way
                 continue

@@ -118,14 +118,15 @@ def retry_request(base: Request, last: Request | None, short: Short | None, peak
     return Request(_larger(mem, base.memory_mb), max(time_s, base.time_s))
 
 
-def at_ceiling(new: Request, last: Request | None, short: Short | None) -> bool:
-    """The retry of a task that ran short would ask what already failed: the site has no more
-    to give (retrying cannot fix it; core.planner gives such a task up at once)."""
+def at_ceiling(last: Request | None, short: Short | None, growth: Growth) -> bool:
+    """A task ran short while asking the site's most (the node's memory, the partition's time
+    limit): no retry can ask more, so retrying cannot fix it (core.planner gives it up at once).
+    A factor of 1 is a choice to retry with the same request, not a ceiling."""
     if last is None or short is None:
         return False
     if short is Short.MEMORY:
-        return last.memory_mb is not None and new.memory_mb == last.memory_mb  # no --mem asked: not known to be the most
-    return new.time_s == last.time_s
+        return growth.node_memory_mb is not None and last.memory_mb is not None and last.memory_mb >= growth.node_memory_mb
+    return growth.max_time_s is not None and last.time_s >= growth.max_time_s
 
 
 def _larger(a: float | None, b: float | None) -> float | None:
