@@ -25,9 +25,9 @@ import pathlib, sys, time
 mode, out = sys.argv[1].split(",")[int(sys.argv[2])], pathlib.Path(sys.argv[3])
 if mode == "memory":
     hog = bytearray(120 * 2**20)  # with the wrapper's own ~40 MB: over 103 MB, under twice that
-    time.sleep(3)  # long enough for the accounting sampler (every second) to see it
+    time.sleep(2.5)  # long enough for the accounting sampler (every second) to see it
 elif mode == "time":
-    time.sleep(9)  # past the 7.2 s timeout, within twice it
+    time.sleep(5)  # past the 3.6 s timeout, within twice it
 elif mode == "node":
     held = out.parent / "first-run"
     if not held.exists():
@@ -100,18 +100,18 @@ def test_out_of_memory_and_timeouts_are_retried_with_more_a_node_failure_with_th
     step = tmp_path / "step.py"
     step.write_text(STEP)
     p = make_prod("sized", realizations=1, redshifts=[0.5], batch_size=10, light=True)
-    commit(p, step, ["memory", "memory", "time", "time", "ok"], 0.002)  # 7.2 s; defaults/slurmtest.yaml asks 0.1 GB (103 MB)
+    commit(p, step, ["memory", "memory", "time", "time", "ok"], 0.001)  # 3.6 s; defaults/slurmtest.yaml asks 0.1 GB (103 MB)
     said = passes_until_done(p, 150)
     runs = attempts(p)
     for key in ("r0000/z0.500", "r0001/z0.500"):  # killed over 0.1 GB (FAILED, signal 9: OverMemoryKill), then twice that
         (first, second) = runs[key]
-        assert first[:3] == ("FAILED", 102.4, 7.2), runs[key]
-        assert second[:3] == ("COMPLETED", 205.0, 7.2), runs[key]
-    for key in ("r0002/z0.500", "r0003/z0.500"):  # the wrapper's timeout at 7.2 s, then 14.4 s
-        assert [r[:3] for r in runs[key]] == [("FAILED", 102.4, 7.2), ("COMPLETED", 102.4, 14.4)], runs[key]
-    assert [r[:3] for r in runs["r0004/z0.500"]] == [("COMPLETED", 102.4, 7.2)]
+        assert first[:3] == ("FAILED", 102.4, 3.6), runs[key]
+        assert second[:3] == ("COMPLETED", 205.0, 3.6), runs[key]
+    for key in ("r0002/z0.500", "r0003/z0.500"):  # the wrapper's timeout at 3.6 s, then 7.2 s
+        assert [r[:3] for r in runs[key]] == [("FAILED", 102.4, 3.6), ("COMPLETED", 102.4, 7.2)], runs[key]
+    assert [r[:3] for r in runs["r0004/z0.500"]] == [("COMPLETED", 102.4, 3.6)]
     # the pass says it (`reconcile plan` shows it too, when it runs between the backoff's end and the pass)
-    for why in ("with 205 MB memory: out of memory at 102 MB", "with 14.4 s: timed out at 7.2 s"):  # both tasks at once, or one by one
+    for why in ("with 205 MB memory: out of memory at 102 MB", "with 7.2 s: timed out at 3.6 s"):  # both tasks at once, or one by one
         assert re.search(rf"{p.name}: resubmit [12] task\(s\) of batch 0000 {re.escape(why)}", said), said
     assert "--mem=205M" in "".join(f.read_text() for f in (p.directory / "logs").glob("batch_*.sh"))
     status = p.status()
@@ -126,7 +126,7 @@ def test_out_of_memory_and_timeouts_are_retried_with_more_a_node_failure_with_th
     peaks = [run[3] for key in runs for run in runs[key] if run[0] == "COMPLETED" and run[3] is not None]  # a run under a second has none
     assert len(peaks) >= 4 and max(peaks) > 102.4
     assert advice["recommended"]["memory_gb"] * 1024 >= 1.2 * max(peaks)  # p99 of 5 runs is the largest
-    assert advice["recommended"]["timeout_hours"] * 3600 >= 1.2 * 9.0  # the slowest run slept 9 s
+    assert advice["recommended"]["timeout_hours"] * 3600 >= 1.2 * 5.0  # the slowest run slept 5 s
     patch = p.run("advise", p.name, "--machine", MACHINE, "--patch").stdout
     (p.repo / "advice.patch").write_text(patch)
     git(p.repo, "apply", "--check", "advice.patch")
