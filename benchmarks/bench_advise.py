@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from reconciler import run_history  # noqa: E402
 from reconciler.core.advice import advise  # noqa: E402
-from reconciler.core.sizing import Request  # noqa: E402
+from reconciler.core.sizing import Request, Short  # noqa: E402
 from reconciler.core.states import SchedState, SubmissionKind, SubmissionState  # noqa: E402
-from reconciler.ledger import Ledger, Seen, Submission  # noqa: E402
+from reconciler.ledger import Failure, Ledger, Seen, Submission  # noqa: E402
 
 REQUEST = Request(16 * 1024.0, 3600.0)
 
@@ -42,14 +42,18 @@ def build(path: Path, tasks: int, batch: int) -> None:
             idx = range(min(batch, tasks - b))
             sub = Submission(token, b // batch, SubmissionKind.SUBMIT, SubmissionState.SUBMITTED, "7", "slurm", "s", "m", 0.0, 0.0, REQUEST)
             ledger.record_submission(sub, [(i, f"r{b + i:06d}") for i in idx])
-            seen = []
+            seen, failed = [], []
             for i in idx:
                 roll = rng.random()
                 state = SchedState.OUT_OF_MEMORY if roll < 0.05 else SchedState.TIMEOUT if roll < 0.07 else SchedState.COMPLETED
                 elapsed = 3600.0 if state is SchedState.TIMEOUT else rng.lognormvariate(7.0, 0.4)
                 peak = 16500.0 if state is SchedState.OUT_OF_MEMORY else rng.lognormvariate(9.0, 0.3)
                 seen.append(Seen(token, i, state, 0, state.value, 0.0, elapsed, peak, elapsed * 0.9))
+                if state is not SchedState.COMPLETED:  # counted, with what it ran out of, as a pass records it
+                    short = Short.MEMORY if state is SchedState.OUT_OF_MEMORY else Short.TIME
+                    failed.append(Failure(token, i, f"r{b + i:06d}", state.value, elapsed, None, short, REQUEST, peak))
             ledger.journal(seen)
+            ledger.record_failures(failed, 0.0)
 
 
 def median_ms(fn: object, repeat: int) -> float:
