@@ -23,7 +23,7 @@ Then stage by stage (Desired.stage_list, each by its own policy), per task, in t
                                    after out-of-memory, more time after a timeout, each capped at the
                                    site's; else its last attempt's request), one array per request
   failed, retries exhausted     -> GIVE_UP once, then nothing
-  ran short at the site's most  -> GIVE_UP at once (at_ceiling: its retry would ask what already failed)
+  ran short at the site's most  -> GIVE_UP at once (at_ceiling: it already asked the site's ceiling)
   failed, retrying cannot fix   -> GIVE_UP at once (command not found / not executable: core.causes)
   failed, `reconcile retry`     -> WAIVE (journaled: backoff over, one more attempt), RESUBMIT
   ended, no failure, no outputs -> RESUBMIT at once (its outputs were deleted after it completed)
