@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reconciler import logs
-from reconciler.core.advice import advise, run_of
+from reconciler.core.advice import Run, advise, run_of
 from reconciler.core.causes import Cause, CauseKind
 from reconciler.core.model import (
     AttemptObs,
@@ -178,3 +178,13 @@ def test_advice_on_recorded_sacct_data_counts_the_killed_runs_as_lower_bounds() 
     # time: the timed-out run needed more than its 88 s; the completed one took 2 s
     assert a.time.p99.at_least and a.time.p99.value == 88.0 and a.timeout_hours is not None and a.timeout_hours * 3600 >= 1.2 * 88
     assert a.time.p50.value == 2.0 and not a.time.p50.at_least
+
+
+def test_a_task_is_one_observation_its_success_where_measured_else_what_its_killed_runs_say() -> None:
+    killed = Run(50.0, 16.2 * GB, False, Short.MEMORY, BASE, "t0")
+    measured = [killed, Run(60.0, 20 * GB, True, None, Request(24 * GB, 3600.0), "t0")]
+    a = advise("", measured, BASE)
+    assert (a.memory.samples, a.memory.bounds, a.out_of_memory, a.completed) == (1, 0, 1, 1)  # the success, not both
+    unmeasured = [killed, Run(60.0, None, True, None, Request(24 * GB, 3600.0), "t0")]  # its peak never reached accounting
+    b = advise("", unmeasured, BASE)
+    assert (b.memory.samples, b.memory.bounds) == (0, 1) and b.memory_gb is not None and b.memory_gb * 1024 >= 1.2 * 16.2 * GB

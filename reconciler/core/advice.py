@@ -256,10 +256,6 @@ def advise(
             ignored += 1
     for attempts in by_task.values():  # one observation per task: a task that ran out, then completed, is its success
         done = [r for r in attempts if r.succeeded]
-        if done:
-            _add(t_samples, done[-1].elapsed_s)
-            _add(m_samples, done[-1].max_rss_mb)
-            continue
         t_bound = m_bound = None
         for r in attempts:
             asked = r.request
@@ -269,8 +265,9 @@ def advise(
             elif r.short is Short.TIME:
                 t_bound = _larger(t_bound, _larger(r.elapsed_s, asked.time_s if asked else None))
                 m_bound = _larger(m_bound, r.max_rss_mb)
-        _add(t_bounds, t_bound)
-        _add(m_bounds, m_bound)
+        last = done[-1] if done else None  # its success is a sample where measured; where not, its bound still holds
+        _add(t_samples if last is not None and last.elapsed_s is not None else t_bounds, last.elapsed_s if last is not None and last.elapsed_s is not None else t_bound)
+        _add(m_samples if last is not None and last.max_rss_mb is not None else m_bounds, last.max_rss_mb if last is not None and last.max_rss_mb is not None else m_bound)
     time = _axis(t_samples, t_bounds, quantile)
     memory = _axis(m_samples, m_bounds, quantile)
     hours, hours_least, hours_capped = _timeout(time, margin, current.time_s, growth.max_time_s)
